@@ -1,0 +1,1 @@
+"""Memory mechanisms. One file per mechanism; the file name is the registry key."""
