@@ -1,1 +1,6 @@
-"""Memory mechanisms. One file per mechanism; the file name is the registry key."""
+"""Memory mechanisms. One file per mechanism; the file name is the registry key.
+
+The import lines below are what registers them: add yours here.
+"""
+
+from . import attention, sliding_window  # noqa: F401

@@ -82,17 +82,15 @@ class Batch:
 
 @dataclass
 class Task:
-    """Base class: subclasses are ``@register_task`` dataclasses with a ``version``."""
+    """Base class: subclasses are ``@register_task`` dataclasses with a ``version``.
+
+    Every task has the fields (or attributes) ``vocab_size`` and ``seq_len``; its constructor
+    validates them and raises ``ValueError`` naming the argument.
+    """
 
     version: ClassVar[int] = 1
-
-    @property
-    def vocab_size(self) -> int:
-        raise NotImplementedError
-
-    @property
-    def seq_len(self) -> int:
-        raise NotImplementedError
+    vocab_size: ClassVar[int]
+    seq_len: ClassVar[int]
 
     def build(self, n: int, seed: int) -> Batch:
         raise NotImplementedError
