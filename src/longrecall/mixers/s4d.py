@@ -1,51 +1,4 @@
-"""S4D: diagonal state-space layer (Gu, Gupta, Goel, Re 2022, "On the Parameterization and
-Initialization of Diagonal State Space Models", arXiv 2206.11893).
-
-Each of the ``H = d_model`` channels is an independent single-input single-output linear SSM with
-``N = d_state`` real states, held as ``M = N/2`` complex modes whose conjugates are implied (hence
-the factor 2 and the real part below).  Per channel ``h`` and mode ``n`` (zero-order hold, B = 1
-absorbed into C)::
-
-    A_n  = -exp(log_A_real_n) + i * A_imag_n        Re A < 0 always: every mode decays
-    dt   = exp(log_dt)                              log-uniform in [dt_min, dt_max] at init
-    dA_n = exp(dt A_n),   dB_n = (exp(dt A_n) - 1) / A_n,   W_n = C_n dB_n
-
-    recurrent:  s_k = dA * s_{k-1} + u_k              s: (B, H, M) complex
-                y_k = 2 Re(sum_n W_n s_k,n) + D u_k
-    parallel:   y = K * u + D u,   K_j = 2 Re(sum_n W_n dA_n^j),  j = 0..T-1   (causal conv, FFT)
-                  + 2 Re(sum_n W_n dA_n^{k+1} s_{-1,n})          (carried state s_{-1})
-                s_{T-1} = dA^T s_{-1} + sum_j dA^{T-1-j} u_j     (state after the T steps)
-
-init "lin" (S4D-Lin): A_imag_n = pi n;  init "inv" (S4D-Inv): A_imag_n = (N/pi) (N/(2n+1) - 1);
-log_A_real = log(1/2) for both; C ~ complex normal with variance 1/2 per part; D ~ N(0, 1).
-
-Output stage, as in the paper's standalone S4D layer (``s4d.py``, Conv1d(H, 2H, 1) + GLU):
-``y -> GELU -> Linear(H, 2H) -> GLU``.  We keep it (rather than returning the raw SSM output)
-so the mixer has the channel mixing the paper's layer has; dropout is omitted.
-
-Vandermonde products without complex exp: ``torch.exp`` on complex tensors is slow on CPU, so
-powers are built as ``exp(j dt Re A) * (cos(j dt Im A), sin(j dt Im A))``.  They are further
-factored with ``j = i c + r`` (``c = ceil(sqrt(T))``): ``dA^j = dA^{ic} dA^r``, so only
-``H * M * (c + T/c)`` transcendentals are evaluated and every contraction over time (kernel,
-carried-state output, final state) is a real batched matmul, O(H M T) flops and no loop over T.
-
-Kernel cache: when no autograd graph is needed (``torch.no_grad``/``inference_mode``, or frozen
-parameters) the discretisation and the kernel spectrum for the last few lengths T are memoised.
-The cache is keyed by T and by a snapshot of the kernel parameters' values, compared on every
-call (cheap: O(H N)).  Values, not ``p._version``: ``p.data.add_`` does not bump the version.
-It is built under ``no_grad`` so it never holds a graph, and it is never used while a gradient
-for the parameters is being recorded, so training is unaffected.
-
-State: ``S4DState(ssm)`` with ``ssm (B, H, N/2, 2)`` in the parameters' dtype: the complex modes
-stored as a real view, so ``state_bytes = B * H * N * 4`` in float32.  Constant in T.
-
-Args:
-    d_model: width ``H = D``.
-    d_state: real state size ``N`` per channel (even, > 0); ``N/2`` complex modes.
-    init: ``"lin"`` (S4D-Lin) or ``"inv"`` (S4D-Inv) imaginary parts.
-    dt_min, dt_max: range of the log-uniform step-size init, ``0 < dt_min <= dt_max``.
-    kernel_cache: memoise the kernel for inference (see above).
-"""
+"""S4D: the diagonal state-space layer of Gu et al. 2022 (arXiv 2206.11893); see ``S4D``."""
 
 from __future__ import annotations
 
@@ -86,7 +39,8 @@ class _Kernel(NamedTuple):
     c: int  # inner block length of the factorisation j = i*c + r
     nc: int  # number of blocks, nc * c >= T
     lo: Tensor  # (H, 2M, c) real: [Re; Im] of dA^r, r = 0..c-1
-    hi: Tensor  # (H, M, nc) complex: dA^{i c}, i = 0..nc-1
+    lo_t: Tensor  # (H, c, 2M) lo transposed, contiguous (bmm copies strided operands per matrix)
+    hi: Tensor  # (H, nc, M) complex: dA^{i c}, i = 0..nc-1
     k_f: Tensor  # (H, T + 1) complex: rfft of the kernel K at n = 2T
     dA_T: Tensor  # (H, M) complex: dA^T, carries the initial state to the end
 
@@ -100,7 +54,55 @@ def _powers(dtA_re: Tensor, dtA_im: Tensor, j: Tensor) -> tuple[Tensor, Tensor]:
 
 @register_mixer("s4d")
 class S4D(Mixer):
-    __doc__ = __doc__
+    """S4D: diagonal state-space layer (Gu, Gupta, Goel, Re 2022, "On the Parameterization and
+    Initialization of Diagonal State Space Models", arXiv 2206.11893).
+
+    Each of the ``H = d_model`` channels is an independent single-input single-output linear SSM with
+    ``N = d_state`` real states, held as ``M = N/2`` complex modes whose conjugates are implied (hence
+    the factor 2 and the real part below).  Per channel ``h`` and mode ``n`` (zero-order hold, B = 1
+    absorbed into C)::
+
+        A_n  = -exp(log_A_real_n) + i * A_imag_n        Re A < 0 always: every mode decays
+        dt   = exp(log_dt)                              log-uniform in [dt_min, dt_max] at init
+        dA_n = exp(dt A_n),   dB_n = (exp(dt A_n) - 1) / A_n,   W_n = C_n dB_n
+
+        recurrent:  s_k = dA * s_{k-1} + u_k              s: (B, H, M) complex
+                    y_k = 2 Re(sum_n W_n s_k,n) + D u_k
+        parallel:   y = K * u + D u,   K_j = 2 Re(sum_n W_n dA_n^j),  j = 0..T-1   (causal conv, FFT)
+                      + 2 Re(sum_n W_n dA_n^{k+1} s_{-1,n})          (carried state s_{-1})
+                    s_{T-1} = dA^T s_{-1} + sum_j dA^{T-1-j} u_j     (state after the T steps)
+
+    init "lin" (S4D-Lin): A_imag_n = pi n;  init "inv" (S4D-Inv): A_imag_n = (N/pi) (N/(2n+1) - 1);
+    log_A_real = log(1/2) for both; C ~ complex normal with variance 1/2 per part; D ~ N(0, 1).
+
+    Output stage, as in the paper's standalone S4D layer (``s4d.py``, Conv1d(H, 2H, 1) + GLU):
+    ``y -> GELU -> Linear(H, 2H) -> GLU``.  We keep it (rather than returning the raw SSM output)
+    so the mixer has the channel mixing the paper's layer has; dropout is omitted.
+
+    Vandermonde products without complex exp: ``torch.exp`` on complex tensors is slow on CPU, so
+    powers are built as ``exp(j dt Re A) * (cos(j dt Im A), sin(j dt Im A))``.  They are further
+    factored with ``j = i c + r`` (``c = ceil(sqrt(T))``): ``dA^j = dA^{ic} dA^r``, so only
+    ``H * M * (c + T/c)`` transcendentals are evaluated and every contraction over time (kernel,
+    carried-state output, final state) is a real batched matmul, O(H M T) flops and no loop over T.
+
+    Kernel cache: when no autograd graph is needed (``torch.no_grad``/``inference_mode``, or frozen
+    parameters) the discretisation and the kernel spectrum for the last few lengths T are memoised.
+    The cache is keyed by T and by a snapshot of the kernel parameters' values, compared on every
+    call (cheap: O(H N)).  Values, not ``p._version``: ``p.data.add_`` does not bump the version.
+    It is built under ``no_grad`` so it never holds a graph, and it is never used while a gradient
+    for the parameters is being recorded, so training is unaffected.
+
+    State: ``S4DState(ssm)`` with ``ssm (B, H, N/2, 2)`` in the parameters' dtype: the complex modes
+    stored as a real view, so ``state_bytes = B * H * N * 4`` in float32.  Constant in T.
+
+    Args:
+        d_model: width ``H = D``.
+        d_state: real state size ``N`` per channel (even, > 0); ``N/2`` complex modes.
+        init: ``"lin"`` (S4D-Lin) or ``"inv"`` (S4D-Inv) imaginary parts.
+        dt_min, dt_max: range of the log-uniform step-size init, ``0 < dt_min <= dt_max``.
+        kernel_cache: memoise the kernel for inference (see above).
+    """
+
     state_growth = "constant"
 
     def __init__(
@@ -153,7 +155,7 @@ class S4D(Mixer):
         dB = em1 / torch.complex(a_re, self.A_imag)  # (H, M); |A| >= exp(log_A_real) > 0
         return _Disc(dtA_re, dtA_im, dA, torch.view_as_complex(self.C) * dB)
 
-    def _build_kernel(self, d: _Disc, T: int) -> _Kernel:
+    def _build_kernel(self, d: _Disc, T: int, *, spectrum: bool = True) -> _Kernel | Tensor:
         H, M = d.dA.shape
         c = math.isqrt(T - 1) + 1  # ceil(sqrt(T)) for T >= 1
         nc = -(-T // c)
@@ -162,17 +164,19 @@ class S4D(Mixer):
         hi_re, hi_im = _powers(d.dtA_re, d.dtA_im, ar[:nc] * c)  # (H, M, nc)
         end_re, end_im = _powers(d.dtA_re, d.dtA_im, ar.new_full((1,), T))  # (H, M, 1)
         lo = torch.cat([lo_re, lo_im], dim=1)  # (H, 2M, c)
-        hi = torch.complex(hi_re, hi_im)
-        g = d.W[..., None] * hi  # (H, M, nc): W dA^{ic}
-        # K[ic + r] = 2 Re(sum_n g[n, i] dA^r_n) = 2 (Re g^T Re dA^r - Im g^T Im dA^r)
-        K = 2 * (torch.cat([g.real, -g.imag], dim=1).transpose(1, 2) @ lo)  # (H, nc, c)
+        hi = torch.complex(hi_re, hi_im).transpose(1, 2).contiguous()  # (H, nc, M)
+        g = d.W[:, None, :] * hi  # (H, nc, M): W dA^{ic}
+        # K[ic + r] = 2 Re(sum_n g[i, n] dA^r_n) = 2 (Re g Re dA^r - Im g Im dA^r): one real bmm
+        K = 2 * (torch.cat([g.real, -g.imag], dim=-1) @ lo)  # (H, nc, c)
         K = K.reshape(H, nc * c)[:, :T]  # (H, T)
-        return _Kernel(c, nc, lo, hi, kernel_rfft(K, T), torch.complex(end_re, end_im)[..., 0])
+        if not spectrum:
+            return K
+        dA_T = torch.complex(end_re, end_im)[..., 0]
+        return _Kernel(c, nc, lo, lo.transpose(1, 2).contiguous(), hi, kernel_rfft(K, T), dA_T)
 
     def kernel(self, T: int) -> Tensor:
         """The materialised convolution kernel ``K (H, T)`` (for tests and inspection)."""
-        d = self._discretize()
-        return torch.fft.irfft(self._build_kernel(d, T).k_f, n=2 * T)[:, :T]
+        return self._build_kernel(self._discretize(), T, spectrum=False)
 
     def _use_cache(self) -> bool:
         # Only when no graph is recorded for the kernel parameters: never changes training.
@@ -180,31 +184,33 @@ class S4D(Mixer):
             return False
         return not (torch.is_grad_enabled() and any(p.requires_grad for p in self._kernel_params()))
 
-    def _refresh_cache(self) -> None:
-        params, snap = self._kernel_params(), self._cache_params
-        same = snap is not None and all(
+    def _cache_valid(self) -> bool:
+        snap = self._cache_params
+        return snap is not None and all(
             a.dtype == p.dtype and a.device == p.device and a.shape == p.shape and torch.equal(a, p)
-            for a, p in zip(snap, params)
+            for a, p in zip(snap, self._kernel_params())
         )
-        if not same:
-            self._cache_params = tuple(p.detach().clone() for p in params)
-            self._cache_disc, self._cache_kernels = self._discretize(), OrderedDict()
 
     def _get(self, T: int | None) -> tuple[_Disc, _Kernel | None]:
         """Discretisation and (for ``T``) the kernel: cached at inference, fresh otherwise."""
         if not self._use_cache():
             d = self._discretize()
             return d, (None if T is None else self._build_kernel(d, T))
-        # Normal (not inference-mode) tensors, no graph: the cache is valid in any later context.
-        with torch.inference_mode(False), torch.no_grad():
-            self._refresh_cache()
-            d, ker = self._cache_disc, None
-            if T is not None:
-                ker = self._cache_kernels.pop(T, None) or self._build_kernel(d, T)
-                self._cache_kernels[T] = ker  # most recent last
-                while len(self._cache_kernels) > _CACHE_LENGTHS:
-                    self._cache_kernels.popitem(last=False)
-        return d, ker
+        # Built as normal (not inference-mode) tensors without a graph: valid in any later context.
+        if not self._cache_valid():
+            with torch.inference_mode(False), torch.no_grad():
+                self._cache_params = tuple(p.detach().clone() for p in self._kernel_params())
+                self._cache_disc, self._cache_kernels = self._discretize(), OrderedDict()
+        if T is None:
+            return self._cache_disc, None
+        ker = self._cache_kernels.pop(T, None)
+        if ker is None:
+            with torch.inference_mode(False), torch.no_grad():
+                ker = self._build_kernel(self._cache_disc, T)
+        self._cache_kernels[T] = ker  # most recently used last
+        while len(self._cache_kernels) > _CACHE_LENGTHS:
+            self._cache_kernels.popitem(last=False)
+        return self._cache_disc, ker
 
     # -- contract ------------------------------------------------------------------------
 
@@ -244,17 +250,18 @@ class S4D(Mixer):
         y = causal_conv_fft_freq(u, ker.k_f) + self.D[:, None] * u  # (B, H, T)
         if s0 is not None:
             # carried state: y_k += 2 Re(sum_n W_n dA_n^{k+1} s_n), same i*c + r factorisation
-            g = (d.W * d.dA * s0)[..., None] * ker.hi  # (B, H, M, nc)
-            y0 = 2 * (torch.cat([g.real, -g.imag], dim=2).transpose(-1, -2) @ ker.lo)  # (B, H, nc, c)
+            g = (d.W * d.dA * s0)[..., None, :] * ker.hi  # (B, H, nc, M)
+            y0 = 2 * (torch.cat([g.real, -g.imag], dim=-1) @ ker.lo)  # (B, H, nc, c)
             y = y + y0.flatten(2)[..., :T]
         # final state: s_{T-1} = sum_m dA^m u_{T-1-m} (+ dA^T s0); m = i*c + r, zero-padded past T
         v = F.pad(u.flip(-1), (0, nc * c - T)).unflatten(-1, (nc, c))  # (B, H, nc, c)
-        inner = v @ ker.lo.transpose(1, 2)  # (B, H, nc, 2M): sum_r dA^r v[i c + r]
+        inner = v @ ker.lo_t  # (B, H, nc, 2M): sum_r dA^r v[i c + r]
         inner = torch.complex(inner[..., :M], inner[..., M:])  # (B, H, nc, M)
-        s = (inner * ker.hi.transpose(1, 2)).sum(-2)  # (B, H, M)
+        s = (inner * ker.hi).sum(-2)  # (B, H, M): sum_i dA^{ic} inner[i]
         if s0 is not None:
             s = s + ker.dA_T * s0
         return self._output(y.transpose(1, 2)), S4DState(torch.view_as_real(s))
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, d_state={self.d_state}, init={self.init!r}, kernel_cache={self.kernel_cache}"
+        extra = f"d_state={self.d_state}, init={self.init!r}, kernel_cache={self.kernel_cache}"
+        return f"{super().extra_repr()}, {extra}"

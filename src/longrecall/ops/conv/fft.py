@@ -35,7 +35,8 @@ def causal_conv_fft_freq(u: Tensor, k_f: Tensor) -> Tensor:
     T = u.shape[-1]
     if k_f.shape[-1] != T + 1:
         raise ValueError(f"k_f was made for T={k_f.shape[-1] - 1} (shape (H, T + 1)), got u of length T={T}")
-    u_f = torch.fft.rfft(_fft_dtype(u), n=2 * T)  # (B, H, T + 1)
+    # contiguous time axis: rfft over a strided axis (u = x.transpose(1, 2)) is ~3x slower on CPU
+    u_f = torch.fft.rfft(_fft_dtype(u).contiguous(), n=2 * T)  # (B, H, T + 1)
     y = torch.fft.irfft(u_f * k_f, n=2 * T)[..., :T]  # (B, H, T); the second half is the spill-over
     return y.to(u.dtype) if u.dtype in _UPCAST else y
 

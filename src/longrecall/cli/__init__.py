@@ -1,0 +1,38 @@
+"""The ``longrecall`` command: ``ls | check | train | bench``, one file per subcommand."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import bench, check, ls, train
+
+SUBCOMMANDS = {"ls": ls, "check": check, "train": train, "bench": bench}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="longrecall",
+        description="Long-range memory in sequence models: contract checks, training, benchmarks.",
+        epilog="Run 'longrecall COMMAND --help' for worked examples of each command.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module in SUBCOMMANDS.items():
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    import longrecall.mixers  # noqa: F401  registers every mixer
+    import longrecall.tasks  # noqa: F401  registers every task
+
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "accepts_overrides", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.overrides = extra
+    try:
+        return int(args.run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,180 @@
+"""A run is one dataclass; configuration layers as defaults < file < command line.
+
+    cfg = load_config(TrainConfig, "run.toml", ["--d_model=128", "--mixer_kwargs.n_heads=4"])
+
+Values from the command line are parsed with ``ast.literal_eval`` (falling back to the raw string)
+and type-checked against the field's declared type; unknown keys fail at load time with the
+accepted names listed (nanoGPT's configurator, kvpress's layering).
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import json
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from .registry import MIXERS, TASKS
+from .tasks.mqar import CPU_SCALE
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a training run (with the code version and seed)."""
+
+    # model
+    layers: list[str] = field(default_factory=lambda: ["attention", "attention"])
+    d_model: int = 64
+    mixer_kwargs: dict = field(default_factory=dict)
+    mlp: bool = True
+    tie_embeddings: bool = False
+    # task: training examples come from task(**task_kwargs); evaluation also covers each entry
+    # of eval_task_kwargs (overrides of task_kwargs, e.g. more pairs or longer sequences)
+    task: str = "mqar"
+    task_kwargs: dict = field(default_factory=lambda: dict(CPU_SCALE))
+    eval_task_kwargs: list = field(default_factory=list)
+    # optimisation: AdamW, linear warm-up then cosine decay to min_lr_ratio * lr
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 50
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    # evaluation and bookkeeping
+    eval_every: int = 100
+    eval_examples: int = 512
+    early_stop_accuracy: float | None = None  # stop once held-out accuracy reaches this
+    seed: int = 0
+    device: str = "cpu"
+    threads: int | None = None
+    out_dir: str | None = None
+    checkpoint_every: int = 0  # 0: only at eval points and at the end
+
+    def __post_init__(self):
+        for name in ("d_model", "steps", "batch_size", "eval_every", "eval_examples"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"{name} must be a positive int, got {value!r}")
+        for name in ("warmup_steps", "checkpoint_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{name} must be a non-negative int, got {value!r}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be positive, got {self.lr!r}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
+        if not self.grad_clip > 0:
+            raise ConfigError(f"grad_clip must be positive, got {self.grad_clip!r}")
+        if self.threads is not None and self.threads <= 0:
+            raise ConfigError(f"threads must be positive or None, got {self.threads!r}")
+        if isinstance(self.layers, str) or not self.layers:
+            raise ConfigError(f"layers must be a non-empty list of mixer names, got {self.layers!r}")
+        for name in self.layers:
+            try:
+                MIXERS.get(name)
+            except KeyError as error:
+                raise ConfigError(f"layers: {error.args[0]}") from None
+        try:
+            TASKS.get(self.task)
+        except KeyError as error:
+            raise ConfigError(f"task: {error.args[0]}") from None
+        if not isinstance(self.eval_task_kwargs, list) or not all(isinstance(d, dict) for d in self.eval_task_kwargs):
+            raise ConfigError(f"eval_task_kwargs must be a list of dicts, got {self.eval_task_kwargs!r}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _type_ok(value: Any, annotation: Any) -> bool:
+    """A small runtime check of ``value`` against a field annotation (int/float/str/bool/list/dict/Optional)."""
+    if isinstance(annotation, str):
+        annotation = eval(annotation, {"list": list, "dict": dict, "int": int, "float": float, "str": str, "bool": bool})
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, arg) for arg in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if origin is not None:
+        annotation = origin
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, annotation)
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        lowered = text.lower()
+        if lowered in ("true", "false"):
+            return lowered == "true"
+        if lowered in ("none", "null"):
+            return None
+        return text  # a bare word is a string
+
+
+def apply_overrides(base: dict, overrides: dict, fields: dict) -> dict:
+    """Merge ``overrides`` (dotted keys allowed for dict fields) into ``base``, checking names and types."""
+    merged = json.loads(json.dumps(base))  # deep copy of plain data
+    for key, value in overrides.items():
+        top, _, rest = key.partition(".")
+        if top not in fields:
+            close = difflib.get_close_matches(top, list(fields), n=3)
+            hint = f" Did you mean: {', '.join(close)}?" if close else ""
+            raise ConfigError(f"unknown config key {top!r}.{hint} Accepted keys: {', '.join(fields)}")
+        if rest:  # --mixer_kwargs.n_heads=4 reaches into a dict field
+            target = merged.setdefault(top, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"{top!r} is not a dict, so {key!r} cannot set a sub-key")
+            parts = rest.split(".")
+            for part in parts[:-1]:
+                target = target.setdefault(part, {})
+            target[parts[-1]] = value
+            continue
+        if not _type_ok(value, fields[top].type):
+            raise ConfigError(f"{top} must be of type {fields[top].type}, got {value!r} ({type(value).__name__})")
+        merged[top] = value
+    return merged
+
+
+def load_config(cls=TrainConfig, path: str | Path | None = None, argv: list[str] | None = None, **kwargs):
+    """defaults < file (TOML or JSON) < ``--key=value`` arguments < keyword arguments."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    config = dataclasses.asdict(cls())
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        text = path.read_text()
+        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+        config = apply_overrides(config, data, fields)
+    cli = {}
+    for arg in argv or []:
+        if not arg.startswith("--") or "=" not in arg:
+            raise ConfigError(f"config overrides look like --key=value, got {arg!r}")
+        key, _, text = arg[2:].partition("=")
+        cli[key.replace("-", "_") if "." not in key else key] = _parse_value(text)
+    config = apply_overrides(config, cli, fields)
+    config = apply_overrides(config, kwargs, fields)
+    return cls(**config)

@@ -1,0 +1,200 @@
+"""Mamba-1 block: a selective state-space model (S6) behind a gated, short-convolution front end.
+
+Gu & Dao 2023, "Mamba: Linear-Time Sequence Modeling with Selective State Spaces", arXiv 2312.00752.
+The block is the reference ``mamba_ssm/modules/mamba_simple.py`` ``Mamba`` (its slow path), with the
+same parameter names and shapes, so a state dict from ``mamba_ssm`` or from mambapy's ``MambaBlock``
+loads with ``strict=True``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..ops.scan import selective_scan_chunked, selective_scan_naive
+from ..ops.scan.naive import scan_dtype
+from ..protocol import Mixer, check_choice, check_positive
+from ..registry import register_mixer
+
+__all__ = ["Mamba", "MambaState"]
+
+SCANS: tuple[str, ...] = ("chunked", "naive")
+
+
+class MambaState(NamedTuple):
+    """Recurrent memory of one Mamba block.
+
+    conv: the last ``d_conv - 1`` inputs of the depthwise convolution (before it), (B, E, d_conv-1).
+    ssm: the selective-scan state, (B, E, N), float32 (float64 when the model runs in float64).
+    """
+
+    conv: Tensor
+    ssm: Tensor
+
+
+@register_mixer("mamba")
+class Mamba(Mixer):
+    """Mamba-1 selective SSM block (Gu & Dao 2023, arXiv 2312.00752), ``x (B, T, D) -> y (B, T, D)``.
+
+    Per token, with E = expand * D inner channels and N = d_state::
+
+        x, z   = in_proj(h).chunk(2)                       # (E,), (E,)
+        u      = SiLU(causal depthwise conv1d(x))          # kernel d_conv over time
+        dt, B, C = split(x_proj(u), [R, N, N])             # R = dt_rank
+        delta  = softplus(dt_proj(dt))                     # (E,), dt_proj has a bias
+        h_t    = exp(delta ⊗ A) ⊙ h_{t-1} + (delta ⊙ u) ⊗ B,   A = -exp(A_log)  (E, N)
+        y      = (h_t · C + D ⊙ u) ⊙ SiLU(z)
+        out    = out_proj(y)
+
+    Args:
+        d_model: width D.
+        d_state: state size N per channel (16).
+        d_conv: causal depthwise convolution width (4).
+        expand: E = int(expand * d_model) (2).
+        dt_rank: rank R of the delta projection; "auto" is ceil(d_model / 16).
+        dt_min, dt_max: range of the initial step sizes, sampled log-uniformly (0.001, 0.1).
+        dt_init_floor: lower bound of the initial step sizes (1e-4).
+        chunk_size: chunk length of the chunked scan (64).
+        scan: "chunked" (fast path, O(B·E·N) saved memory per chunk) or "naive" (the sequential spec).
+
+    State (:class:`MambaState`): constant in T.  Per batch row it holds
+    ``E * N * 4 + E * (d_conv - 1) * elem_bytes`` bytes (the ssm state is float32; ``elem_bytes`` is
+    the activation dtype's size, 4 for float32).
+    """
+
+    state_growth = "constant"
+
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int | float = 2,
+        dt_rank: int | str = "auto",
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init_floor: float = 1e-4,
+        chunk_size: int = 64,
+        scan: str = "chunked",
+    ):
+        super().__init__(d_model)
+        check_positive(d_state=d_state, d_conv=d_conv, expand=expand, chunk_size=chunk_size)
+        check_positive(dt_min=dt_min, dt_max=dt_max, dt_init_floor=dt_init_floor)
+        check_choice("scan", scan, SCANS)
+        if dt_rank == "auto":
+            dt_rank = math.ceil(self.d_model / 16)
+        if isinstance(dt_rank, bool) or not isinstance(dt_rank, int) or dt_rank <= 0:
+            raise ValueError(f"dt_rank must be 'auto' or a positive int, got {dt_rank!r}")
+        if dt_min > dt_max:
+            raise ValueError(f"dt_min must be <= dt_max, got dt_min={dt_min!r}, dt_max={dt_max!r}")
+        d_inner = int(expand * self.d_model)
+        check_positive(d_inner=d_inner)  # a fractional expand can round to 0
+
+        self.d_state, self.d_conv, self.expand = int(d_state), int(d_conv), expand
+        self.d_inner, self.dt_rank = d_inner, int(dt_rank)
+        self.chunk_size, self.scan = int(chunk_size), scan
+        E, N, R = self.d_inner, self.d_state, self.dt_rank
+
+        self.in_proj = nn.Linear(self.d_model, 2 * E, bias=False)
+        # padding=d_conv-1 is unused by forward (it prepends the carried inputs instead); it is kept
+        # so the module is the reference's, for anyone calling self.conv1d directly
+        self.conv1d = nn.Conv1d(E, E, kernel_size=self.d_conv, groups=E, padding=self.d_conv - 1, bias=True)
+        self.x_proj = nn.Linear(E, R + 2 * N, bias=False)
+        self.dt_proj = nn.Linear(R, E, bias=True)
+        self.out_proj = nn.Linear(E, self.d_model, bias=False)
+
+        # dt_proj: weights keep the variance of dt at init; the bias is chosen so that the initial step
+        # sizes softplus(bias) are log-uniform in [dt_min, dt_max] (the reference's "random" dt_init)
+        dt_init_std = R**-0.5
+        nn.init.uniform_(self.dt_proj.weight, -dt_init_std, dt_init_std)
+        dt = torch.exp(torch.rand(E) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = dt.clamp(min=dt_init_floor)
+        inv_dt = dt + torch.log(-torch.expm1(-dt))  # inverse softplus, stable for small dt
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(inv_dt)
+        self.dt_proj.bias._no_reinit = True  # as the reference: a generic init must not zero it
+
+        # S4D-real initialisation A = -(n + 1); stored as log so that A = -exp(A_log) stays negative
+        A = torch.arange(1, N + 1, dtype=torch.float32).repeat(E, 1)  # (E, N)
+        self.A_log = nn.Parameter(torch.log(A))
+        self.D = nn.Parameter(torch.ones(E))  # skip connection
+        self.A_log._no_weight_decay = True
+        self.D._no_weight_decay = True
+
+    # ----------------------------------------------------------------------------- state
+
+    def init_state(self, batch_size: int, *, device=None, dtype=None) -> MambaState:
+        device = self.A_log.device if device is None else device
+        dtype = self.in_proj.weight.dtype if dtype is None else dtype
+        conv = torch.zeros(batch_size, self.d_inner, self.d_conv - 1, device=device, dtype=dtype)
+        ssm = torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=scan_dtype(dtype))
+        return MambaState(conv, ssm)
+
+    # ----------------------------------------------------------------------------- shared pieces
+
+    def _ssm_inputs(self, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Input-dependent delta (…, E), B (…, N), C (…, N) from the conv output u (…, E)."""
+        dt, B, C = torch.split(self.x_proj(u), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = F.softplus(self.dt_proj(dt))  # dt_proj's bias is the reference's delta_bias
+        return delta, B, C
+
+    # ----------------------------------------------------------------------------- forward / step
+
+    def forward(self, x: Tensor, state: MambaState | None = None) -> tuple[Tensor, MambaState]:
+        """Whole sequence ``x (B, T, D) -> (y (B, T, D), new state)``; continues from ``state``."""
+        self.check_input(x)
+        batch, T, _ = x.shape
+        if state is None:
+            state = self.init_state(batch, device=x.device, dtype=x.dtype)
+        if T == 0:  # nothing to read; conv1d would reject an input shorter than its kernel
+            return x.new_zeros(x.shape), state
+
+        xs, z = self.in_proj(x).chunk(2, dim=-1)  # (B, T, E) each
+        # Causal depthwise conv: prepend the carried last d_conv-1 inputs instead of zero padding, so
+        # that forward(x[:, :k]) then forward(x[:, k:], state) sees exactly what forward(x) sees.
+        padded = torch.cat([state.conv.to(xs.dtype), xs.transpose(1, 2)], dim=-1)  # (B, E, d_conv-1+T)
+        conv = F.conv1d(padded, self.conv1d.weight, self.conv1d.bias, groups=self.d_inner)  # (B, E, T)
+        new_conv = padded[:, :, T:].clone()  # the last d_conv-1 inputs; clone: don't pin `padded`
+        u = F.silu(conv).transpose(1, 2)  # (B, T, E)
+
+        delta, B, C = self._ssm_inputs(u)  # (B, T, E), (B, T, N), (B, T, N)
+        # A and D in at least float32 (the reference's .float(); float64 stays float64 for tests)
+        dtype = scan_dtype(self.A_log.dtype)
+        A, D = -torch.exp(self.A_log.to(dtype)), self.D.to(dtype)  # (E, N) < 0, (E,)
+        if self.scan == "chunked":
+            y, ssm = selective_scan_chunked(u, delta, A, B, C, D, state.ssm, self.chunk_size)
+        else:
+            y, ssm = selective_scan_naive(u, delta, A, B, C, D, state.ssm)
+        y = y * F.silu(z)  # (B, T, E) gate
+        return self.out_proj(y), MambaState(new_conv, ssm)
+
+    def step(self, x: Tensor, state: MambaState) -> tuple[Tensor, MambaState]:
+        """One token ``x (B, D)``: the conv as a dot product with the buffer, the diagonal SSM update."""
+        self.check_input(x, step=True)
+        xs, z = self.in_proj(x).chunk(2, dim=-1)  # (B, E) each
+        window = torch.cat([state.conv.to(xs.dtype), xs.unsqueeze(-1)], dim=-1)  # (B, E, d_conv), new tensor
+        conv = (window * self.conv1d.weight.squeeze(1)).sum(-1) + self.conv1d.bias  # (B, E)
+        u = F.silu(conv)
+
+        delta, B, C = self._ssm_inputs(u)  # (B, E), (B, N), (B, N)
+        dtype = state.ssm.dtype  # float32 state even for low-precision activations
+        delta_, u_ = delta.to(dtype), u.to(dtype)
+        A = -torch.exp(self.A_log.to(dtype))  # (E, N)
+        decay = torch.exp(delta_.unsqueeze(-1) * A)  # (B, E, N)
+        drive = (delta_ * u_).unsqueeze(-1) * B.to(dtype).unsqueeze(1)  # (B, E, N)
+        ssm = decay * state.ssm + drive  # out of place: the given state is never touched
+        y = torch.einsum("ben,bn->be", ssm, C.to(dtype)) + self.D.to(dtype) * u_  # (B, E)
+        y = y.to(x.dtype) * F.silu(z)
+        # contiguous copy of the shifted window, so the state holds exactly the bytes it reports
+        return self.out_proj(y), MambaState(window[:, :, 1:].contiguous(), ssm)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{super().extra_repr()}, d_inner={self.d_inner}, d_state={self.d_state}, d_conv={self.d_conv}, "
+            f"dt_rank={self.dt_rank}, scan={self.scan!r}, chunk_size={self.chunk_size}"
+        )

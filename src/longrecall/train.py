@@ -1,0 +1,199 @@
+"""Train a LanguageModel on a task: AdamW, warm-up + cosine, clipping, atomic checkpoints.
+
+    from longrecall.config import TrainConfig
+    from longrecall.train import train
+    result = train(TrainConfig(layers=["attention", "attention"], steps=500))
+    result["final_eval"]["accuracy"]
+
+Data is generated on the fly: the batch at step s comes from ``task.build(batch_size, seed=f(seed, s))``,
+so a run is a pure function of its config and the code, resumes exactly from a checkpoint, and
+never sees the held-out evaluation examples (drawn from a disjoint seed stream).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from . import __version__
+from .checkpoint import atomic_write_json, load_checkpoint, read_manifest, save_checkpoint
+from .config import TrainConfig
+from .evaluate import evaluate
+from .models import LanguageModel
+from .registry import TASKS
+from .tasks.base import Batch, Task
+
+EVAL_SEED_BASE = 2**40  # eval examples come from seeds far from any training step's seed
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint (if any) is kept."""
+
+
+def make_task(config: TrainConfig, **overrides) -> Task:
+    cls = TASKS.get(config.task)
+    kwargs = {**config.task_kwargs, **overrides}
+    try:
+        return cls(**kwargs)
+    except TypeError as error:
+        raise ValueError(f"bad task_kwargs for task {config.task!r}: {error}") from None
+
+
+def make_model(config: TrainConfig, vocab_size: int) -> LanguageModel:
+    return LanguageModel(
+        vocab_size,
+        config.d_model,
+        config.layers,
+        mixer_kwargs=config.mixer_kwargs,
+        mlp=config.mlp,
+        tie_embeddings=config.tie_embeddings,
+    )
+
+
+def eval_batches(config: TrainConfig) -> list[Batch]:
+    """The held-out set: the training task plus every ``eval_task_kwargs`` variant."""
+    variants = [{}] + list(config.eval_task_kwargs)
+    return [
+        make_task(config, **overrides).build(config.eval_examples, EVAL_SEED_BASE + 1000 * config.seed + i)
+        for i, overrides in enumerate(variants)
+    ]
+
+
+def train_seed(seed: int, step: int) -> int:
+    return seed * 1_000_003 + step
+
+
+def lr_lambda(config: TrainConfig):
+    """Linear warm-up to 1, then cosine decay to ``min_lr_ratio`` at the last step."""
+
+    def factor(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+        cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine
+
+    return factor
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Decay matrices only: not norms, biases, embeddings' tied copies twice, or SSM dynamics
+    (parameters flagged ``_no_weight_decay``, as mamba_ssm flags A_log and D; S4 advises the same)."""
+    decay, no_decay, seen = [], [], set()
+    for param in model.parameters():
+        if id(param) in seen or not param.requires_grad:
+            continue
+        seen.add(id(param))
+        (decay if param.dim() >= 2 and not getattr(param, "_no_weight_decay", False) else no_decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def train(config: TrainConfig, *, progress: bool = True, resume: bool = True, log=print) -> dict:
+    """Run training; returns the metrics dict (also written to ``out_dir/metrics.json``)."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = torch.device(config.device)
+    out_dir = Path(config.out_dir) if config.out_dir else None
+
+    task = make_task(config)
+    held_out = eval_batches(config)
+    torch.manual_seed(config.seed)  # parameter initialisation
+    model = make_model(config, task.vocab_size).to(device)
+    optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.98))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
+
+    history: list[dict] = []
+    evals: list[dict] = []
+    start_step, last_checkpoint = 0, None
+    if out_dir is not None and resume and (manifest := read_manifest(out_dir)) is not None:
+        if manifest.get("config") != config.to_dict():
+            raise ValueError(
+                f"{out_dir} holds a checkpoint of a different config; use another out_dir or resume=False"
+            )
+        load_checkpoint(out_dir, model, optimizer, scheduler)
+        start_step, last_checkpoint = manifest["step"], manifest["step"]
+        history, evals = manifest.get("history", []), manifest.get("evals", [])
+        log(f"resuming from the checkpoint at step {start_step} in {out_dir}")
+
+    n_params = model.num_parameters()
+    tokens_per_step = config.batch_size * task.seq_len
+    train_seconds = sum(h.get("seconds", 0.0) for h in history)
+
+    def checkpoint(step: int) -> None:
+        nonlocal last_checkpoint
+        if out_dir is not None:
+            save_checkpoint(out_dir, model, optimizer, scheduler, step, config.to_dict(),
+                            {"history": history, "evals": evals})
+            last_checkpoint = step
+
+    def run_eval(step: int) -> dict:
+        result = evaluate(model, held_out, batch_size=max(config.batch_size, 64), device=device)
+        result["step"] = step
+        evals.append(result)
+        return result
+
+    columns = [TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+               TimeElapsedColumn(), TimeRemainingColumn()]
+    status = "done"
+    with Progress(*columns, disable=not progress, transient=False) as bar:
+        job = bar.add_task("train", total=config.steps, completed=start_step, info="")
+        model.train()
+        for step in range(start_step, config.steps):
+            tick = time.perf_counter()
+            batch = task.build(config.batch_size, train_seed(config.seed, step)).to(device)
+            loss, logits, labels = model.loss(batch.inputs, batch.targets)
+            if not torch.isfinite(loss):
+                where = f"the last good checkpoint (step {last_checkpoint}) in {out_dir} is kept" if last_checkpoint is not None else "no checkpoint was written"
+                status = "diverged"
+                _write_metrics(out_dir, config, history, evals, status, n_params, train_seconds, tokens_per_step, task)
+                raise TrainingDiverged(f"loss is {loss.item()} at step {step} (lr {scheduler.get_last_lr()[0]:.3g}); {where}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            seconds = time.perf_counter() - tick
+            train_seconds += seconds
+            accuracy = (logits.argmax(-1) == labels).float().mean().item()
+            history.append({"step": step + 1, "loss": loss.item(), "accuracy": accuracy,
+                            "lr": optimizer.param_groups[0]["lr"], "grad_norm": grad_norm.item(), "seconds": seconds})
+            info = f"loss {loss.item():.3f} acc {accuracy:.3f}"
+            done = step + 1 == config.steps
+            if (step + 1) % config.eval_every == 0 or done:
+                result = run_eval(step + 1)
+                info += f" eval {result['accuracy']:.3f}"
+                if config.early_stop_accuracy is not None and result["accuracy"] >= config.early_stop_accuracy:
+                    status, done = "early_stopped", True
+                checkpoint(step + 1)
+            elif config.checkpoint_every and (step + 1) % config.checkpoint_every == 0:
+                checkpoint(step + 1)
+            bar.update(job, advance=1, info=info)
+            if done:
+                break
+    if not evals or evals[-1]["step"] != (history[-1]["step"] if history else 0):
+        run_eval(history[-1]["step"] if history else 0)
+    return _write_metrics(out_dir, config, history, evals, status, n_params, train_seconds, tokens_per_step, task)
+
+
+def _write_metrics(out_dir, config, history, evals, status, n_params, train_seconds, tokens_per_step, task) -> dict:
+    steps_done = history[-1]["step"] if history else 0
+    metrics = {
+        "status": status,
+        "config": config.to_dict(),
+        "task": task.config(),
+        "steps": steps_done,
+        "parameters": n_params,
+        "train_seconds": train_seconds,
+        "train_tokens_per_second": steps_done * tokens_per_step / train_seconds if train_seconds else None,
+        "final_eval": evals[-1] if evals else None,
+        "evals": evals,
+        "history": history,
+        "versions": {"longrecall": __version__, "torch": torch.__version__},
+    }
+    if out_dir is not None:
+        atomic_write_json(out_dir / "metrics.json", metrics)
+    return metrics
