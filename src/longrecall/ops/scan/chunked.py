@@ -52,9 +52,16 @@ def _chunk_sequential(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
         h = torch.addcmul(b_t, a_t, h)  # h = a_t * h + b_t, one kernel
         states.append(h)
     hs = torch.stack(states, dim=1)  # (B, L, E, N)
-    # y_t = sum_n h_t[e, n] C_t[n] as a batched matmul over (B, L): (E, N) @ (N, 1)
-    y = (hs @ C.unsqueeze(-1)).squeeze(-1)  # (B, L, E)
-    return y, h
+    return _readout(hs, C), h
+
+
+def _readout(hs: Tensor, C: Tensor) -> Tensor:
+    """y_t = sum_n h_t[e, n] C_t[n]: hs (B, L, E, N), C (B, L, N) -> (B, L, E)."""
+    # Measured (1 thread, E=256, N=16): einsum is ~20% faster without grad (B=1, T=4096 scan: 40 vs
+    # 50 ms), the batched matmul ~15% faster in training (B=16, T=256 fwd+bwd: 255 vs 270-320 ms).
+    if not torch.is_grad_enabled():
+        return torch.einsum("blen,bln->ble", hs, C)
+    return (hs @ C.unsqueeze(-1)).squeeze(-1)
 
 
 def _chunk_parallel(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
@@ -70,8 +77,7 @@ def _chunk_parallel(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, h
         b = torch.cat([b[:, :k], b[:, k:] + carried], dim=1)
         k *= 2
     hs = b + torch.exp(S) * h.unsqueeze(1)  # add the incoming state, decayed to each step
-    y = (hs @ C.unsqueeze(-1)).squeeze(-1)  # (B, L, E)
-    return y, hs[:, -1].clone()  # clone: a view would keep the whole (B, L, E, N) chunk alive
+    return _readout(hs, C), hs[:, -1].clone()  # clone: a view would keep the whole (B, L, E, N) chunk alive
 
 
 _CHUNK_FNS = {"sequential": _chunk_sequential, "parallel": _chunk_parallel}

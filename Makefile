@@ -1,0 +1,35 @@
+# Two entry points: `make demo` (the main job) and `make test` (the default test suite).
+# Both create .venv on first use, installing the pinned CPU build of torch before the package:
+# an unpinned torch from PyPI is a multi-GB CUDA build.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_VERSION ?= 2.13.0
+
+.PHONY: setup demo test test-slow bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==$(TORCH_VERSION)
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+# The main job: train a 2-layer attention model on CPU-scale MQAR and print its held-out accuracy.
+demo: setup
+	$(PY) -m longrecall train --config configs/mqar_cpu.toml --out_dir=runs/demo
+
+test: setup
+	$(PY) -m pytest
+
+test-slow: setup
+	$(PY) -m pytest -m slow
+
+bench: setup
+	$(PY) -m pip install --quiet "mambapy>=1.2"
+	$(PY) -m longrecall bench --out bench_results
+
+clean:
+	rm -rf $(VENV) runs bench_results .pytest_cache

@@ -1,0 +1,80 @@
+"""``longrecall bench``: tokens/s of parallel forms vs step loops, decode latency, peak memory."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..bench.speed import MODES, BenchSpec, run_bench, to_markdown
+from ..checkpoint import atomic_write_bytes, atomic_write_json
+from ..registry import MIXERS
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def run(args) -> int:
+    names = MIXERS.names() if args.mixers == "all" else args.mixers.split(",")
+    for name in names:
+        try:
+            MIXERS.get(name)
+        except KeyError as error:
+            print(f"error: --mixers: {error.args[0]}")
+            return 2
+    modes = args.modes.split(",")
+    for mode in modes:
+        if mode not in MODES:
+            print(f"error: --modes must be a comma-separated subset of {', '.join(MODES)}; got {mode!r}")
+            return 2
+    if args.quick:
+        args.lengths, args.batch_sizes, args.repeats = [64, 256], [1], 1
+    spec = BenchSpec(mixers=names, lengths=args.lengths, batch_sizes=args.batch_sizes, d_model=args.d_model,
+                     modes=modes, repeats=args.repeats, threads=args.threads, compare_mambapy=not args.no_mambapy)
+
+    def show(result: dict) -> None:
+        shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()}
+        print(json.dumps(shown))
+
+    report = run_bench(spec, on_result=None if args.json else show)
+    out = Path(args.out)
+    atomic_write_json(out / "bench.json", report)
+    atomic_write_bytes(out / "bench.md", to_markdown(report).encode())
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(to_markdown(report))
+        print(f"wrote {out / 'bench.json'} and {out / 'bench.md'}")
+    return 1 if report["skipped"] else 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="measure speed and memory of mixers",
+        description="Forward tokens/s (parallel form) vs the step loop, per-token step latency after a "
+        "T-token prefill, training-step tokens/s and peak resident memory, per mixer, length and batch. "
+        "Every cell runs in its own process. Mixers failing their contract check are not timed.",
+        epilog="examples:\n  longrecall bench --quick\n  longrecall bench --mixers s4d,mamba --lengths 1024,4096 --batch-sizes 1\n"
+        "  longrecall bench --mixers all --out bench_results   (the full table: tens of minutes)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--mixers", default="all", help="comma-separated registry keys, or 'all' (default)")
+    p.add_argument("--lengths", type=_ints, default=[256, 1024, 4096, 16384], help="comma-separated T values")
+    p.add_argument("--batch-sizes", type=_ints, default=[1, 16], help="comma-separated batch sizes")
+    p.add_argument("--d-model", type=int, default=128)
+    p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)}")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--no-mambapy", action="store_true", help="skip the comparison with mambapy even if installed")
+    p.add_argument("--quick", action="store_true", help="T in {64, 256}, batch 1, one repeat: a smoke run")
+    p.add_argument("--out", default="bench_results", help="directory for bench.json and bench.md")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=run)

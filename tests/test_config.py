@@ -1,0 +1,43 @@
+import pytest
+
+from longrecall.config import ConfigError, TrainConfig, load_config
+
+
+def test_layering_defaults_file_cli(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('d_model = 32\nsteps = 7\nlayers = ["s4d", "attention"]\n[mixer_kwargs]\nn_heads = 4\n')
+    config = load_config(TrainConfig, path, ["--steps=9", "--mixer_kwargs.n_heads=2", "--lr=1e-3", "--threads=None"])
+    assert config.d_model == 32  # from the file
+    assert config.steps == 9  # the command line wins
+    assert config.layers == ["s4d", "attention"]
+    assert config.mixer_kwargs == {"n_heads": 2}
+    assert config.lr == 1e-3 and config.threads is None
+    assert config.batch_size == TrainConfig().batch_size  # default
+
+
+def test_unknown_key_lists_accepted_names():
+    with pytest.raises(ConfigError, match="Did you mean: steps"):
+        load_config(TrainConfig, None, ["--stpes=3"])
+
+
+@pytest.mark.parametrize("arg", ["--steps=abc", "--steps=1.5", "--lr=[1]", "--layers=attention", "--mlp=3"])
+def test_wrong_types_rejected(arg):
+    with pytest.raises(ConfigError):
+        load_config(TrainConfig, None, [arg])
+
+
+@pytest.mark.parametrize(
+    "kwargs,name",
+    [(dict(steps=0), "steps"), (dict(lr=0.0), "lr"), (dict(layers=["nope"]), "layers"), (dict(task="nope"), "task"),
+     (dict(min_lr_ratio=2.0), "min_lr_ratio"), (dict(batch_size=-1), "batch_size"), (dict(warmup_steps=-1), "warmup_steps")],
+)
+def test_invalid_values_named(kwargs, name):
+    with pytest.raises(ConfigError, match=name):
+        TrainConfig(**kwargs)
+
+
+def test_missing_file_and_malformed_override(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(TrainConfig, tmp_path / "missing.toml")
+    with pytest.raises(ConfigError, match="--key=value"):
+        load_config(TrainConfig, None, ["steps=3"])
