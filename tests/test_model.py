@@ -6,9 +6,10 @@ from longrecall.models import LanguageModel
 LAYERS = [["attention", "attention"], ["s4d", "sliding_window"], ["attention", "s4d"]]
 
 
+@pytest.mark.parametrize("short_conv", [0, 4])
 @pytest.mark.parametrize("layers", LAYERS, ids=["+".join(l) for l in LAYERS])
-def test_step_and_generate_match_the_parallel_form(layers):
-    model = LanguageModel(50, 16, layers, mixer_kwargs={"sliding_window": {"window": 4}}).double()
+def test_step_and_generate_match_the_parallel_form(layers, short_conv):
+    model = LanguageModel(50, 16, layers, mixer_kwargs={"sliding_window": {"window": 4}}, short_conv=short_conv).double()
     tokens = torch.randint(50, (2, 11))
     logits, state = model(tokens)
     stepped = model.init_state(2, dtype=torch.float64)
@@ -16,6 +17,10 @@ def test_step_and_generate_match_the_parallel_form(layers):
         step_logits, stepped = model.step(tokens[:, t], stepped)
         torch.testing.assert_close(step_logits, logits[:, t], atol=1e-9, rtol=1e-7)
     assert model.state_bytes(stepped) == model.state_bytes(state)
+    # chunked prefill carries every state, short-conv buffers included
+    first, mid = model(tokens[:, :4])
+    second, _ = model(tokens[:, 4:], mid)
+    torch.testing.assert_close(torch.cat([first, second], 1), logits, atol=1e-9, rtol=1e-7)
 
     generated, _ = model.generate(tokens[:, :5], 6)
     # greedy generation equals repeatedly running the parallel form on the growing prompt

@@ -42,6 +42,7 @@ class TrainConfig:
     d_model: int = 64
     mixer_kwargs: dict = field(default_factory=dict)
     mlp: bool = True
+    short_conv: int = 0  # causal depthwise conv width before each mixer (H3/Based shift conv); 0 = none
     tie_embeddings: bool = False
     # task: training examples come from task(**task_kwargs); evaluation also covers each entry
     # of eval_task_kwargs (overrides of task_kwargs, e.g. more pairs or longer sequences)

@@ -50,6 +50,7 @@ def make_model(config: TrainConfig, vocab_size: int) -> LanguageModel:
         config.layers,
         mixer_kwargs=config.mixer_kwargs,
         mlp=config.mlp,
+        short_conv=config.short_conv,
         tie_embeddings=config.tie_embeddings,
     )
 

@@ -3,4 +3,4 @@
 The import lines below are what registers them: add yours here.
 """
 
-from . import attention, s4d, sliding_window  # noqa: F401
+from . import attention, mamba, s4d, sliding_window  # noqa: F401

@@ -28,6 +28,39 @@ IGNORE_INDEX = -100
 
 class ModelState(NamedTuple):
     layers: tuple  # one mixer state per block
+    convs: tuple = ()  # one ShortConv state per block when the model has short convolutions
+
+
+class ShortConv(nn.Module):
+    """Causal depthwise convolution over the last ``width`` tokens, before a block's mixer.
+
+    The "shift" convolution of H3 (Fu et al. 2023) and Based (Arora et al. 2024): it hands each
+    position its recent neighbours, which associative recall needs (a query must find the token
+    *after* a key).  A mixer can learn this itself (two attention layers form an induction head),
+    but slowly: on CPU-scale MQAR, 2-layer RoPE attention without it stayed near 6% accuracy after
+    2,000 steps (docs/results.md).  Its state is the last ``width - 1`` inputs, (B, D, width - 1),
+    and counts in the model's state bytes.
+    """
+
+    def __init__(self, d_model: int, width: int):
+        super().__init__()
+        check_positive(short_conv=width)
+        self.width = width
+        self.conv = nn.Conv1d(d_model, d_model, width, groups=d_model, bias=True)
+
+    def init_state(self, batch_size: int, *, device=None, dtype=None) -> Tensor:
+        return torch.zeros(batch_size, self.conv.in_channels, self.width - 1, device=device, dtype=dtype)
+
+    def forward(self, x: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+        """x (B, T, D) -> (B, T, D); the carried inputs replace zero padding."""
+        padded = torch.cat([state, x.transpose(1, 2)], dim=2)  # (B, D, width - 1 + T)
+        y = self.conv(padded).transpose(1, 2)
+        return y, padded[:, :, padded.shape[2] - (self.width - 1) :].clone()
+
+    def step(self, x: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+        window = torch.cat([state, x[:, :, None]], dim=2)  # (B, D, width)
+        y = (window * self.conv.weight[:, 0]).sum(-1) + self.conv.bias
+        return y, window[:, :, 1:].clone()
 
 
 class RMSNorm(nn.Module):
@@ -58,26 +91,35 @@ class SwiGLU(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, mixer: Mixer, d_model: int, mlp: bool = True):
+    """x + mixer(conv?(norm x)), then x + mlp(norm x)."""
+
+    def __init__(self, mixer: Mixer, d_model: int, mlp: bool = True, short_conv: int = 0):
         super().__init__()
         self.mixer_norm = RMSNorm(d_model)
+        self.short_conv = ShortConv(d_model, short_conv) if short_conv else None
         self.mixer = mixer
         self.mlp_norm = RMSNorm(d_model) if mlp else None
         self.mlp = SwiGLU(d_model) if mlp else None
 
-    def forward(self, x: Tensor, state) -> tuple[Tensor, Any]:
-        y, state = self.mixer(self.mixer_norm(x), state)
+    def forward(self, x: Tensor, state, conv_state=None) -> tuple[Tensor, Any, Any]:
+        h = self.mixer_norm(x)
+        if self.short_conv is not None:
+            h, conv_state = self.short_conv(h, conv_state)
+        y, state = self.mixer(h, state)
         x = x + y
         if self.mlp is not None:
             x = x + self.mlp(self.mlp_norm(x))
-        return x, state
+        return x, state, conv_state
 
-    def step(self, x: Tensor, state) -> tuple[Tensor, Any]:
-        y, state = self.mixer.step(self.mixer_norm(x), state)
+    def step(self, x: Tensor, state, conv_state=None) -> tuple[Tensor, Any, Any]:
+        h = self.mixer_norm(x)
+        if self.short_conv is not None:
+            h, conv_state = self.short_conv.step(h, conv_state)
+        y, state = self.mixer.step(h, state)
         x = x + y
         if self.mlp is not None:
             x = x + self.mlp(self.mlp_norm(x))
-        return x, state
+        return x, state, conv_state
 
 
 class LanguageModel(nn.Module):
@@ -90,6 +132,8 @@ class LanguageModel(nn.Module):
         mixer_kwargs: keyword arguments for every mixer, or a dict keyed by mixer name
             (``{"attention": {"n_heads": 2}, "mamba": {"d_state": 16}}``) when ``per_mixer``.
         mlp: add a SwiGLU MLP after each mixer (as Zoology's MQAR models do).
+        short_conv: width of a causal depthwise convolution before each mixer (0: none); see
+            ``ShortConv``.
         tie_embeddings: share the embedding and head weights.
     """
 
@@ -101,6 +145,7 @@ class LanguageModel(nn.Module):
         *,
         mixer_kwargs: dict | None = None,
         mlp: bool = True,
+        short_conv: int = 0,
         tie_embeddings: bool = False,
     ):
         super().__init__()
@@ -114,11 +159,14 @@ class LanguageModel(nn.Module):
             "layers": list(layers),
             "mixer_kwargs": dict(mixer_kwargs or {}),
             "mlp": mlp,
+            "short_conv": short_conv,
             "tie_embeddings": tie_embeddings,
         }
+        if isinstance(short_conv, bool) or not isinstance(short_conv, int) or short_conv < 0:
+            raise ValueError(f"short_conv must be a non-negative int (0 disables it), got {short_conv!r}")
         self.embedding = nn.Embedding(vocab_size, d_model)
         self.blocks = nn.ModuleList(
-            Block(self._build_mixer(name, d_model, mixer_kwargs or {}), d_model, mlp) for name in layers
+            Block(self._build_mixer(name, d_model, mixer_kwargs or {}), d_model, mlp, short_conv) for name in layers
         )
         self.norm = RMSNorm(d_model)
         self.head = nn.Linear(d_model, vocab_size, bias=False)
@@ -150,11 +198,15 @@ class LanguageModel(nn.Module):
     def init_state(self, batch_size: int, *, device=None, dtype=None) -> ModelState:
         device = device or self.embedding.weight.device
         dtype = dtype or self.embedding.weight.dtype
-        return ModelState(tuple(b.mixer.init_state(batch_size, device=device, dtype=dtype) for b in self.blocks))
+        layers = tuple(b.mixer.init_state(batch_size, device=device, dtype=dtype) for b in self.blocks)
+        convs = tuple(
+            b.short_conv.init_state(batch_size, device=device, dtype=dtype) for b in self.blocks if b.short_conv
+        )
+        return ModelState(layers, convs)
 
     def state_bytes(self, state: ModelState) -> int:
-        """Bytes held by every mixer's state, counted from the tensors."""
-        return sum(block.mixer.state_bytes(s) for block, s in zip(self.blocks, state.layers))
+        """Bytes held by every mixer's state (and short-conv buffers), counted from the tensors."""
+        return sum(block.mixer.state_bytes(s) for block, s in zip(self.blocks, state.layers)) + state_nbytes(state.convs)
 
     @torch.no_grad()
     def state_bytes_at(self, seq_len: int, batch_size: int = 1) -> int:
@@ -179,11 +231,18 @@ class LanguageModel(nn.Module):
         if state is None:
             state = self.init_state(input_ids.shape[0])
         x = self.embedding(input_ids)  # (B, T, D)
-        new_states = []
-        for block, layer_state in zip(self.blocks, state.layers):
-            x, layer_state = block(x, layer_state)
-            new_states.append(layer_state)
-        return self.norm(x), ModelState(tuple(new_states))
+        x, state = self._run_blocks(x, state, "forward")
+        return self.norm(x), state
+
+    def _run_blocks(self, x: Tensor, state: ModelState, how: str) -> tuple[Tensor, ModelState]:
+        convs = state.convs or (None,) * len(self.blocks)
+        new_layers, new_convs = [], []
+        for block, layer_state, conv_state in zip(self.blocks, state.layers, convs):
+            x, layer_state, conv_state = getattr(block, how)(x, layer_state, conv_state)
+            new_layers.append(layer_state)
+            if conv_state is not None:
+                new_convs.append(conv_state)
+        return x, ModelState(tuple(new_layers), tuple(new_convs))
 
     def forward(self, input_ids: Tensor, state: ModelState | None = None) -> tuple[Tensor, ModelState]:
         """Logits (B, T, V) at every position and the new state."""
@@ -204,11 +263,8 @@ class LanguageModel(nn.Module):
         """One token per sequence: token (B,) -> logits (B, V), new state."""
         self._check_tokens(token, 1)
         x = self.embedding(token)  # (B, D)
-        new_states = []
-        for block, layer_state in zip(self.blocks, state.layers):
-            x, layer_state = block.step(x, layer_state)
-            new_states.append(layer_state)
-        return self.head(self.norm(x)), ModelState(tuple(new_states))
+        x, state = self._run_blocks(x, state, "step")
+        return self.head(self.norm(x)), state
 
     @torch.no_grad()
     def generate(
