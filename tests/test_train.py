@@ -104,3 +104,16 @@ def test_attention_learns_tiny_mqar():
     first, last = metrics["history"][0]["loss"], metrics["history"][-1]["loss"]
     assert last < 0.6 * first
     assert metrics["final_eval"]["accuracy"] > 3 / 16
+
+
+def test_ssm_dynamics_and_norms_are_not_weight_decayed():
+    from longrecall.train import param_groups
+
+    model = LanguageModel(20, 16, ["mamba", "s4d"])
+    decay, no_decay = param_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    no_decay_names = {names[id(p)] for p in no_decay["params"]}
+    for expected in ("blocks.0.mixer.A_log", "blocks.0.mixer.D", "blocks.1.mixer.log_A_real", "blocks.1.mixer.log_dt",
+                     "blocks.0.mixer_norm.weight"):
+        assert expected in no_decay_names
+    assert "blocks.0.mixer.in_proj.weight" in {names[id(p)] for p in decay["params"]}

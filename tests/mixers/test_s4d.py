@@ -13,14 +13,6 @@ from longrecall.registry import get_mixer
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny ops with 2 OpenMP threads stall badly when anything else uses a core (see
-    # cpu_performance_notes section 6); one thread keeps these tests fast and steady.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _model(init="lin", d_model=6, d_state=8, seed=0, **kw):

@@ -6,14 +6,6 @@ import torch
 from longrecall.ops.conv import causal_conv_fft, causal_conv_fft_freq, causal_conv_naive, kernel_rfft
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny ops with 2 OpenMP threads stall badly when anything else uses a core (see
-    # cpu_performance_notes section 6); one thread keeps these tests fast and steady.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _inputs(B, H, T, L, seed=0, dtype=torch.float64):

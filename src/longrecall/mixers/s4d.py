@@ -133,6 +133,11 @@ class S4D(Mixer):
         self.A_imag = nn.Parameter(a_imag.repeat(H, 1))  # (H, M)
         self.C = nn.Parameter(torch.randn(H, M, 2) * math.sqrt(0.5))  # complex as (re, im)
         self.D = nn.Parameter(torch.randn(H))
+        # S4/S4D train the SSM dynamics without weight decay: decay would pull the log-parameters
+        # toward 0, i.e. every mode toward Re A = -1 and dt = 1, one arbitrary timescale. The
+        # trainer honours this flag (mamba_ssm's convention)
+        for param in (self.log_dt, self.log_A_real, self.A_imag):
+            param._no_weight_decay = True
         self.out = nn.Linear(H, 2 * H)  # + GLU: the standalone layer's 1x1 conv to 2H
         self._cache_params: tuple[Tensor, ...] | None = None
         self._cache_disc: _Disc | None = None

@@ -168,13 +168,8 @@ def selective_scan_chunked(
     """Selective scan in chunks; equals :func:`selective_scan_naive` (outputs, final state, gradients).
 
     Args:
-        u: input, (B, T, E).
-        delta: positive step sizes (already softplus-ed), (B, T, E).
-        A: state matrix diagonal, (E, N); negative for a decaying state.
-        B: input projection per step, (B, T, N).
-        C: output projection per step, (B, T, N).
-        D: skip connection, (E,), or None.
-        h0: state before the first step, (B, E, N), or None for zeros.
+        u, delta, A, B, C, D, h0: as in :func:`selective_scan_naive` (shapes (B, T, E), (B, T, E),
+            (E, N), (B, T, N), (B, T, N), (E,) or None, (B, E, N) or None).
         chunk_size: steps per chunk L; any T works (the last chunk may be shorter).
         method: within-chunk formulation, ``"sequential"`` (fastest here) or ``"parallel"``.
 
