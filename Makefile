@@ -12,14 +12,14 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==$(TORCH_VERSION)
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,plot,ray]"
 	touch $@
 
 setup: $(VENV)/.installed
 
-# The main job: train a 2-layer attention model on CPU-scale MQAR and print its held-out accuracy.
+# The main job: the quick arena preset on CPU (16 runs), its leaderboard, and its report in report/.
 demo: setup
-	$(PY) -m longrecall train --config configs/mqar_cpu.toml --out_dir=runs/demo
+	$(PY) -m longrecall arena --preset quick --store runs/quick.db --report report
 
 test: setup
 	$(PY) -m pytest
@@ -32,4 +32,4 @@ bench: setup
 	$(PY) -m longrecall bench --out bench_results
 
 clean:
-	rm -rf $(VENV) runs bench_results .pytest_cache
+	rm -rf $(VENV) runs report bench_results .pytest_cache

@@ -12,6 +12,7 @@ never sees the held-out evaluation examples (drawn from a disjoint seed stream).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from pathlib import Path
@@ -93,8 +94,17 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def train(config: TrainConfig, *, progress: bool = True, resume: bool = True, log=print) -> dict:
-    """Run training; returns the metrics dict (also written to ``out_dir/metrics.json``)."""
+def progress_columns() -> list:
+    return [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(), TimeRemainingColumn()]
+
+
+def train(config: TrainConfig, *, progress: bool | Progress = True, resume: bool = True, log=print) -> dict:
+    """Run training; returns the metrics dict (also written to ``out_dir/metrics.json``).
+
+    ``progress``: show a progress bar (True), none (False), or add this run's bar to an existing
+    ``rich.progress.Progress`` (the arena shows its grid bar and the current run's bar together).
+    """
     if config.threads:
         torch.set_num_threads(config.threads)
     device = torch.device(config.device)
@@ -132,15 +142,15 @@ def train(config: TrainConfig, *, progress: bool = True, resume: bool = True, lo
             last_checkpoint = step
 
     def run_eval(step: int) -> dict:
+        tick = time.perf_counter()
         result = evaluate(model, held_out, batch_size=max(config.batch_size, 64), device=device)
-        result["step"] = step
+        result["step"], result["seconds"] = step, time.perf_counter() - tick
         evals.append(result)
         return result
 
-    columns = [TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-               TimeElapsedColumn(), TimeRemainingColumn()]
     status = "done"
-    with Progress(*columns, disable=not progress, transient=False) as bar:
+    shared = isinstance(progress, Progress)
+    with (contextlib.nullcontext(progress) if shared else Progress(*progress_columns(), disable=not progress)) as bar:
         job = bar.add_task("train", total=config.steps, completed=start_step, info="")
         model.train()
         for step in range(start_step, config.steps):
@@ -175,6 +185,8 @@ def train(config: TrainConfig, *, progress: bool = True, resume: bool = True, lo
             bar.update(job, advance=1, info=info)
             if done:
                 break
+        if shared:
+            bar.remove_task(job)
     if not evals or evals[-1]["step"] != (history[-1]["step"] if history else 0):
         run_eval(history[-1]["step"] if history else 0)
     return _write_metrics(out_dir, config, history, evals, status, n_params, train_seconds, tokens_per_step, task)
@@ -189,6 +201,7 @@ def _write_metrics(out_dir, config, history, evals, status, n_params, train_seco
         "steps": steps_done,
         "parameters": n_params,
         "train_seconds": train_seconds,
+        "eval_seconds": sum(e.get("seconds", 0.0) for e in evals),
         "train_tokens_per_second": steps_done * tokens_per_step / train_seconds if train_seconds else None,
         "final_eval": evals[-1] if evals else None,
         "evals": evals,

@@ -37,6 +37,7 @@ class BenchSpec:
     train_max_tokens: int = 65536  # B * T above which the training step is not run
     latency_steps: int = 64
     compare_mambapy: bool = True
+    compare_max_tokens: int = 65536  # mambapy's parallel scan holds several (B, T, E, N) tensors
     mixer_kwargs: dict = field(default_factory=dict)
 
 
@@ -49,8 +50,9 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def _median_time(fn, repeats: int) -> float:
-    fn()  # warm-up (allocations, kernel caches)
+def _median_time(fn, repeats: int, warmup: bool = True) -> float:
+    if warmup:
+        fn()  # warm-up (allocations, kernel caches)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -85,7 +87,9 @@ def _cell(name: str, mode: str, T: int, B: int, spec: dict, queue) -> None:
             mixer.eval()
             with torch.inference_mode():
                 state = mixer.init_state(B)
-                seconds = _median_time(lambda: mixer.step_loop(x, state), max(1, spec["repeats"] // 3))
+                # one timed pass, warmed up only when short: a long loop amortises first-call costs,
+                # and attention's loop is O(T^2) (every step reads the whole cache)
+                seconds = _median_time(lambda: mixer.step_loop(x, state), 1, warmup=B * T < 8192)
             result.update(seconds=seconds, tokens_per_s=B * T / seconds)
         elif mode == "step_latency":
             mixer.eval()
@@ -147,10 +151,18 @@ def _run_in_subprocess(name: str, mode: str, T: int, B: int, spec: dict, timeout
     queue = ctx.Queue()
     process = ctx.Process(target=_cell, args=(name, mode, T, B, spec, queue))
     process.start()
-    try:
-        result = queue.get(timeout=timeout)
-    except Exception:
-        result = {"mixer": name, "mode": mode, "T": T, "batch": B, "error": f"no result within {timeout}s"}
+    deadline = time.monotonic() + timeout
+    result = None
+    while result is None:
+        try:
+            result = queue.get(timeout=1.0)
+        except Exception:  # queue.Empty: check the child is still alive (the OOM killer may have struck)
+            if not process.is_alive() and queue.empty():
+                code = process.exitcode
+                why = "killed (out of memory?)" if code is not None and code < 0 else f"exited with code {code}"
+                result = {"mixer": name, "mode": mode, "T": T, "batch": B, "error": f"worker {why} without a result"}
+            elif time.monotonic() > deadline:
+                result = {"mixer": name, "mode": mode, "T": T, "batch": B, "error": f"no result within {timeout}s"}
     process.join(10)
     if process.is_alive():
         process.kill()
@@ -183,7 +195,7 @@ def cells(spec: BenchSpec) -> list[tuple[str, str, int, int]]:
                     if mode == "train" and B * T > spec.train_max_tokens:
                         continue
                     out.append((name, mode, T, B))
-                if name == "mamba" and spec.compare_mambapy and _has_mambapy():
+                if name == "mamba" and spec.compare_mambapy and B * T <= spec.compare_max_tokens and _has_mambapy():
                     out.append((name, "mambapy", T, B))
     return out
 
@@ -198,7 +210,11 @@ def _has_mambapy() -> bool:
 
 
 def run_bench(spec: BenchSpec, on_result=None) -> dict:
-    """Run every cell; returns ``{"machine", "spec", "results", "skipped"}``."""
+    """Run every cell; returns ``{"machine", "spec", "results", "skipped"}``.
+
+    ``on_result(result, report_so_far)`` is called after every cell (the CLI rewrites its JSON and
+    markdown then, so an interrupted bench keeps what it measured).
+    """
     from longrecall.contract import run_contract
 
     skipped = {}
@@ -211,13 +227,13 @@ def run_bench(spec: BenchSpec, on_result=None) -> dict:
             passing.append(name)
     spec_for_run = BenchSpec(**{**asdict(spec), "mixers": passing})
     raw = asdict(spec_for_run)
-    results = []
+    report = {"machine": machine_info(spec.threads), "spec": asdict(spec), "results": [], "skipped": skipped}
     for name, mode, T, B in cells(spec_for_run):
         result = _run_in_subprocess(name, mode, T, B, raw)
-        results.append(result)
+        report["results"].append(result)
         if on_result:
-            on_result(result)
-    return {"machine": machine_info(spec.threads), "spec": asdict(spec), "results": results, "skipped": skipped}
+            on_result(result, report)
+    return report
 
 
 def _fmt(value, digits: int = 0) -> str:

@@ -1,19 +1,20 @@
-"""The ``longrecall`` command: ``ls | check | train | bench``, one file per subcommand."""
+"""The ``longrecall`` command: ``ls | check | train | arena | report | export | bench``, one file each."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from . import bench, check, ls, train
+from . import arena, bench, check, export, ls, report, train
 
-SUBCOMMANDS = {"ls": ls, "check": check, "train": train, "bench": bench}
+SUBCOMMANDS = {"ls": ls, "check": check, "train": train, "arena": arena, "report": report, "export": export,
+               "bench": bench}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="longrecall",
-        description="Long-range memory in sequence models: contract checks, training, benchmarks.",
+        description="Long-range memory in sequence models: contract checks, training, arena, benchmarks.",
         epilog="Run 'longrecall COMMAND --help' for worked examples of each command.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -39,14 +39,19 @@ def run(args) -> int:
     spec = BenchSpec(mixers=names, lengths=args.lengths, batch_sizes=args.batch_sizes, d_model=args.d_model,
                      modes=modes, repeats=args.repeats, threads=args.threads, compare_mambapy=not args.no_mambapy)
 
-    def show(result: dict) -> None:
-        shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()}
-        print(json.dumps(shown))
-
-    report = run_bench(spec, on_result=None if args.json else show)
     out = Path(args.out)
-    atomic_write_json(out / "bench.json", report)
-    atomic_write_bytes(out / "bench.md", to_markdown(report).encode())
+
+    def save(report: dict) -> None:
+        atomic_write_json(out / "bench.json", report)
+        atomic_write_bytes(out / "bench.md", to_markdown(report).encode())
+
+    def on_result(result: dict, report: dict) -> None:
+        save(report)  # after every cell: an interrupted bench keeps what it measured
+        if not args.json:
+            print(json.dumps({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in result.items()}))
+
+    report = run_bench(spec, on_result=on_result)
+    save(report)
     if args.json:
         print(json.dumps(report, indent=2))
     else:

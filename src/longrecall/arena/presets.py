@@ -1,0 +1,59 @@
+"""Named arena specs. ``longrecall arena --list-presets`` prints them with their descriptions.
+
+Each preset is a spec dict (the same keys as a TOML spec file) plus a one-line description and the
+runtime measured on the project's 2-core CPU.
+"""
+
+from __future__ import annotations
+
+FOUNDATION_MIXERS = ["attention", "sliding_window", "s4d", "mamba"]
+
+PRESETS: dict[str, dict] = {
+    "quick": {
+        "description": "the main job: 4 foundation memories on MQAR at 2 lengths x 2 widths (16 runs, under 10 min on 2 cores)",
+        "spec": {
+            "name": "quick",
+            "mixers": [
+                "attention",
+                {"name": "sliding_window", "kwargs": {"window": 32}},
+                "s4d",
+                "mamba",
+            ],
+            "tasks": [{"task": "mqar", "kwargs": {"vocab_size": 256, "num_kv_pairs": 8}}],
+            "lengths": [64, 128],
+            "widths": [32, 64],
+            "seeds": [0],
+            "n_layers": 2,
+            "train": {
+                "steps": 250, "batch_size": 32, "lr": 3e-3, "warmup_steps": 50, "short_conv": 4,
+                "eval_every": 125, "eval_examples": 256, "threads": 2,
+            },
+        },
+    },
+    "zoology-mqar": {
+        "description": "CPU-scale Zoology MQAR sweep: widths 32-128 x lengths 64-256 x kv pairs, 4 memories (hours on 2 cores)",
+        "spec": {
+            "name": "zoology-mqar",
+            "mixers": FOUNDATION_MIXERS,
+            "tasks": [
+                {"task": "mqar", "kwargs": {"vocab_size": 512, "num_kv_pairs": 4}},
+                {"task": "mqar", "kwargs": {"vocab_size": 512, "num_kv_pairs": 8}},
+                {"task": "mqar", "kwargs": {"vocab_size": 512, "num_kv_pairs": 16}},
+            ],
+            "lengths": [64, 128, 256],
+            "widths": [32, 64, 128],
+            "seeds": [0],
+            "n_layers": 2,
+            "train": {
+                "steps": 1500, "batch_size": 32, "lr": 3e-3, "warmup_steps": 100, "short_conv": 4,
+                "eval_every": 250, "eval_examples": 512, "early_stop_accuracy": 0.99, "threads": 2,
+            },
+        },
+    },
+}
+
+
+def get_preset(name: str) -> dict:
+    if name not in PRESETS:
+        raise KeyError(f"Unknown preset {name!r}. Available presets: {', '.join(PRESETS)}")
+    return PRESETS[name]["spec"]

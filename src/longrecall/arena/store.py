@@ -1,0 +1,507 @@
+"""The results store: one SQLite file, one row per run, shared safely by several processes.
+
+    store = Store.open("runs/quick.sqlite")
+    store.add_runs(load_spec("quick.toml").expand())     # pending rows; existing ids are kept
+    while (run := store.next_pending()) is not None:     # claims it: status running, owner host:pid
+        metrics = train(TrainConfig(**run["config"]))
+        store.finish(run["id"], metrics, eval_seconds=...)
+    store.export("results.csv")
+
+Guarantees:
+
+* Every write is one transaction (``BEGIN IMMEDIATE``); the file is in WAL mode with a busy
+  timeout, so executors in several processes can share it.
+* ``claim`` is exclusive: a run is claimed when pending, or when running under an owner process
+  that is dead (same host, ``os.kill(pid, 0)`` fails). A run on another host is never stolen.
+* ``finish`` writes a result only for a run that is running and owned by the caller: a done run
+  never gets a second result, so a killed arena resumes without losing or duplicating results.
+* A file that is not SQLite, a SQLite file that is not a longrecall store, or a store written by a
+  newer schema is refused with ``StoreError`` and left byte-for-byte untouched (it is inspected
+  read-only before anything is written).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import socket
+import sqlite3
+import subprocess
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+__all__ = ["Store", "StoreError", "SCHEMA_VERSION", "APP", "STATUSES", "code_version", "default_owner"]
+
+APP = "longrecall"
+SCHEMA_VERSION = 1
+STATUSES = ("pending", "running", "done", "failed")
+SQLITE_HEADER = b"SQLite format 3\x00"
+BUSY_TIMEOUT_S = 60.0
+
+_SCHEMA = [
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS runs (
+        id TEXT PRIMARY KEY,
+        spec_name TEXT,
+        status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'running', 'done', 'failed')),
+        config TEXT NOT NULL,
+        labels TEXT NOT NULL,
+        metrics TEXT,
+        by_distance TEXT,
+        by_slice TEXT,
+        state_bytes TEXT,
+        history TEXT,
+        evals TEXT,
+        task_config TEXT,
+        train_status TEXT,
+        steps INTEGER,
+        params INTEGER,
+        train_seconds REAL,
+        eval_seconds REAL,
+        tokens_per_s REAL,
+        code_version TEXT,
+        torch_version TEXT,
+        device TEXT,
+        created_at TEXT NOT NULL,
+        started_at TEXT,
+        finished_at TEXT,
+        error TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        owner TEXT
+    )""",
+    "CREATE INDEX IF NOT EXISTS runs_status ON runs (status)",
+]
+JSON_COLUMNS = ("config", "labels", "metrics", "by_distance", "by_slice", "state_bytes", "history", "evals", "task_config")
+# final_eval keys that get their own columns (the rest of final_eval goes to ``metrics``)
+_SPLIT_EVAL_KEYS = ("by_distance", "by_slice", "state_bytes")
+
+
+class StoreError(RuntimeError):
+    """The file is not a usable longrecall store, or a write was refused."""
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def default_owner() -> str:
+    """``host:pid`` of the calling process."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def owner_alive(owner: str | None) -> bool:
+    """False only when ``owner`` is a process on this host that no longer exists."""
+    if not owner:
+        return False
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname():
+        return True  # cannot tell for another machine: assume it is still working
+    try:
+        pid_int = int(pid)
+    except ValueError:
+        return False
+    if pid_int <= 0:
+        return False
+    try:
+        os.kill(pid_int, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by another user
+    return True
+
+
+@lru_cache(maxsize=None)
+def code_version() -> str:
+    """``git describe --always --dirty`` of the package's repository, else the package version."""
+    package_dir = Path(__file__).resolve().parents[1]
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty"], cwd=package_dir, capture_output=True, text=True, timeout=10,
+        )
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    from .. import __version__
+
+    return __version__
+
+
+def _dumps(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, sort_keys=True)
+
+
+def _decode(row: sqlite3.Row) -> dict:
+    record = dict(row)
+    for key in JSON_COLUMNS:
+        if record.get(key) is not None:
+            record[key] = json.loads(record[key])
+    return record
+
+
+def _largest_length(table: dict | None) -> tuple[str | None, Any]:
+    if not table:
+        return None, None
+
+    def order(key):
+        try:
+            return (0, int(key))
+        except (TypeError, ValueError):
+            return (1, 0)
+
+    key = max(table, key=order)
+    return key, table[key]
+
+
+# ----------------------------------------------------------------------------- the store
+
+
+class Store:
+    """One SQLite results file. Use ``Store.open(path)``; see the module docstring."""
+
+    def __init__(self, path: str | Path, *, create: bool = True):
+        self.path = Path(path)
+        self._conn: sqlite3.Connection | None = None
+        self._pid = None
+        self._check_existing(create)
+        self._connect(initialise=True)
+
+    @classmethod
+    def open(cls, path: str | Path, create: bool = True) -> "Store":
+        return cls(path, create=create)
+
+    # -- opening -----------------------------------------------------------------------------
+
+    def _check_existing(self, create: bool) -> None:
+        """Refuse foreign or newer files before opening them for writing (they stay untouched)."""
+        path = self.path
+        if path.is_dir():
+            raise StoreError(f"{path} is a directory, not a results store file")
+        if not path.exists():
+            if not create:
+                raise StoreError(f"no results store at {path} (pass create=True to make one)")
+            return
+        if path.stat().st_size == 0:
+            return  # an empty file is an empty database: it becomes a new store
+        with open(path, "rb") as f:
+            header = f.read(len(SQLITE_HEADER))
+        if header != SQLITE_HEADER:
+            raise StoreError(f"{path} is not a SQLite database (and so not a longrecall results store); "
+                             f"refusing to open or overwrite it")
+        try:
+            conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
+        except sqlite3.Error as error:
+            raise StoreError(f"cannot open {path} read-only to inspect it: {error}") from None
+        try:
+            self._validate(conn)
+        except sqlite3.DatabaseError as error:
+            raise StoreError(f"{path} is a damaged or unreadable SQLite file: {error}; refusing to use it") from None
+        finally:
+            conn.close()
+
+    def _validate(self, conn: sqlite3.Connection) -> bool:
+        """True if ``conn`` holds our schema, False if it holds no tables; StoreError otherwise."""
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not tables:
+            return False
+        if "meta" not in tables:
+            raise StoreError(f"{self.path} is a SQLite database but not a longrecall results store "
+                             f"(tables: {', '.join(sorted(tables))}); refusing to modify it")
+        try:
+            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        except sqlite3.DatabaseError as error:
+            raise StoreError(f"{self.path} has a meta table this store cannot read ({error}); "
+                             f"it is not a longrecall results store; refusing to modify it") from None
+        if meta.get("app") != APP:
+            raise StoreError(f"{self.path} is a SQLite database of another application "
+                             f"(meta.app = {meta.get('app')!r}, expected {APP!r}); refusing to modify it")
+        try:
+            version = int(meta.get("schema_version"))
+        except (TypeError, ValueError):
+            raise StoreError(f"{self.path}: meta.schema_version is {meta.get('schema_version')!r}, "
+                             f"not an integer; the store is damaged") from None
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"{self.path} was written with store schema version {version}, newer than this "
+                             f"longrecall understands ({SCHEMA_VERSION}); upgrade longrecall to read it")
+        if "runs" not in tables:
+            raise StoreError(f"{self.path}: the runs table is missing; the store is damaged")
+        return True
+
+    def _connect(self, initialise: bool = False) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        if initialise:
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")  # the file was checked to be ours or new
+                with self._transaction(conn):
+                    if not self._validate(conn):  # re-checked under the write lock
+                        for statement in _SCHEMA:
+                            conn.execute(statement)
+                        conn.executemany("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
+                                         [("app", APP), ("schema_version", str(SCHEMA_VERSION)), ("created_at", now())])
+            except BaseException:
+                conn.close()
+                raise
+        self._conn, self._pid = conn, os.getpid()
+        return conn
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """The connection of this process (a forked child opens its own)."""
+        if self._conn is None or self._pid != os.getpid():
+            self._connect()
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None and self._pid == os.getpid():
+            self._conn.close()
+        self._conn = None
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.path)!r})"
+
+    @staticmethod
+    @contextmanager
+    def _transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _write(self):
+        return self._transaction(self.conn)
+
+    # -- adding and claiming -------------------------------------------------------------------
+
+    def add_runs(self, run_specs: Iterable) -> int:
+        """Insert pending rows (RunSpec objects or dicts with id, config, labels, spec_name);
+        ids already present are left as they are. Returns how many rows are new."""
+        rows = []
+        for run in run_specs:
+            if isinstance(run, dict):
+                run_id, config, labels, spec_name = run["id"], run["config"], run.get("labels", {}), run.get("spec_name")
+            else:
+                run_id, config, labels, spec_name = run.id, run.config, run.labels, run.spec_name
+            if hasattr(config, "to_dict"):
+                config = config.to_dict()
+            rows.append((run_id, spec_name, _dumps(config), _dumps(labels or {}), now()))
+        added = 0
+        with self._write() as conn:
+            for row in rows:
+                cursor = conn.execute(
+                    "INSERT OR IGNORE INTO runs (id, spec_name, status, config, labels, created_at, attempts) "
+                    "VALUES (?, ?, 'pending', ?, ?, ?, 0)", row)
+                added += cursor.rowcount
+        return added
+
+    def _claimable(self, row) -> bool:
+        return row is not None and (row["status"] == "pending" or (row["status"] == "running" and not owner_alive(row["owner"])))
+
+    def _take(self, conn, run_id: str, owner: str) -> None:
+        conn.execute(
+            "UPDATE runs SET status = 'running', owner = ?, started_at = ?, finished_at = NULL, error = NULL, "
+            "attempts = attempts + 1 WHERE id = ?", (owner, now(), run_id))
+
+    def claim(self, run_id: str, owner: str | None = None) -> bool:
+        """Mark the run running under ``owner`` (default: this process) if it is pending, or running
+        under a dead process on this host. Returns whether this call claimed it."""
+        owner = owner or default_owner()
+        with self._write() as conn:
+            row = conn.execute("SELECT status, owner FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if not self._claimable(row):
+                return False
+            self._take(conn, run_id, owner)
+            return True
+
+    def next_pending(self, owner: str | None = None) -> dict | None:
+        """Claim the next claimable run (pending first, in insertion order, then runs left by dead
+        processes); returns ``{"id", "config", "labels", "spec_name", "attempts"}`` or None."""
+        owner = owner or default_owner()
+        with self._write() as conn:
+            row = conn.execute("SELECT id, status, owner FROM runs WHERE status = 'pending' ORDER BY rowid LIMIT 1").fetchone()
+            if row is None:
+                for candidate in conn.execute("SELECT id, status, owner FROM runs WHERE status = 'running' ORDER BY rowid"):
+                    if self._claimable(candidate):
+                        row = candidate
+                        break
+            if row is None:
+                return None
+            self._take(conn, row["id"], owner)
+            claimed = conn.execute("SELECT id, config, labels, spec_name, attempts FROM runs WHERE id = ?", (row["id"],)).fetchone()
+        return _decode(claimed)
+
+    def reset_stale(self) -> int:
+        """Running rows whose owner process (on this host) is dead go back to pending; returns how many."""
+        with self._write() as conn:
+            stale = [r["id"] for r in conn.execute("SELECT id, status, owner FROM runs WHERE status = 'running'")
+                     if self._claimable(r)]
+            conn.executemany("UPDATE runs SET status = 'pending', owner = NULL WHERE id = ? AND status = 'running'",
+                             [(i,) for i in stale])
+        return len(stale)
+
+    def requeue_failed(self) -> int:
+        """Failed rows go back to pending (their error is kept until the next attempt); returns how many."""
+        with self._write() as conn:
+            return conn.execute("UPDATE runs SET status = 'pending', owner = NULL WHERE status = 'failed'").rowcount
+
+    # -- results -------------------------------------------------------------------------------
+
+    def _check_owned(self, conn, run_id: str, owner: str, action: str) -> None:
+        row = conn.execute("SELECT status, owner FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise StoreError(f"cannot {action} run {run_id}: no such run in {self.path}")
+        if row["status"] == "done":
+            raise StoreError(f"cannot {action} run {run_id}: it is already done; refusing to write a second result")
+        if row["status"] != "running":
+            raise StoreError(f"cannot {action} run {run_id}: it is {row['status']}, not running (claim it first)")
+        if row["owner"] != owner:
+            raise StoreError(f"cannot {action} run {run_id}: it is running under {row['owner']}, not {owner}")
+
+    def finish(self, run_id: str, metrics: dict, *, eval_seconds: float | None = None, owner: str | None = None,
+               device: str | None = None) -> None:
+        """Store ``train()``'s metrics dict and mark the run done, in one transaction. Refused
+        (StoreError) unless the run is running and owned by ``owner`` (default: this process).
+        ``eval_seconds`` defaults to ``metrics["eval_seconds"]``."""
+        owner = owner or default_owner()
+        final = dict(metrics.get("final_eval") or {})
+        split = {key: final.pop(key, None) for key in _SPLIT_EVAL_KEYS}
+        versions = metrics.get("versions") or {}
+        config = metrics.get("config") or {}
+        values = {
+            "metrics": _dumps(final),
+            "by_distance": _dumps(split["by_distance"]),
+            "by_slice": _dumps(split["by_slice"]),
+            "state_bytes": _dumps(split["state_bytes"]),
+            "history": _dumps(metrics.get("history")),
+            "evals": _dumps(metrics.get("evals")),
+            "task_config": _dumps(metrics.get("task")),
+            "train_status": metrics.get("status"),
+            "steps": metrics.get("steps"),
+            "params": metrics.get("parameters"),
+            "train_seconds": metrics.get("train_seconds"),
+            "eval_seconds": eval_seconds if eval_seconds is not None else metrics.get("eval_seconds"),
+            "tokens_per_s": metrics.get("train_tokens_per_second"),
+            "code_version": versions.get("code") or code_version(),
+            "torch_version": versions.get("torch") or _torch_version(),
+            "device": device or config.get("device"),
+            "finished_at": now(),
+        }
+        assignments = ", ".join(f"{key} = ?" for key in values)
+        with self._write() as conn:
+            self._check_owned(conn, run_id, owner, "finish")
+            conn.execute(f"UPDATE runs SET status = 'done', error = NULL, {assignments} WHERE id = ?",
+                         (*values.values(), run_id))
+
+    def fail(self, run_id: str, error: str, *, owner: str | None = None) -> None:
+        """Mark a running run (owned by ``owner``) failed with ``error``."""
+        owner = owner or default_owner()
+        with self._write() as conn:
+            self._check_owned(conn, run_id, owner, "fail")
+            conn.execute("UPDATE runs SET status = 'failed', error = ?, finished_at = ? WHERE id = ?",
+                         (str(error), now(), run_id))
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def runs(self, status: str | None = None) -> list[dict]:
+        """Decoded rows (JSON columns parsed), in insertion order, optionally of one status."""
+        if status is not None and status not in STATUSES:
+            raise ValueError(f"status must be one of {', '.join(STATUSES)} or None, got {status!r}")
+        query, args = "SELECT * FROM runs", ()
+        if status is not None:
+            query, args = query + " WHERE status = ?", (status,)
+        return [_decode(r) for r in self.conn.execute(query + " ORDER BY rowid", args)]
+
+    def get(self, run_id: str) -> dict | None:
+        row = self.conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return None if row is None else _decode(row)
+
+    def counts(self) -> dict:
+        """``{"pending": n, "running": n, "done": n, "failed": n}``."""
+        counts = dict.fromkeys(STATUSES, 0)
+        for status, n in self.conn.execute("SELECT status, COUNT(*) FROM runs GROUP BY status"):
+            counts[status] = n
+        return counts
+
+    def meta(self) -> dict:
+        return dict(self.conn.execute("SELECT key, value FROM meta").fetchall())
+
+    # -- export --------------------------------------------------------------------------------
+
+    def export(self, path: str | Path, format: str | None = None) -> Path:
+        """Write every run to ``path`` atomically: ``csv`` (one flat row per run) or ``jsonl`` (one
+        decoded row per line). The format defaults to the file's suffix (csv unless ``.jsonl``)."""
+        from ..checkpoint import atomic_write_bytes
+
+        path = Path(path)
+        format = format or ("jsonl" if path.suffix == ".jsonl" else "csv")
+        records = self.runs()
+        if format == "jsonl":
+            text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
+        elif format == "csv":
+            text = _to_csv(records)
+        else:
+            raise ValueError(f"format must be 'csv' or 'jsonl', got {format!r}")
+        atomic_write_bytes(path, text.encode())
+        return path
+
+
+def _torch_version() -> str | None:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        return None
+    return torch.__version__
+
+
+CSV_TAIL = ("accuracy", "loss", "params", "state_bytes", "state_bytes_seq_len", "tokens_per_s", "train_seconds",
+            "eval_seconds", "steps", "train_status", "attempts", "code_version", "torch_version", "device",
+            "created_at", "started_at", "finished_at", "owner", "error")
+
+
+def _to_csv(records: list[dict]) -> str:
+    """One row per run: id, spec, status, every label, then metrics, largest-length state bytes, timings."""
+    label_keys: list[str] = []
+    for r in records:
+        for key in (r.get("labels") or {}):
+            if key not in label_keys and key not in ("spec",):
+                label_keys.append(key)
+    columns = ["id", "spec", "status", *label_keys, *CSV_TAIL]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for r in records:
+        labels = r.get("labels") or {}
+        metrics = r.get("metrics") or {}
+        seq_len, state = _largest_length(r.get("state_bytes"))
+        row = {"id": r["id"], "spec": r.get("spec_name") or labels.get("spec"), "status": r["status"]}
+        for key in label_keys:
+            value = labels.get(key)
+            row[key] = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
+        row.update({
+            "accuracy": metrics.get("accuracy"), "loss": metrics.get("loss"), "params": r.get("params"),
+            "state_bytes": state, "state_bytes_seq_len": seq_len,
+        })
+        for key in CSV_TAIL:
+            if key not in row:
+                row[key] = r.get(key)
+        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    return buffer.getvalue()

@@ -1,0 +1,37 @@
+"""``longrecall report STORE -o DIR``: leaderboard and plots from a results store."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def run(args) -> int:
+    from ..arena.store import Store, StoreError
+    from ..report import write_report
+
+    try:
+        with Store.open(args.store, create=False) as store:
+            records = store.runs()
+    except (StoreError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    paths = write_report(records, args.out, title=args.title)
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "report",
+        help="write report.md, report.html and plots from a results store",
+        description="Leaderboard (mechanism x task x length), accuracy vs length, accuracy vs state bytes "
+        "(the memory frontier), accuracy vs key-query distance and training curves.",
+        epilog="examples:\n  longrecall report arena.db -o report/\n  longrecall report runs.db -o out --title 'MQAR sweep'",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("store", help="the SQLite results store written by `longrecall arena`")
+    p.add_argument("-o", "--out", required=True, help="output directory")
+    p.add_argument("--title", default="longrecall report")
+    p.set_defaults(run=run)

@@ -1,0 +1,183 @@
+"""One call from run records to ``report.md``, a self-contained ``report.html`` and the PNGs."""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+from pathlib import Path
+from typing import Sequence
+
+from . import plots as _plots
+from .tables import (
+    failed_runs, failed_to_html, failed_to_markdown, labels_of, leaderboard, mixer_name, provenance,
+    status_counts, to_html, to_markdown,
+)
+
+FIGURES = (
+    ("accuracy_vs_length", "Accuracy vs sequence length",
+     "Each line follows one mixer across sequence lengths at a fixed width (one panel per width): a line "
+     "that stays high as the length doubles is recall that scales; bars span the worst and best seed."),
+    ("accuracy_vs_state_bytes", "Accuracy vs state bytes (the memory frontier)",
+     "Each point is one run: further left is less state carried per sequence, higher is better recall. "
+     "The dashed step line is the Pareto front, the best accuracy reachable with at most that many bytes; "
+     "circled runs are on it, and a mixer whose points sit on the front is the most memory-efficient at "
+     "that length."),
+    ("accuracy_vs_distance", "Accuracy vs key–query distance",
+     "Accuracy of the recalls grouped by how far back the key appeared (power-of-two buckets, pooled over "
+     "seeds): a curve that falls at large distances shows where a mixer's memory runs out, e.g. past a "
+     "sliding window."),
+    ("training_curves", "Training curves",
+     "Left, the training loss of every run (lower is better); right, accuracy at the periodic evaluations. "
+     "A run that plateaus or spikes points to an optimisation problem rather than a memory limit."),
+)
+
+LEADERBOARD_HOW_TO_READ = (
+    "One row per mixer, task, sequence length and width, averaged over seeds (min-max: the spread "
+    "across seeds); rank is within each task and sequence length; state bytes is the state the model "
+    "carries per sequence at that length (KV cache or recurrent state); tokens/s and train s are "
+    "training throughput and time, averaged over seeds."
+)
+
+CSS = """
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; max-width: 1200px;
+       margin: 2em auto; padding: 0 1em; color: #222; line-height: 1.45; }
+h1 { border-bottom: 2px solid #ddd; padding-bottom: .3em; }
+h2 { margin-top: 1.8em; border-bottom: 1px solid #eee; padding-bottom: .2em; }
+table { border-collapse: collapse; font-size: 0.88em; margin: .8em 0; }
+th, td { border: 1px solid #ddd; padding: 3px 8px; }
+th { background: #f4f4f4; text-align: left; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+tbody tr:nth-child(even) { background: #fafafa; }
+table.failed td:last-child { font-family: monospace; color: #a00; }
+figure { margin: 1.2em 0; }
+figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+figcaption, .howto { color: #555; font-size: 0.92em; }
+.muted { color: #777; }
+code { background: #f4f4f4; padding: 0 .25em; }
+"""
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    _plots._atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _summary(records: Sequence[dict]) -> dict:
+    done = [r for r in records if r.get("status") == "done"]
+
+    def values(key):
+        vals = {labels_of(r).get(key) for r in done} - {None}
+        return sorted(vals, key=lambda v: (str(type(v)), v))
+
+    return {
+        "counts": status_counts(records),
+        "total": len(records),
+        "mixers": sorted({mixer_name(r) for r in done}),
+        "tasks": [str(t) for t in values("task")],
+        "seq_lens": [str(v) for v in values("seq_len")],
+        "widths": [str(v) for v in values("d_model")],
+        "seeds": [str(v) for v in values("seed")],
+    }
+
+
+def _summary_lines(s: dict) -> list[str]:
+    counts = ", ".join(f"{n} {status}" for status, n in s["counts"].items())
+    lines = [f"{s['total']} runs: {counts}."]
+    if s["mixers"]:
+        lines += [
+            f"Mixers: {', '.join(s['mixers'])}.",
+            f"Tasks: {', '.join(s['tasks'])}; sequence lengths: {', '.join(s['seq_lens'])}; "
+            f"widths (d_model): {', '.join(s['widths'])}; seeds: {', '.join(s['seeds'])}.",
+        ]
+    else:
+        lines.append("There are no finished runs yet, so there is no leaderboard and there are no figures.")
+    return lines
+
+
+def _provenance_lines(prov: dict) -> list[tuple[str, str]]:
+    names = {"code_version": "code versions", "torch_version": "torch versions", "device": "devices"}
+    out = []
+    for key, label in names.items():
+        items = prov.get(key) or {}
+        text = ", ".join(f"{v} ({n} run{'s' if n != 1 else ''})" for v, n in items.items()) or "not recorded"
+        out.append((label, text))
+    return out
+
+
+def write_report(records: Sequence[dict], out_dir, title: str = "longrecall report") -> dict[str, Path]:
+    """Write ``report.md``, a self-contained ``report.html`` and one PNG per figure to ``out_dir``.
+
+    Returns ``{"markdown": path, "html": path, <figure name>: path, ...}``; the figures are
+    ``accuracy_vs_length``, ``accuracy_vs_state_bytes``, ``accuracy_vs_distance`` and
+    ``training_curves`` (left out, and stale copies removed, when no run has finished). Every file
+    is written to a temporary file in ``out_dir`` and then renamed into place. Raises
+    ``PlotDependencyError`` (an ``ImportError``) naming ``pip install 'longrecall[plot]'`` when
+    matplotlib is missing.
+    """
+    _plots.require_matplotlib()
+    records = list(records)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    rows = leaderboard(records)
+    failed = failed_runs(records)
+    summary = _summary(records)
+    prov = _provenance_lines(provenance(records))
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+    paths: dict[str, Path] = {}
+    figures = []
+    if rows:
+        style = _plots.style_for(records)
+        for name, caption, howto in FIGURES:
+            path = _plots.PLOTS[name](records, out / f"{name}.png", style=style)
+            paths[name] = path
+            figures.append((name, caption, howto, path))
+    else:
+        for name, *_ in FIGURES:
+            (out / f"{name}.png").unlink(missing_ok=True)
+
+    # ---- markdown
+    md = [f"# {title}", "", f"_Generated {stamp}._", ""]
+    md += ["## Runs", ""] + [line + "  " for line in _summary_lines(summary)] + [""]
+    md += ["## Leaderboard", ""]
+    if rows:
+        md += [LEADERBOARD_HOW_TO_READ, "", to_markdown(rows)]
+    else:
+        md += ["No finished runs.", ""]
+    if figures:
+        md += ["## Figures", ""]
+        for name, caption, howto, path in figures:
+            md += [f"### {caption}", "", f"![{caption}]({path.name})", "", f"*How to read:* {howto}", ""]
+    md += [f"## Failed runs ({len(failed)})", "", failed_to_markdown(failed)]
+    md += ["## Provenance", ""] + [f"- {label}: {text}" for label, text in prov] + [""]
+    md_path = out / "report.md"
+    _atomic_write_text(md_path, "\n".join(md))
+
+    # ---- html (self-contained: inline CSS, figures as data URIs, no external resources)
+    e = html.escape
+    h = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+         '<meta name="viewport" content="width=device-width, initial-scale=1">',
+         f"<title>{e(title)}</title>", f"<style>{CSS}</style>", "</head>", "<body>",
+         f"<h1>{e(title)}</h1>", f'<p class="muted">Generated {e(stamp)}.</p>',
+         "<h2>Runs</h2>"]
+    h += [f"<p>{e(line)}</p>" for line in _summary_lines(summary)]
+    h.append("<h2>Leaderboard</h2>")
+    if rows:
+        h += [f'<p class="howto">{e(LEADERBOARD_HOW_TO_READ)}</p>', to_html(rows)]
+    else:
+        h.append("<p><em>No finished runs.</em></p>")
+    if figures:
+        h.append("<h2>Figures</h2>")
+        for name, caption, howto, path in figures:
+            data = base64.b64encode(path.read_bytes()).decode("ascii")
+            h += [f'<figure id="{e(name)}">', f"<h3>{e(caption)}</h3>",
+                  f'<img alt="{e(caption)}" src="data:image/png;base64,{data}">',
+                  f"<figcaption><strong>How to read:</strong> {e(howto)}</figcaption>", "</figure>"]
+    h += [f"<h2>Failed runs ({len(failed)})</h2>", failed_to_html(failed), "<h2>Provenance</h2>", "<ul>"]
+    h += [f"<li>{e(label)}: {e(text)}</li>" for label, text in prov]
+    h += ["</ul>", "</body>", "</html>", ""]
+    html_path = out / "report.html"
+    _atomic_write_text(html_path, "\n".join(h))
+
+    return {"markdown": md_path, "html": html_path, **paths}

@@ -1,0 +1,521 @@
+"""Paper-ready figures from run records (matplotlib, Agg canvas, PNG).
+
+Each ``plot_*`` function takes the records, writes one PNG (atomically) and returns its path.
+Colours and markers are per mixer and line styles per width; pass one ``Style`` (from
+``style_for(all_records)``) to every plot to keep them consistent across figures. Empty input, a
+single run, NaN accuracies and missing ``by_distance`` all give a readable figure (with a note)
+instead of an error.
+
+matplotlib is the optional extra ``plot``: ``pip install 'longrecall[plot]'``. Only the Agg
+canvas is used (``matplotlib.figure.Figure``, never pyplot), so no global backend is touched.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import tempfile
+import textwrap
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from .tables import (
+    accuracy_of, bucket_low, by_distance_of, fmt_bytes, is_finite, labels_of, leaderboard, mixer_name,
+    pareto_front, state_bytes_at,
+)
+
+DPI = 130
+INSTALL_HINT = "pip install 'longrecall[plot]'"
+
+# tab10, in order; well-known mixers always get the same slot.
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+           "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<")
+LINESTYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)))
+KNOWN_MIXERS = ("attention", "sliding_window", "s4d", "mamba")
+
+
+class PlotDependencyError(ImportError):
+    """matplotlib is not installed."""
+
+
+def require_matplotlib():
+    """Import matplotlib's Figure and Agg canvas, or raise a clear ``PlotDependencyError``."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise PlotDependencyError(
+            f"longrecall's report needs matplotlib for its plots; install it with: {INSTALL_HINT}"
+        ) from exc
+    return Figure, FigureCanvasAgg
+
+
+# ----------------------------------------------------------------------------------------------
+# consistent style
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Style:
+    colors: dict = field(default_factory=dict)
+    markers: dict = field(default_factory=dict)
+    linestyles: dict = field(default_factory=dict)
+
+    def color(self, mixer: str) -> str:
+        return self.colors.get(mixer, "#333333")
+
+    def marker(self, mixer: str) -> str:
+        return self.markers.get(mixer, "o")
+
+    def linestyle(self, width) -> object:
+        return self.linestyles.get(width, "-")
+
+
+def style_for(records: Sequence[dict]) -> Style:
+    """One colour and marker per mixer (attention, sliding_window, s4d, mamba keep fixed ones),
+    one line style per width, for every mixer and width in ``records``."""
+    mixers = sorted({mixer_name(r) for r in records if r.get("labels")})
+    style = Style()
+    used: set[int] = set()
+    for m in mixers:  # well-known mixers without kwargs first, at their fixed slot
+        base = m.split("(")[0]
+        if base in KNOWN_MIXERS and KNOWN_MIXERS.index(base) not in used:
+            slot = KNOWN_MIXERS.index(base)
+            used.add(slot)
+            style.colors[m], style.markers[m] = PALETTE[slot], MARKERS[slot]
+    free = [i for i in range(len(PALETTE)) if i not in used]
+    for k, m in enumerate(m for m in mixers if m not in style.colors):
+        i = free[k] if k < len(free) else k  # past the palette: colours repeat, markers shift
+        style.colors[m] = PALETTE[i % len(PALETTE)]
+        style.markers[m] = MARKERS[(i + i // len(PALETTE)) % len(MARKERS)]
+    widths = sorted({w for w in (labels_of(r).get("d_model") for r in records) if w is not None},
+                    key=lambda w: (not is_finite(w), w if is_finite(w) else 0, str(w)))
+    for i, w in enumerate(widths):
+        style.linestyles[w] = LINESTYLES[i % len(LINESTYLES)]
+    return style
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def _file_mode(path: Path) -> int:
+    """Keep an existing file's permissions; new files get 0o644 (mkstemp's 0o600 would hide a
+    report from everyone else)."""
+    try:
+        return path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        return 0o644
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, _file_mode(path))
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _figure(nrows: int, ncols: int, panel_w: float = 4.6, panel_h: float = 3.4, extra_w: float = 1.8):
+    Figure, FigureCanvasAgg = require_matplotlib()
+    width = max(ncols * panel_w + extra_w, 8.0 if extra_w else 0.0)
+    fig = Figure(figsize=(width, nrows * panel_h + 0.6), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, axes
+
+
+def _save(fig, path) -> Path:
+    path = Path(path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    _atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def _empty(path, title: str, message: str) -> Path:
+    fig, axes = _figure(1, 1, 6.0, 3.0, 0.0)
+    ax = axes[0][0]
+    ax.set_axis_off()
+    ax.set_title(title)
+    ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=12, color="#555555", transform=ax.transAxes)
+    return _save(fig, path)
+
+
+def _suptitle(fig, title: str, detail: str = "") -> None:
+    """Figure title, with ``detail`` on the same line when it fits beside the legend, else wrapped
+    below it (a long title on a one-panel figure would run into the legend)."""
+    avail_chars = max(30, int((fig.get_figwidth() - 2.6) * 10.5))  # ~10.5 chars per inch at 12 pt
+    one_line = f"{title} ({detail})" if detail else title
+    if len(one_line) <= avail_chars:
+        text = one_line
+    else:
+        text = "\n".join(textwrap.wrap(title, avail_chars) + textwrap.wrap(detail, avail_chars))
+    fig.suptitle(text, fontsize=12, x=0.01, ha="left")  # left: clear of the legend at the top right
+
+
+def _note(ax, message: str) -> None:
+    ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=10, color="#777777", transform=ax.transAxes)
+
+
+def _percent_y(ax, label: str | None = "accuracy (% of scored tokens)") -> None:
+    from matplotlib.ticker import PercentFormatter
+
+    ax.set_ylim(-0.03, 1.05)
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    if label:
+        ax.set_ylabel(label)
+    ax.grid(True, alpha=0.3)
+
+
+def _hide_unused(axes, used: int) -> None:
+    flat = [ax for row in axes for ax in row]
+    for ax in flat[used:]:
+        ax.set_axis_off()
+
+
+def _legend(fig, style: Style, mixers: Sequence[str], widths: Sequence = (), *, lines: bool = True,
+            extra: Sequence = ()) -> None:
+    """Figure legend on the right: one entry per mixer (colour + marker), then per width (style)."""
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=style.color(m), marker=style.marker(m), linestyle="-" if lines else "",
+                      label=m) for m in mixers]
+    if len(widths) > 1 and lines:
+        handles.append(Line2D([], [], linestyle="", label=""))
+        handles += [Line2D([], [], color="#444444", linestyle=style.linestyle(w), label=f"d_model={w}")
+                    for w in widths]
+    handles += list(extra)
+    if handles:
+        fig.legend(handles=handles, loc="outside right upper", frameon=False, fontsize=9,
+                   title="mixer" if not (len(widths) > 1 and lines) else "mixer / width")
+
+
+def _sorted_values(values) -> list:
+    return sorted({v for v in values if v is not None},
+                  key=lambda v: (not is_finite(v), v if is_finite(v) else 0, str(v)))
+
+
+def _log2_ticks(ax, values, axis: str = "x") -> None:
+    from matplotlib.ticker import FixedLocator, NullLocator
+
+    values = [v for v in _sorted_values(values) if is_finite(v)]
+    if not values:
+        return
+    a = ax.xaxis if axis == "x" else ax.yaxis
+    a.set_major_locator(FixedLocator(values))
+    a.set_major_formatter(_int_formatter())
+    a.set_minor_locator(NullLocator())
+
+
+def _int_formatter():
+    from matplotlib.ticker import FuncFormatter
+
+    return FuncFormatter(lambda v, _pos: f"{int(round(v))}" if v >= 1 or v == 0 else f"{v:g}")
+
+
+def _done(records: Sequence[dict]) -> list[dict]:
+    return [r for r in records if r.get("status") == "done"]
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. accuracy vs sequence length
+# ----------------------------------------------------------------------------------------------
+
+
+def plot_accuracy_vs_length(records: Sequence[dict], path, style: Style | None = None) -> Path:
+    """Mean accuracy over seeds vs sequence length (log2 x), one line per mixer, error bars from
+    the min to the max seed; one panel per (task, width)."""
+    title = "Accuracy vs sequence length"
+    style = style or style_for(records)
+    rows = [r for r in leaderboard(records) if r["seq_len"] is not None]
+    if not any(math.isfinite(r["accuracy"]) for r in rows):
+        return _empty(path, title, "no finished runs with an accuracy")
+    tasks = sorted({r["task"] for r in rows})
+    widths = _sorted_values(r["d_model"] for r in rows)
+    fig, axes = _figure(len(tasks), len(widths))
+    mixers = sorted({r["mixer"] for r in rows if math.isfinite(r["accuracy"])})
+    for i, task in enumerate(tasks):
+        for j, width in enumerate(widths):
+            ax = axes[i][j]
+            panel = [r for r in rows if r["task"] == task and r["d_model"] == width]
+            ax.set_title(f"{task}, d_model={width}", fontsize=10)
+            if not panel:
+                _note(ax, "no runs")
+            for m in mixers:
+                pts = sorted((r for r in panel if r["mixer"] == m), key=lambda r: r["seq_len"])
+                if not pts:
+                    continue
+                xs = [r["seq_len"] for r in pts]
+                ys = [r["accuracy"] for r in pts]
+                lo = [r["accuracy"] - r["accuracy_min"] if r["accuracy_min"] is not None else 0 for r in pts]
+                hi = [r["accuracy_max"] - r["accuracy"] if r["accuracy_max"] is not None else 0 for r in pts]
+                ax.errorbar(xs, ys, yerr=[lo, hi], color=style.color(m), marker=style.marker(m), markersize=5,
+                            capsize=3, linewidth=1.6, label=m)
+            ax.set_xscale("log", base=2)
+            lens = [r["seq_len"] for r in panel]
+            _log2_ticks(ax, lens)
+            if len(set(lens)) == 1:
+                ax.set_xlim(lens[0] / 1.5, lens[0] * 1.5)
+            ax.set_xlabel("sequence length (tokens, log2 scale)")
+            _percent_y(ax, "accuracy (% of scored tokens)" if j == 0 else None)
+    _suptitle(fig, title, "mean over seeds; bars span the min–max seed")
+    _legend(fig, style, mixers)
+    return _save(fig, path)
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. accuracy vs state bytes: the memory frontier
+# ----------------------------------------------------------------------------------------------
+
+
+def _bytes_ticks(ax, lo: float, hi: float) -> None:
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    lo_e, hi_e = math.floor(math.log2(lo)), math.ceil(math.log2(hi))
+    step = 1
+    while (hi_e - lo_e) / step > 7:
+        step *= 2
+    ticks = [2.0 ** e for e in range(lo_e - lo_e % step, hi_e + step, step)]
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: fmt_bytes(v)))
+
+
+def plot_accuracy_vs_state_bytes(records: Sequence[dict], path, style: Style | None = None) -> Path:
+    """The memory frontier: accuracy vs state bytes per sequence (log x), one point per run
+    (marker and colour per mixer, annotated with its width), and the Pareto front (best accuracy
+    for at most that many bytes) as a step line; one panel per (task, seq_len)."""
+    title = "Accuracy vs state bytes per sequence: the memory frontier"
+    style = style or style_for(records)
+    pts = []
+    for r in _done(records):
+        lab = labels_of(r)
+        acc, nbytes = accuracy_of(r), state_bytes_at(r)
+        if math.isfinite(acc) and nbytes is not None and nbytes > 0:
+            pts.append({"task": str(lab.get("task") or "?"), "seq_len": lab.get("seq_len"), "mixer": mixer_name(lab),
+                        "d_model": lab.get("d_model"), "acc": acc, "bytes": nbytes})
+    if not pts:
+        return _empty(path, title, "no finished runs with both an accuracy and state bytes")
+    groups = sorted({(p["task"], p["seq_len"]) for p in pts}, key=lambda g: (g[0], g[1] if is_finite(g[1]) else -1))
+    ncols = min(3, len(groups))
+    nrows = math.ceil(len(groups) / ncols)
+    fig, axes = _figure(nrows, ncols, 4.8, 3.7)
+    mixers = sorted({p["mixer"] for p in pts})
+    for k, (task, seq_len) in enumerate(groups):
+        ax = axes[k // ncols][k % ncols]
+        panel = [p for p in pts if p["task"] == task and p["seq_len"] == seq_len]
+        for m in mixers:
+            mine = [p for p in panel if p["mixer"] == m]
+            if mine:
+                ax.scatter([p["bytes"] for p in mine], [p["acc"] for p in mine], color=style.color(m),
+                           marker=style.marker(m), s=36, alpha=0.85, edgecolors="white", linewidths=0.5, zorder=3)
+        # label each (mixer, width) once, at its best seed; alternate offsets to limit overlaps
+        best: dict = {}
+        for p in panel:
+            key = (p["mixer"], p["d_model"])
+            if key not in best or p["acc"] > best[key]["acc"]:
+                best[key] = p
+        for n, p in enumerate(sorted(best.values(), key=lambda p: (p["bytes"], p["acc"]))):
+            ax.annotate(f"d={p['d_model']}", (p["bytes"], p["acc"]), xytext=(5, 4 if n % 2 == 0 else -10),
+                        textcoords="offset points", fontsize=7, color=style.color(p["mixer"]))
+        lo, hi = min(p["bytes"] for p in panel), max(p["bytes"] for p in panel)
+        lo, hi = lo / 1.6, hi * 2.2
+        front = pareto_front((p["bytes"], p["acc"]) for p in panel)
+        xs = [x for x, _ in front] + [hi]
+        ys = [y for _, y in front] + [front[-1][1]]
+        ax.step(xs, ys, where="post", color="black", linewidth=1.2, linestyle="--", alpha=0.8, zorder=2)
+        ax.scatter([x for x, _ in front], [y for _, y in front], s=90, facecolors="none", edgecolors="black",
+                   linewidths=0.9, zorder=4)
+        ax.set_xscale("log", base=2)
+        ax.set_xlim(lo, hi)
+        _bytes_ticks(ax, lo, hi)
+        ax.set_xlabel("state per sequence (bytes, log scale)")
+        ax.set_title(f"{task}, seq_len={seq_len}", fontsize=10)
+        _percent_y(ax, "accuracy (% of scored tokens)" if k % ncols == 0 else None)
+    _hide_unused(axes, len(groups))
+    from matplotlib.lines import Line2D
+
+    front_handle = Line2D([], [], color="black", linestyle="--", marker="o", markerfacecolor="none",
+                          label="Pareto front\n(best accuracy\nwithin a budget)")
+    _suptitle(fig, title, "one point per run, labelled with its width")
+    _legend(fig, style, mixers, lines=False, extra=[Line2D([], [], linestyle="", label=""), front_handle])
+    return _save(fig, path)
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. accuracy vs key-query distance
+# ----------------------------------------------------------------------------------------------
+
+
+def distance_curves(records: Sequence[dict]) -> dict[tuple, list[tuple[int, float, int]]]:
+    """Per (task, seq_len, mixer, d_model): ``[(bucket_low, accuracy, scored), ...]`` pooled over
+    seeds (weighted by scored positions), sorted by distance; runs without by_distance skipped."""
+    pooled: dict[tuple, dict[int, list[float]]] = defaultdict(lambda: defaultdict(lambda: [0.0, 0]))
+    for r in _done(records):
+        by_distance = by_distance_of(r)
+        lab = labels_of(r)
+        key = (str(lab.get("task") or "?"), lab.get("seq_len"), mixer_name(lab), lab.get("d_model"))
+        for label, cell in by_distance.items():
+            try:
+                low = bucket_low(label)
+            except ValueError:
+                continue
+            acc, scored = (cell or {}).get("accuracy"), (cell or {}).get("scored") or 0
+            if is_finite(acc) and is_finite(scored) and scored > 0:
+                slot = pooled[key][low]
+                slot[0] += acc * scored
+                slot[1] += int(scored)
+    return {
+        key: [(low, c / n, n) for low, (c, n) in sorted(buckets.items())]
+        for key, buckets in pooled.items() if buckets
+    }
+
+
+def plot_accuracy_vs_distance(records: Sequence[dict], path, style: Style | None = None,
+                              max_lengths: int = 4) -> Path:
+    """Accuracy vs key-query distance (bucket lower bound, log2 x), one line per mixer (line style
+    per width), pooled over seeds; one panel per sequence length (the ``max_lengths`` longest) and
+    task."""
+    title = "Accuracy vs key–query distance"
+    style = style or style_for(records)
+    curves = distance_curves(records)
+    if not curves:
+        return _empty(path, title, "no finished runs with accuracy by distance")
+    tasks = sorted({k[0] for k in curves})
+    lens_by_task = {t: _sorted_values(k[1] for k in curves if k[0] == t)[-max_lengths:] for t in tasks}
+    ncols = max(len(v) for v in lens_by_task.values())
+    fig, axes = _figure(len(tasks), ncols, 4.6, 3.4)
+    mixers = sorted({k[2] for k in curves})
+    widths = _sorted_values(k[3] for k in curves)
+    for i, task in enumerate(tasks):
+        for j in range(ncols):
+            ax = axes[i][j]
+            if j >= len(lens_by_task[task]):
+                ax.set_axis_off()
+                continue
+            seq_len = lens_by_task[task][j]
+            lows = set()
+            for (t, L, m, w), pts in sorted(curves.items(), key=lambda kv: (kv[0][2], str(kv[0][3]))):
+                if t != task or L != seq_len:
+                    continue
+                lows.update(p[0] for p in pts)
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], color=style.color(m), marker=style.marker(m),
+                        markersize=4, linestyle=style.linestyle(w), linewidth=1.5)
+            ax.set_xscale("symlog", base=2, linthresh=1, linscale=0.5)
+            ticks = sorted(lows)
+            if len(ticks) > 9:  # keep every other tick, always the last
+                ticks = ticks[::-2][::-1]
+            _log2_ticks(ax, ticks)
+            ax.set_xlabel("key–query distance (tokens, bucket start, log2)")
+            ax.set_title(f"{task}, seq_len={seq_len}", fontsize=10)
+            _percent_y(ax, "accuracy (% of scored tokens)" if j == 0 else None)
+    detail = "pooled over seeds"
+    dropped = {t: len(_sorted_values(k[1] for k in curves if k[0] == t)) - len(lens_by_task[t]) for t in tasks}
+    if any(dropped.values()):
+        detail += f"; the {max_lengths} longest sequence lengths per task"
+    _suptitle(fig, title, detail)
+    _legend(fig, style, mixers, widths)
+    return _save(fig, path)
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. training curves
+# ----------------------------------------------------------------------------------------------
+
+
+def _smooth(values: list[float], window: int) -> list[float]:
+    if window <= 1:
+        return values
+    out, acc, q = [], 0.0, []
+    for v in values:
+        q.append(v)
+        acc += v
+        if len(q) > window:
+            acc -= q.pop(0)
+        out.append(acc / len(q))
+    return out
+
+
+def plot_training_curves(records: Sequence[dict], path, style: Style | None = None, max_groups: int = 6) -> Path:
+    """Training loss vs step (left; running mean when long) and eval accuracy vs step (right) for
+    every finished run; one row per (task, seq_len), colour per mixer, line style per width."""
+    title = "Training curves"
+    style = style or style_for(records)
+    runs = [r for r in _done(records) if r.get("history") or r.get("evals")]
+    if not runs:
+        return _empty(path, title, "no finished runs with a training history")
+    groups = sorted({(str(labels_of(r).get("task") or "?"), labels_of(r).get("seq_len")) for r in runs},
+                    key=lambda g: (g[0], g[1] if is_finite(g[1]) else -1))
+    shown = groups[-max_groups:]
+    fig, axes = _figure(len(shown), 2, 5.0, 3.0)
+    mixers = sorted({mixer_name(r) for r in runs})
+    widths = _sorted_values(labels_of(r).get("d_model") for r in runs)
+    smoothed = False
+    for i, (task, seq_len) in enumerate(shown):
+        ax_loss, ax_acc = axes[i]
+        mine = [r for r in runs
+                if (str(labels_of(r).get("task") or "?"), labels_of(r).get("seq_len")) == (task, seq_len)]
+        mine.sort(key=lambda r: (mixer_name(r), str(labels_of(r).get("d_model")), str(labels_of(r).get("seed"))))
+        any_loss = any_eval = False
+        all_positive = True
+        for r in mine:
+            m, w = mixer_name(r), labels_of(r).get("d_model")
+            hist = [h for h in (r.get("history") or []) if is_finite(h.get("step")) and is_finite(h.get("loss"))]
+            if hist:
+                steps, losses = [h["step"] for h in hist], [h["loss"] for h in hist]
+                window = max(1, len(losses) // 50)
+                smoothed |= window > 1
+                all_positive &= all(v > 0 for v in losses)
+                ax_loss.plot(steps, _smooth(losses, window), color=style.color(m), linestyle=style.linestyle(w),
+                             linewidth=1.2, alpha=0.85)
+                any_loss = True
+            evals = [e for e in (r.get("evals") or []) if is_finite(e.get("step")) and is_finite(e.get("accuracy"))]
+            if evals:
+                ax_acc.plot([e["step"] for e in evals], [e["accuracy"] for e in evals], color=style.color(m),
+                            linestyle=style.linestyle(w), marker=style.marker(m), markersize=3, linewidth=1.2,
+                            alpha=0.85)
+                any_eval = True
+        if any_loss and all_positive:
+            ax_loss.set_yscale("log")
+        if not any_loss:
+            _note(ax_loss, "no training history")
+        if not any_eval:
+            _note(ax_acc, "no evaluations recorded")
+        ax_loss.set_title(f"{task}, seq_len={seq_len}: training loss", fontsize=10)
+        ax_acc.set_title(f"{task}, seq_len={seq_len}: eval accuracy", fontsize=10)
+        log_loss = any_loss and all_positive
+        ax_loss.set_ylabel("cross-entropy loss (nats, log scale)" if log_loss else "cross-entropy loss (nats)")
+        ax_loss.grid(True, alpha=0.3)
+        _percent_y(ax_acc, "eval accuracy (%)")
+        for ax in (ax_loss, ax_acc):
+            ax.set_xlabel("training step")
+    note = "one line per run" + ("; loss is a running mean" if smoothed else "")
+    if len(shown) < len(groups):
+        note += f"; last {len(shown)} of {len(groups)} (task, length) groups"
+    _suptitle(fig, title, note)
+    _legend(fig, style, mixers, widths)
+    return _save(fig, path)
+
+
+PLOTS = {
+    "accuracy_vs_length": plot_accuracy_vs_length,
+    "accuracy_vs_state_bytes": plot_accuracy_vs_state_bytes,
+    "accuracy_vs_distance": plot_accuracy_vs_distance,
+    "training_curves": plot_training_curves,
+}

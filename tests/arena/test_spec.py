@@ -1,0 +1,202 @@
+"""Arena specs: expansion, stable ids, validation before anything runs, TOML and Python loading."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from longrecall.arena.spec import ArenaSpec, RunSpec, load_spec, run_id
+from longrecall.config import ConfigError, TrainConfig
+
+
+def grid(**changes) -> dict:
+    spec = {
+        "name": "t",
+        "mixers": ["attention", {"name": "sliding_window", "kwargs": {"window": 8}}],
+        "tasks": [{"task": "mqar", "kwargs": {"vocab_size": 64, "num_kv_pairs": 4}}],
+        "lengths": [32, 64],
+        "widths": [16, 32],
+        "seeds": [0, 1],
+        "n_layers": 2,
+        "train": {"steps": 3, "batch_size": 4, "eval_examples": 8},
+    }
+    spec.update(changes)
+    return spec
+
+
+def test_expansion_size_labels_and_configs():
+    runs = load_spec(grid()).expand()
+    assert len(runs) == 2 * 1 * 2 * 2 * 2
+    assert all(isinstance(r, RunSpec) and isinstance(r.config, TrainConfig) for r in runs)
+    assert len({r.id for r in runs}) == len(runs)
+    first = runs[0]
+    assert first.labels == {"spec": "t", "mixer": "attention", "mixer_kwargs": {}, "task": "mqar",
+                            "task_kwargs": {"vocab_size": 64, "num_kv_pairs": 4}, "seq_len": 32, "d_model": 16,
+                            "n_layers": 2, "seed": 0}
+    assert first.spec_name == "t"
+    sw = [r for r in runs if r.labels["mixer"] == "sliding_window"]
+    assert len(sw) == 8 and all(r.labels["mixer_kwargs"] == {"window": 8} for r in sw)
+    config = sw[-1].config
+    assert config.layers == ["sliding_window", "sliding_window"]
+    assert config.mixer_kwargs["window"] == 8 and "n_heads" in config.mixer_kwargs  # defaults resolved
+    assert config.d_model == 32 and config.seed == 1 and config.task == "mqar"
+    assert config.task_kwargs["seq_len"] == 64 and config.task_kwargs["num_kv_pairs"] == 4
+    assert config.task_kwargs["power_a"] == TrainConfig().task_kwargs["power_a"]  # default task layering
+    assert config.steps == 3 and config.batch_size == 4 and config.out_dir is None
+    assert [r.labels["seed"] for r in runs[:2]] == [0, 1]  # seeds innermost
+
+
+def test_ids_stable_and_sensitive_to_results_only():
+    a, b = load_spec(grid()).expand(), load_spec(grid()).expand()
+    assert [r.id for r in a] == [r.id for r in b]
+    config = a[0].config.to_dict()
+    assert run_id(config) == a[0].id and len(a[0].id) == 16
+    assert run_id({**config, "out_dir": "/somewhere"}) == a[0].id
+    assert run_id({**config, "threads": 2}) == a[0].id
+    assert run_id({**config, "lr": 1e-4}) != a[0].id
+    changed = load_spec(grid(train={"steps": 4, "batch_size": 4, "eval_examples": 8})).expand()
+    assert {r.id for r in changed}.isdisjoint(r.id for r in a)
+    # giving a default explicitly, or an int for a float, is the same run
+    explicit = load_spec(grid(mixers=[{"name": "attention", "kwargs": {"n_heads": 2, "rope_base": 10000}}])).expand()
+    assert explicit[0].id == a[0].id
+
+
+def test_ids_stable_across_processes():
+    code = ("import json; from longrecall.arena.spec import load_spec; "
+            f"print(json.dumps([r.id for r in load_spec({grid()!r}).expand()]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [r.id for r in load_spec(grid()).expand()]
+
+
+def test_duplicates_collapse():
+    spec = load_spec(grid(mixers=["attention", "attention", {"name": "attention", "kwargs": {}}], lengths=[32, 32],
+                          seeds=[0]))
+    assert len(spec.expand()) == 2  # 1 mixer x 1 length x 2 widths
+
+
+@pytest.mark.parametrize(
+    "changes,key",
+    [
+        ({"mixrs": ["attention"]}, "mixrs"),
+        ({"mixers": ["attention", {"name": "atention"}]}, "mixers[1].name"),
+        ({"mixers": ["nope"]}, "mixers[0]"),
+        ({"mixers": [{"name": "sliding_window", "kwargs": {"windo": 4}}]}, "mixers[0].kwargs.windo"),
+        ({"mixers": [{"name": "sliding_window", "kwargs": {"window": 0}}]}, "mixers[0].kwargs.window"),
+        ({"mixers": [{"name": "attention", "kwargs": {"n_heads": 3}}]}, "mixers[0].kwargs.n_heads"),
+        ({"mixers": [{"name": "attention", "kwarg": {}}]}, "mixers[0].kwarg"),
+        ({"mixers": [3]}, "mixers[0]"),
+        ({"mixers": []}, "mixers"),
+        ({"tasks": ["mqr"]}, "tasks[0]"),
+        ({"tasks": [{"task": "nope"}]}, "tasks[0].task"),
+        ({"tasks": [{"task": "mqar", "kwargs": {"num_pairs": 4}}]}, "tasks[0].kwargs.num_pairs"),
+        ({"tasks": [{"task": "mqar", "kwargs": {"power_a": 2.0}}]}, "tasks[0].kwargs.power_a"),
+        ({"tasks": [{"task": "mqar", "kwargs": {"seq_len": 64}}]}, "tasks[0].kwargs.seq_len"),
+        ({"tasks": []}, "tasks"),
+        ({"lengths": [33]}, "lengths[0]"),
+        ({"tasks": ["mqar"], "lengths": [64, 32]}, "lengths[1]"),  # too short for 16 pairs
+        ({"lengths": []}, "lengths"),
+        ({"lengths": 64}, "lengths"),
+        ({"lengths": [64, -1]}, "lengths[1]"),
+        ({"widths": [16.5]}, "widths[0]"),
+        ({"widths": [True]}, "widths[0]"),
+        ({"seeds": [-1]}, "seeds[0]"),
+        ({"n_layers": 0}, "n_layers"),
+        ({"train": {"stpes": 3}}, "train.stpes"),
+        ({"train": {"steps": "3"}}, "train.steps"),
+        ({"train": {"steps": 0}}, "train.steps"),
+        ({"train": {"d_model": 8}}, "train.d_model"),
+        ({"train": {"out_dir": "x"}}, "train.out_dir"),
+        ({"train": {"eval_task_kwargs": [{"num_kv_pairs": 100}]}}, "train.eval_task_kwargs[0]"),
+        ({"train": {"eval_task_kwargs": [{"bogus": 1}]}}, "train.eval_task_kwargs[0].bogus"),
+        ({"train": []}, "train"),
+        ({"policies": ["h2o"]}, "policies"),
+        ({"budgets": [64]}, "budgets"),
+        ({"name": ""}, "name"),
+    ],
+)
+def test_invalid_specs_name_the_key(changes, key):
+    with pytest.raises(ConfigError) as info:
+        load_spec(grid(**changes))
+    assert str(info.value).startswith(key), str(info.value)
+
+
+def test_error_messages_list_accepted_values():
+    with pytest.raises(ConfigError, match="Did you mean: mixers"):
+        load_spec(grid(mixrs=[]))
+    with pytest.raises(ConfigError, match="Did you mean: attention") as info:
+        load_spec(grid(mixers=[{"name": "atention"}]))
+    assert "mamba" in str(info.value)  # the available mixers are listed
+    with pytest.raises(ConfigError, match="Did you mean: window") as info:
+        load_spec(grid(mixers=[{"name": "sliding_window", "kwargs": {"windo": 4}}]))
+    assert "block_size" in str(info.value)
+    with pytest.raises(ConfigError, match="Did you mean: steps") as info:
+        load_spec(grid(train={"stpes": 3}))
+    assert "batch_size" in str(info.value) and "d_model" not in str(info.value).split("Accepted keys:")[1]
+    with pytest.raises(ConfigError, match="not supported"):
+        load_spec(grid(policies=["h2o"]))
+
+
+def test_toml_loading(tmp_path):
+    path = tmp_path / "demo.toml"
+    path.write_text(
+        'mixers = ["attention", { name = "sliding_window", kwargs = { window = 8 } }]\n'
+        'tasks = [{ task = "mqar", kwargs = { vocab_size = 64, num_kv_pairs = 4 } }]\n'
+        "lengths = [32, 64]\nwidths = [16, 32]\nseeds = [0, 1]\n"
+        "[train]\nsteps = 3\nbatch_size = 4\neval_examples = 8\n"
+    )
+    spec = load_spec(path)
+    assert spec.name == "demo"  # named after the file
+    assert [r.id for r in spec.expand()] == [r.id for r in load_spec(grid(name="demo")).expand()]
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "x"\nmixers = ["attention"]\ntasks = ["mqar"]\nlengths = [32]\nwidths = [16]\n[train]\nstpes = 1\n')
+    with pytest.raises(ConfigError, match=r"^train\.stpes"):
+        load_spec(bad)
+    broken = tmp_path / "broken.toml"
+    broken.write_text("mixers = [\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_spec(broken)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_spec(tmp_path / "missing.toml")
+
+
+def test_python_spec_and_configs(tmp_path):
+    path = tmp_path / "grid.py"
+    path.write_text(f"spec = {grid(name='py')!r}\n")
+    assert len(load_spec(path).expand()) == 16
+    obj = tmp_path / "obj.py"
+    obj.write_text("from longrecall.arena.spec import ArenaSpec\n"
+                   "spec = ArenaSpec(name='o', mixers=['attention'], tasks=['mqar'], lengths=[64], widths=[16])\n")
+    assert len(load_spec(obj).expand()) == 1
+
+    configs = tmp_path / "configs.py"
+    configs.write_text(
+        "from longrecall.config import TrainConfig\n"
+        "kw = dict(vocab_size=64, seq_len=32, num_kv_pairs=4)\n"
+        "configs = [TrainConfig(layers=['attention', 'attention'], d_model=16, task_kwargs=kw, steps=3),\n"
+        "           TrainConfig(layers=['s4d', 'attention'], d_model=16, task_kwargs=kw, steps=3, seed=1),\n"
+        "           TrainConfig(layers=['attention', 'attention'], d_model=16, task_kwargs=kw, steps=3)]\n"
+    )
+    runs = load_spec(configs).expand()
+    assert len(runs) == 2  # the duplicate collapses
+    assert runs[0].labels["mixer"] == "attention" and runs[1].labels["mixer"] == "s4d+attention"
+    assert runs[0].labels["seq_len"] == 32 and runs[1].labels["seed"] == 1 and runs[0].spec_name == "configs"
+    # the same run through the grid has the same id
+    same = load_spec({"name": "g", "mixers": ["attention"], "tasks": [{"task": "mqar", "kwargs": {"vocab_size": 64, "num_kv_pairs": 4}}],
+                      "lengths": [32], "widths": [16], "train": {"steps": 3}}).expand()
+    assert same[0].id == runs[0].id
+
+    bad = tmp_path / "bad_configs.py"
+    bad.write_text("configs = [{'layers': ['attention'], 'stpes': 3}]\n")
+    with pytest.raises(ConfigError, match=r"^configs\[0\]\.stpes"):
+        load_spec(bad)
+    nothing = tmp_path / "nothing.py"
+    nothing.write_text("x = 1\n")
+    with pytest.raises(ConfigError, match="must define `spec`"):
+        load_spec(nothing)
+
+
+def test_arena_spec_direct_and_to_dict():
+    spec = ArenaSpec(name="d", mixers=["s4d"], tasks=["mqar"], lengths=[64], widths=[16])
+    assert len(spec) == 1 and spec.expand()[0].config.layers == ["s4d", "s4d"]
+    assert load_spec(spec.to_dict()).expand()[0].id == spec.expand()[0].id

@@ -1,0 +1,285 @@
+"""The results store: round trip, idempotent adds, exclusive claims, stale owners, refusals, export."""
+
+import csv
+import json
+import multiprocessing
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+from longrecall.arena.spec import load_spec
+from longrecall.arena.store import SCHEMA_VERSION, Store, StoreError, code_version, default_owner
+
+
+def specs(n_widths: int = 2):
+    return load_spec({
+        "name": "s", "mixers": ["attention", "s4d"],
+        "tasks": [{"task": "mqar", "kwargs": {"vocab_size": 64, "num_kv_pairs": 4}}],
+        "lengths": [32, 64], "widths": [16, 32][:n_widths], "train": {"steps": 2},
+    }).expand()
+
+
+def fake_metrics(config: dict, accuracy: float = 0.75) -> dict:
+    """The shape of ``train()``'s return value."""
+    final = {"accuracy": accuracy, "loss": 1.25, "scored": 40, "step": 2,
+             "by_slice": {"num_kv_pairs": {"4": {"accuracy": accuracy, "scored": 40}}},
+             "by_distance": {"1": {"accuracy": 1.0, "scored": 4}, "2-3": {"accuracy": 0.5, "scored": 36}},
+             "state_bytes": {"32": 4096, "128": 16384}}
+    return {"status": "done", "config": config, "task": {"task": "mqar", "version": 1, "seq_len": 32},
+            "steps": 2, "parameters": 12345, "train_seconds": 1.5, "eval_seconds": 0.125, "train_tokens_per_second": 321.0,
+            "final_eval": final, "evals": [final], "history": [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}],
+            "versions": {"longrecall": "0.1.0", "torch": "9.9.9"}}
+
+
+def dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+@pytest.fixture
+def store(tmp_path):
+    with Store.open(tmp_path / "runs.sqlite") as s:
+        yield s
+
+
+def test_new_store_schema_and_wal(store):
+    assert store.meta()["app"] == "longrecall" and int(store.meta()["schema_version"]) == SCHEMA_VERSION
+    assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert store.counts() == {"pending": 0, "running": 0, "done": 0, "failed": 0}
+    assert isinstance(code_version(), str) and code_version()
+
+
+def test_round_trip_of_a_finished_run(store):
+    runs = specs()
+    assert store.add_runs(runs) == len(runs) == 8
+    run = runs[0]
+    assert store.claim(run.id)
+    metrics = fake_metrics(run.config_dict)
+    store.finish(run.id, metrics, eval_seconds=0.5)
+    row = store.get(run.id)
+    assert row["status"] == "done" and row["spec_name"] == "s"
+    assert row["config"] == run.config_dict and row["labels"] == run.labels
+    assert row["metrics"] == {"accuracy": 0.75, "loss": 1.25, "scored": 40, "step": 2}
+    assert row["by_distance"] == metrics["final_eval"]["by_distance"]
+    assert row["by_slice"] == metrics["final_eval"]["by_slice"]
+    assert row["state_bytes"] == {"32": 4096, "128": 16384}
+    assert row["history"] == metrics["history"] and row["evals"] == metrics["evals"]
+    assert row["task_config"] == metrics["task"] and row["train_status"] == "done" and row["steps"] == 2
+    assert row["params"] == 12345 and row["train_seconds"] == 1.5 and row["eval_seconds"] == 0.5
+    assert row["tokens_per_s"] == 321.0 and row["torch_version"] == "9.9.9" and row["device"] == "cpu"
+    assert row["code_version"] == code_version()
+    assert row["attempts"] == 1 and row["owner"] == default_owner() and row["error"] is None
+    assert row["created_at"] <= row["started_at"] <= row["finished_at"]
+    assert store.counts() == {"pending": 7, "running": 0, "done": 1, "failed": 0}
+    assert [r["id"] for r in store.runs("done")] == [run.id]
+    other_run = runs[1]
+    store.claim(other_run.id)
+    store.finish(other_run.id, fake_metrics(other_run.config_dict))
+    assert store.get(other_run.id)["eval_seconds"] == 0.125  # from the metrics when not given
+    assert len(store.runs()) == 8 and store.get("nope") is None
+    # a second process sees the same
+    with Store.open(store.path, create=False) as other:
+        assert other.get(run.id) == row
+
+
+def test_add_runs_is_idempotent(store):
+    assert store.add_runs(specs(1)) == 4
+    assert store.add_runs(specs(2)) == 4  # only the new widths
+    assert store.add_runs(specs(2)) == 0
+    assert store.counts()["pending"] == 8
+
+
+def test_claim_is_exclusive(store):
+    run = specs(1)[0]
+    store.add_runs([run])
+    host = socket.gethostname()
+    assert store.claim(run.id, owner=f"{host}:{os.getpid()}")
+    assert not store.claim(run.id, owner=f"{host}:{os.getppid()}")  # another live process
+    assert not store.claim(run.id, owner="elsewhere:1")
+    assert store.get(run.id)["owner"] == f"{host}:{os.getpid()}" and store.get(run.id)["attempts"] == 1
+    assert not store.claim("missing-id")
+
+
+def test_stale_run_of_a_dead_process_is_reclaimed(store):
+    a, b = specs(1)[:2]
+    store.add_runs([a, b])
+    dead = f"{socket.gethostname()}:{dead_pid()}"
+    assert store.claim(a.id, owner=dead) and store.claim(b.id, owner=dead)
+    assert store.claim(a.id)  # its owner is gone
+    row = store.get(a.id)
+    assert row["owner"] == default_owner() and row["attempts"] == 2 and row["status"] == "running"
+    with pytest.raises(StoreError, match="running under"):  # the dead owner's late result is refused
+        store.finish(a.id, fake_metrics(a.config_dict), owner=dead)
+    # a run on another host is never stolen
+    c = specs(1)[2]
+    store.add_runs([c])
+    assert store.claim(c.id, owner="another-host:1")
+    assert store.reset_stale() == 1  # b only
+    assert store.get(b.id)["status"] == "pending" and store.get(c.id)["status"] == "running"
+
+
+def test_next_pending_then_stale(store):
+    runs = specs(1)
+    store.add_runs(runs)
+    dead = f"{socket.gethostname()}:{dead_pid()}"
+    claimed = [store.next_pending(owner=dead)["id"] for _ in runs]
+    assert claimed == [r.id for r in runs]
+    again = store.next_pending()  # nothing pending: the dead owner's runs are claimable
+    assert again["id"] == runs[0].id and again["attempts"] == 2 and again["config"] == runs[0].config_dict
+
+
+def test_finish_is_refused_for_done_pending_and_foreign_runs(store):
+    a, b = specs(1)[:2]
+    store.add_runs([a, b])
+    with pytest.raises(StoreError, match="not running"):
+        store.finish(a.id, fake_metrics(a.config_dict))
+    store.claim(a.id)
+    store.finish(a.id, fake_metrics(a.config_dict, accuracy=0.5))
+    before = store.get(a.id)
+    with pytest.raises(StoreError, match="already done"):
+        store.finish(a.id, fake_metrics(a.config_dict, accuracy=0.9))
+    with pytest.raises(StoreError, match="already done"):
+        store.fail(a.id, "boom")
+    assert not store.claim(a.id)
+    assert store.get(a.id) == before
+    store.claim(b.id, owner="elsewhere:1")
+    with pytest.raises(StoreError, match="running under elsewhere:1"):
+        store.finish(b.id, fake_metrics(b.config_dict))
+    with pytest.raises(StoreError, match="no such run"):
+        store.finish("missing", fake_metrics(b.config_dict))
+
+
+def test_fail_and_requeue(store):
+    a = specs(1)[0]
+    store.add_runs([a])
+    store.claim(a.id)
+    store.fail(a.id, "Traceback: loss is nan")
+    row = store.get(a.id)
+    assert row["status"] == "failed" and "nan" in row["error"] and row["finished_at"]
+    assert not store.claim(a.id)
+    assert store.requeue_failed() == 1 and store.claim(a.id) and store.get(a.id)["attempts"] == 2
+
+
+def _assert_refused(path, match):
+    before = path.read_bytes()
+    with pytest.raises(StoreError, match=match):
+        Store.open(path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no -wal/-shm/-journal left behind
+
+
+def test_non_sqlite_file_is_refused_untouched(tmp_path):
+    path = tmp_path / "random.sqlite"
+    path.write_bytes(bytes(range(256)) * 17)
+    _assert_refused(path, "not a SQLite database")
+
+
+def test_foreign_sqlite_file_is_refused_untouched(tmp_path):
+    path = tmp_path / "foreign.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE people (name TEXT)")
+    conn.execute("INSERT INTO people VALUES ('ada')")
+    conn.commit()
+    conn.close()
+    _assert_refused(path, "not a longrecall results store")
+    # a meta table of another application
+    other = tmp_path / "sub" / "other.db"
+    other.parent.mkdir()
+    conn = sqlite3.connect(other)
+    conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+    conn.execute("INSERT INTO meta VALUES ('app', 'someone-else')")
+    conn.commit()
+    conn.close()
+    _assert_refused(other, "another application")
+
+
+def test_newer_schema_is_refused_untouched(tmp_path):
+    path = tmp_path / "new" / "runs.sqlite"
+    path.parent.mkdir()
+    Store.open(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode = DELETE")  # fold the WAL back so the file is self-contained
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
+    conn.commit()
+    conn.close()
+    _assert_refused(path, "newer")
+
+
+def test_missing_store_without_create(tmp_path):
+    with pytest.raises(StoreError, match="no results store"):
+        Store.open(tmp_path / "absent.sqlite", create=False)
+    assert not (tmp_path / "absent.sqlite").exists()
+    empty = tmp_path / "empty.sqlite"
+    empty.write_bytes(b"")
+    with Store.open(empty) as s:  # an empty file becomes a new store
+        assert s.meta()["app"] == "longrecall"
+
+
+def _worker(path, queue, barrier):
+    store = Store.open(path, create=False)
+    barrier.wait()
+    claimed = []
+    while (run := store.next_pending()) is not None:
+        claimed.append(run["id"])
+        store.finish(run["id"], fake_metrics(run["config"]))
+    queue.put(claimed)
+    store.close()
+
+
+def test_concurrent_claims_never_overlap(tmp_path):
+    path = tmp_path / "shared.sqlite"
+    runs = load_spec({"name": "c", "mixers": ["attention"], "tasks": [{"task": "mqar", "kwargs": {"vocab_size": 64, "num_kv_pairs": 4}}],
+                      "lengths": [32], "widths": [16], "seeds": list(range(40)), "train": {"steps": 2}}).expand()
+    with Store.open(path) as store:
+        assert store.add_runs(runs) == 40
+    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    queue, barrier = ctx.Queue(), ctx.Barrier(2)
+    workers = [ctx.Process(target=_worker, args=(path, queue, barrier)) for _ in range(2)]
+    for w in workers:
+        w.start()
+    results = [queue.get(timeout=60) for _ in workers]
+    for w in workers:
+        w.join(timeout=60)
+        assert w.exitcode == 0
+    first, second = map(set, results)
+    assert not first & second
+    assert first | second == {r.id for r in runs}
+    with Store.open(path) as store:
+        assert store.counts() == {"pending": 0, "running": 0, "done": 40, "failed": 0}
+        assert all(r["attempts"] == 1 for r in store.runs())
+
+
+def test_export_csv_and_jsonl(store, tmp_path):
+    runs = specs(1)
+    store.add_runs(runs)
+    store.claim(runs[0].id)
+    store.finish(runs[0].id, fake_metrics(runs[0].config_dict), eval_seconds=0.25)
+    store.claim(runs[1].id)
+    store.fail(runs[1].id, "boom, with a comma\nand a newline")
+
+    csv_path = store.export(tmp_path / "out.csv")
+    rows = list(csv.DictReader(csv_path.open()))
+    assert [r["id"] for r in rows] == [r.id for r in runs]
+    done = rows[0]
+    assert done["status"] == "done" and done["spec"] == "s" and done["mixer"] == "attention"
+    assert done["seq_len"] == "32" and done["d_model"] == "16" and done["seed"] == "0"
+    assert json.loads(done["task_kwargs"]) == {"vocab_size": 64, "num_kv_pairs": 4}
+    assert float(done["accuracy"]) == 0.75 and done["params"] == "12345"
+    assert done["state_bytes"] == "16384" and done["state_bytes_seq_len"] == "128"  # the largest length
+    assert float(done["tokens_per_s"]) == 321.0 and float(done["train_seconds"]) == 1.5
+    assert float(done["eval_seconds"]) == 0.25 and done["code_version"] and done["torch_version"] == "9.9.9"
+    assert rows[1]["status"] == "failed" and rows[1]["error"] == "boom, with a comma\nand a newline"
+    assert rows[2]["status"] == "pending" and rows[2]["accuracy"] == ""
+
+    jsonl = store.export(tmp_path / "out.jsonl")
+    records = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert records == store.runs()
+    assert store.export(tmp_path / "forced.txt", format="jsonl").read_text() == jsonl.read_text()
+    with pytest.raises(ValueError, match="csv"):
+        store.export(tmp_path / "x.xml", format="xml")
+    assert not list(tmp_path.glob(".*tmp"))  # atomic writes leave no temporaries
