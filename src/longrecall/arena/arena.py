@@ -97,4 +97,5 @@ def print_leaderboard(records: list[dict], console: Console) -> None:
                       f"{row['accuracy']:.3f}" if row.get("accuracy") is not None else "—",
                       fmt_bytes(row.get("state_bytes")), f"{row.get('params') or 0:,}",
                       f"{row.get('tokens_per_s') or 0:,.0f}", str(row.get("seeds")))
-    console.print(table)
+    # a pipe or a CI log is not a terminal: give the table room instead of 80 truncated columns
+    (console if console.is_terminal else Console(width=max(console.width, 140))).print(table)

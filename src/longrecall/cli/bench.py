@@ -36,8 +36,17 @@ def run(args) -> int:
             return 2
     if args.quick:
         args.lengths, args.batch_sizes, args.repeats = [64, 256], [1], 1
+    try:
+        mixer_kwargs = json.loads(args.mixer_kwargs)
+    except json.JSONDecodeError as error:
+        print(f"error: --mixer-kwargs must be JSON like '{{\"mamba\": {{\"scan\": \"naive\"}}}}': {error}")
+        return 2
+    if not isinstance(mixer_kwargs, dict) or not all(k in names and isinstance(v, dict) for k, v in mixer_kwargs.items()):
+        print("error: --mixer-kwargs must map benchmarked mixer names to dicts of constructor arguments")
+        return 2
     spec = BenchSpec(mixers=names, lengths=args.lengths, batch_sizes=args.batch_sizes, d_model=args.d_model,
-                     modes=modes, repeats=args.repeats, threads=args.threads, compare_mambapy=not args.no_mambapy)
+                     modes=modes, repeats=args.repeats, threads=args.threads, compare_mambapy=not args.no_mambapy,
+                     mixer_kwargs=mixer_kwargs)
 
     out = Path(args.out)
 
@@ -68,7 +77,8 @@ def add_parser(sub) -> None:
         "T-token prefill, training-step tokens/s and peak resident memory, per mixer, length and batch. "
         "Every cell runs in its own process. Mixers failing their contract check are not timed.",
         epilog="examples:\n  longrecall bench --quick\n  longrecall bench --mixers s4d,mamba --lengths 1024,4096 --batch-sizes 1\n"
-        "  longrecall bench --mixers all --out bench_results   (the full table: tens of minutes)",
+        "  longrecall bench --mixers mamba --modes train --mixer-kwargs '{\"mamba\": {\"scan\": \"naive\"}}'\n"
+        "  longrecall bench --mixers all --out bench_results   (the full table: about 10 minutes)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--mixers", default="all", help="comma-separated registry keys, or 'all' (default)")
@@ -78,6 +88,7 @@ def add_parser(sub) -> None:
     p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)}")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--mixer-kwargs", default="{}", help='JSON: constructor arguments per mixer, e.g. \'{"mamba": {"scan": "naive"}}\'')
     p.add_argument("--no-mambapy", action="store_true", help="skip the comparison with mambapy even if installed")
     p.add_argument("--quick", action="store_true", help="T in {64, 256}, batch 1, one repeat: a smoke run")
     p.add_argument("--out", default="bench_results", help="directory for bench.json and bench.md")
