@@ -19,11 +19,22 @@ import torch
 from safetensors.torch import load_file, save_file
 
 
+def _file_mode(path: Path) -> int:
+    """Keep an existing file's permissions; new files get 0o644 (mkstemp's 0o600 would hide a
+    report or a checkpoint from everyone else)."""
+    try:
+        return path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        return 0o644
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write to a temporary file in the same directory, fsync, then rename over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _file_mode(path))
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

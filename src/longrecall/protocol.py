@@ -17,7 +17,7 @@ a ``NamedTuple`` of tensors (a pytree).  Three rules make the state trustworthy:
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, Literal, NamedTuple
+from typing import Any, Callable, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn

@@ -391,7 +391,7 @@ class ArenaSpec:
         mixers = [self._mixer(i, entry) for i, entry in enumerate(self.mixers)]
         for i, (name, kwargs) in enumerate(mixers):
             for j, width in enumerate(widths):
-                build_mixer_check(name, kwargs, width, self._mixer_key(i), f"widths[{j}]")
+                build_mixer_check(name, kwargs, width, f"mixers[{i}].kwargs", f"widths[{j}]")
 
         tasks = []  # (task, user kwargs, {length: resolved kwargs})
         for i, entry in enumerate(self.tasks):
@@ -431,46 +431,33 @@ class ArenaSpec:
         return runs
 
     @staticmethod
-    def _mixer_key(i: int) -> str:
-        return f"mixers[{i}].kwargs"
-
-    def _mixer(self, i: int, entry: Any) -> tuple[str, dict]:
-        key = f"mixers[{i}]"
+    def _entry(key: str, entry: Any, field_name: str, registry, kind: str) -> tuple[str, dict]:
+        """``"name"`` or ``{<field_name> = "name", kwargs = {...}}``, validated; returns (name, kwargs)."""
+        accepted = [field_name, "kwargs"]
         if isinstance(entry, str):
             name, kwargs, name_key = entry, {}, key
         elif isinstance(entry, dict):
             for k in entry:
-                if k not in ("name", "kwargs"):
-                    raise ConfigError(f"{key}.{k}: unknown mixer key.{_close(k, ['name', 'kwargs'])} Accepted keys: name, kwargs")
-            if "name" not in entry:
-                raise ConfigError(f"{key}.name is missing; available mixers: {', '.join(MIXERS.names())}")
-            name, kwargs, name_key = entry["name"], entry.get("kwargs", {}), f"{key}.name"
+                if k not in accepted:
+                    raise ConfigError(f"{key}.{k}: unknown {kind} key.{_close(k, accepted)} Accepted keys: {', '.join(accepted)}")
+            if field_name not in entry:
+                raise ConfigError(f"{key}.{field_name} is missing; available {kind}s: {', '.join(registry.names())}")
+            name, kwargs, name_key = entry[field_name], entry.get("kwargs", {}), f"{key}.{field_name}"
         else:
-            raise ConfigError(f"{key} must be a mixer name or a {{ name = ..., kwargs = {{...}} }} table, got {entry!r}")
+            raise ConfigError(f"{key} must be a {kind} name or a {{ {field_name} = ..., kwargs = {{...}} }} table, got {entry!r}")
         try:
-            MIXERS.get(name)
+            registry.get(name)
         except KeyError as error:
             raise ConfigError(f"{name_key}: {error.args[0]}") from None
-        return name, check_mixer_kwargs(name, kwargs, f"{key}.kwargs")
+        return name, kwargs
+
+    def _mixer(self, i: int, entry: Any) -> tuple[str, dict]:
+        name, kwargs = self._entry(f"mixers[{i}]", entry, "name", MIXERS, "mixer")
+        return name, check_mixer_kwargs(name, kwargs, f"mixers[{i}].kwargs")
 
     def _task(self, i: int, entry: Any) -> tuple[str, dict]:
-        key = f"tasks[{i}]"
-        if isinstance(entry, str):
-            task, kwargs, task_key = entry, {}, key
-        elif isinstance(entry, dict):
-            for k in entry:
-                if k not in ("task", "kwargs"):
-                    raise ConfigError(f"{key}.{k}: unknown task key.{_close(k, ['task', 'kwargs'])} Accepted keys: task, kwargs")
-            if "task" not in entry:
-                raise ConfigError(f"{key}.task is missing; available tasks: {', '.join(TASKS.names())}")
-            task, kwargs, task_key = entry["task"], entry.get("kwargs", {}), f"{key}.task"
-        else:
-            raise ConfigError(f"{key} must be a task name or a {{ task = ..., kwargs = {{...}} }} table, got {entry!r}")
-        try:
-            TASKS.get(task)
-        except KeyError as error:
-            raise ConfigError(f"{task_key}: {error.args[0]}") from None
-        return task, check_task_kwargs(task, kwargs, f"{key}.kwargs", allow_seq_len=False)
+        task, kwargs = self._entry(f"tasks[{i}]", entry, "task", TASKS, "task")
+        return task, check_task_kwargs(task, kwargs, f"tasks[{i}].kwargs", allow_seq_len=False)
 
     def _from_configs(self) -> list[RunSpec]:
         for key in ("mixers", "tasks", "lengths", "widths", "train"):

@@ -8,6 +8,7 @@ import html
 from pathlib import Path
 from typing import Sequence
 
+from ..checkpoint import atomic_write_bytes
 from . import plots as _plots
 from .tables import (
     failed_runs, failed_to_html, failed_to_markdown, labels_of, leaderboard, mixer_name, provenance,
@@ -59,7 +60,7 @@ code { background: #f4f4f4; padding: 0 .25em; }
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    _plots._atomic_write_bytes(path, text.encode("utf-8"))
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _summary(records: Sequence[dict]) -> dict:

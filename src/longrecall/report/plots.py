@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import io
 import math
-import os
-import tempfile
 import textwrap
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from ..checkpoint import atomic_write_bytes
 from .tables import (
     accuracy_of, bucket_low, by_distance_of, fmt_bytes, is_finite, labels_of, leaderboard, mixer_name,
     pareto_front, state_bytes_at,
@@ -104,33 +103,6 @@ def style_for(records: Sequence[dict]) -> Style:
 # ----------------------------------------------------------------------------------------------
 
 
-def _file_mode(path: Path) -> int:
-    """Keep an existing file's permissions; new files get 0o644 (mkstemp's 0o600 would hide a
-    report from everyone else)."""
-    try:
-        return path.stat().st_mode & 0o777
-    except FileNotFoundError:
-        return 0o644
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, _file_mode(path))
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def _figure(nrows: int, ncols: int, panel_w: float = 4.6, panel_h: float = 3.4, extra_w: float = 1.8):
     Figure, FigureCanvasAgg = require_matplotlib()
     width = max(ncols * panel_w + extra_w, 8.0 if extra_w else 0.0)
@@ -144,7 +116,7 @@ def _save(fig, path) -> Path:
     path = Path(path)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI)
-    _atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
     return path
 
 
