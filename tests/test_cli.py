@@ -67,4 +67,4 @@ def test_python_m_and_console_script_agree():
 
     script = shutil.which("longrecall") or str((__import__("pathlib").Path(sys.executable).parent / "longrecall"))
     out = subprocess.run([script, "ls", "tasks", "--json"], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0 and json.loads(out.stdout)[0]["name"] == "mqar"
+    assert out.returncode == 0 and "mqar" in {row["name"] for row in json.loads(out.stdout)}

@@ -41,3 +41,14 @@ def test_missing_file_and_malformed_override(tmp_path):
         load_config(TrainConfig, tmp_path / "missing.toml")
     with pytest.raises(ConfigError, match="--key=value"):
         load_config(TrainConfig, None, ["steps=3"])
+
+
+def test_another_task_starts_from_its_own_defaults():
+    from longrecall.tasks.mqar import CPU_SCALE
+
+    assert TrainConfig().task_kwargs == CPU_SCALE
+    assert load_config(TrainConfig, None, ["--task_kwargs.num_kv_pairs=8"]).task_kwargs == {**CPU_SCALE, "num_kv_pairs": 8}
+    # MQAR's CPU-scale arguments must not leak into another task
+    assert load_config(TrainConfig, None, ["--task=passkey"]).task_kwargs == {}
+    assert load_config(TrainConfig, None, ["--task=copy", "--task_kwargs.string_length=8"]).task_kwargs == {"string_length": 8}
+    assert TrainConfig(task="copy").task_kwargs == {}

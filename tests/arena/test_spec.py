@@ -200,3 +200,23 @@ def test_arena_spec_direct_and_to_dict():
     spec = ArenaSpec(name="d", mixers=["s4d"], tasks=["mqar"], lengths=[64], widths=[16])
     assert len(spec) == 1 and spec.expand()[0].config.layers == ["s4d", "s4d"]
     assert load_spec(spec.to_dict()).expand()[0].id == spec.expand()[0].id
+
+
+def test_lengths_reach_tasks_whose_length_is_derived():
+    from longrecall.arena import load_spec
+
+    spec = load_spec({"name": "derived", "mixers": ["attention"], "widths": [16], "lengths": [34, 66],
+                      "tasks": [{"task": "copy", "kwargs": {"alphabet_size": 8}},
+                                {"task": "delayed_copy", "kwargs": {"n_symbols": 4}}]})
+    kwargs = {(r.labels["task"], r.labels["seq_len"]): r.config.task_kwargs for r in spec.expand()}
+    assert kwargs[("copy", 34)]["string_length"] == 16 and kwargs[("copy", 66)]["string_length"] == 32
+    assert kwargs[("delayed_copy", 34)]["delay"] == 34 - 9
+    import pytest
+
+    from longrecall.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"lengths\[0\]=33"):
+        load_spec({"name": "odd", "mixers": ["attention"], "widths": [16], "lengths": [33], "tasks": ["copy"]})
+    with pytest.raises(ConfigError, match="string_length is set by lengths"):
+        load_spec({"name": "clash", "mixers": ["attention"], "widths": [16], "lengths": [34],
+                   "tasks": [{"task": "copy", "kwargs": {"string_length": 4}}]})

@@ -399,7 +399,15 @@ class ArenaSpec:
             key = f"tasks[{i}].kwargs" if isinstance(entry, dict) else f"tasks[{i}]"
             per_length = {}
             for j, length in enumerate(lengths):
-                full = {**base_task_kwargs(task), **kwargs, "seq_len": length}
+                merged = {**base_task_kwargs(task), **kwargs}
+                try:  # most tasks take seq_len; copy-like tasks derive another argument from it
+                    by_length = TASKS.get(task).length_kwargs(length, merged)
+                except ValueError as error:
+                    raise ConfigError(f"lengths[{j}]={length}: task {task!r} rejects it: {error}") from None
+                clash = sorted(set(by_length) & set(kwargs))
+                if clash:
+                    raise ConfigError(f"{key}.{clash[0]} is set by lengths for task {task!r}; remove it from the task's kwargs")
+                full = {**merged, **by_length}
                 obj = instantiate_task(task, full, key, seq_len_key=f"lengths[{j}]={length}", context=f"with seq_len={length}")
                 per_length[length] = resolve_task_kwargs(obj, full)
                 for k, override in enumerate(base.eval_task_kwargs):

@@ -18,8 +18,6 @@ def run(args) -> int:
         shorthand["layers"] = [args.mixer] * args.n_layers
     if args.task:
         shorthand["task"] = args.task
-        if args.task != "mqar":
-            shorthand["task_kwargs"] = {}
     try:
         config = load_config(TrainConfig, args.config, args.overrides, **shorthand)
     except (ConfigError, KeyError, TypeError) as error:

@@ -1,6 +1,9 @@
-"""Synthetic tasks that probe memory. One file per task; the file name is the registry key."""
+"""Synthetic tasks that probe memory. One file per task; the file name is the registry key.
 
-from . import mqar  # noqa: F401  (registers "mqar")
+The import line below is what registers them: add yours here.
+"""
+
+from . import copy, delayed_copy, mqar, niah, passkey  # noqa: F401
 from .base import IGNORE_INDEX, Batch, Task
 
 __all__ = ["Batch", "IGNORE_INDEX", "Task"]

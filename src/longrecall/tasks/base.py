@@ -95,6 +95,16 @@ class Task:
     def build(self, n: int, seed: int) -> Batch:
         raise NotImplementedError
 
+    @classmethod
+    def length_kwargs(cls, seq_len: int, kwargs: dict) -> dict:
+        """Constructor arguments that make the task ``seq_len`` tokens long (the arena's ``lengths``).
+
+        Most tasks take ``seq_len`` directly; a task whose length is derived from other parameters
+        (``copy``: 2L + 2) overrides this and raises ``ValueError`` naming ``seq_len`` when no
+        setting reaches that length exactly.
+        """
+        return {"seq_len": seq_len}
+
     def config(self) -> dict:
         """The resolved configuration, with the task's registry key and version."""
         return {"task": getattr(type(self), "registry_key", type(self).__name__), "version": self.version,
