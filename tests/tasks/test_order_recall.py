@@ -152,9 +152,9 @@ def test_attention_learns_order_recall():
     # chance is 1/2 (exactly balanced FIRST/SECOND).  A RoPE attention model has no absolute position
     # in its residual stream, so it stays at chance for 300 steps; seeds 0-2 reached 0.82-0.85 after
     # 1,500 steps (16-28 s), with the loss from about 3.9 to 0.34-0.40 (ln 2 = 0.69: only the classes)
-    metrics = train(TrainConfig(task="order_recall", task_kwargs=CPU_SCALE, layers=["attention", "attention"], d_model=32,
-                                short_conv=4, steps=1500, batch_size=32, eval_every=1500, eval_examples=256, lr=3e-3,
-                                warmup_steps=20, threads=1), progress=False)
+    metrics = train(TrainConfig(task="order_recall", task_kwargs=CPU_SCALE, layers=["attention", "attention"],
+                                d_model=32, short_conv=4, steps=1500, batch_size=32, eval_every=1500, eval_examples=256,
+                                lr=3e-3, warmup_steps=20, threads=1), progress=False)
     history = metrics["history"]
     first = sum(h["loss"] for h in history[:10]) / 10
     last = sum(h["loss"] for h in history[-10:]) / 10

@@ -36,8 +36,8 @@ def test_global_rng_untouched():
 
 @pytest.mark.parametrize("order", ["short_first", "long_first"])
 @pytest.mark.parametrize(
-    "sizes", [SMALL, CPU_SCALE, dict(universe_size=5, short_size=1, long_size=4), dict(universe_size=10, short_size=5, long_size=5),
-              dict(universe_size=64, short_size=4, long_size=16)]
+    "sizes", [SMALL, CPU_SCALE, dict(universe_size=5, short_size=1, long_size=4),
+              dict(universe_size=10, short_size=5, long_size=5), dict(universe_size=64, short_size=4, long_size=16)]
 )
 def test_structure_targets_and_distances(sizes, order):
     task = SetDisjointness(**{**sizes, "order": order})
@@ -87,6 +87,15 @@ def test_orders_share_sets_and_labels():
     assert torch.equal(short_first.inputs[:, 5:13], long_first.inputs[:, 1:9])
     # the fact sits in the first set: the separator and the whole second set lie between it and the query
     assert (short_first.distance[:, -1] >= 8 + 2).all() and (long_first.distance[:, -1] >= 3 + 2).all()
+
+
+def test_length_kwargs_set_the_long_set():
+    kwargs = SetDisjointness.length_kwargs(40, SMALL)
+    assert kwargs == {"long_size": 40 - 3 - 3}
+    assert SetDisjointness(**{**SMALL, **kwargs, "universe_size": 64}).seq_len == 40
+    assert SetDisjointness.length_kwargs(25, {}) == {"long_size": 25 - 4 - 3}  # the default short_size is 4
+    with pytest.raises(ValueError, match="seq_len"):
+        SetDisjointness.length_kwargs(8, SMALL)  # long_size would be 2 < short_size
 
 
 def test_worked_example_layout():

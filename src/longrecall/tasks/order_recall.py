@@ -1,10 +1,10 @@
 """Sequence order recall (SORT): which of two excerpts came first in the context?
 
-Pink, Vo, Wu, Mu, Turek, Hasson, Norman, Michelmann, Huth, Toneva 2024, "Assessing Episodic Memory
-in LLMs with Sequence Order Recall Tasks" (SORT, arXiv 2410.08133).  A model reads a context, is
-then shown two excerpts of it in random order, and must say which excerpt appeared earlier.  Unlike
-associative recall, knowing *that* a span was seen is not enough: the memory must keep *when* it was
-seen, relative to another span.  It measures *order* (temporal / episodic memory).
+Pink et al. 2024, "Assessing Episodic Memory in LLMs with Sequence Order Recall Tasks" (SORT, arXiv
+2410.08133). A model reads a context, is then shown two excerpts of it in random order, and must say
+which excerpt appeared earlier. Unlike associative recall, knowing *that* a span was seen is not
+enough: the memory must keep *when* it was seen, relative to another span. It measures *order*
+(temporal / episodic memory).
 
 Worked example (``vocab_size=16, seq_len=18, excerpt_length=2, min_separation=2``)::
 

@@ -1,12 +1,12 @@
 """Set disjointness (SD): do two sets, streamed one after the other, share an element?
 
-Arora, Timalsina, Singhal et al. 2024, "Just read twice: closing the recall gap for recurrent
-language models" (JRT, arXiv 2407.05483).  JRT reduces in-context recall by a recurrent model to
-set disjointness: after reading set A and then set B, say whether A and B intersect.  A model with a
-fixed-size state must remember the *first* set while it reads the second, so the memory needed
-depends on the order: short set first needs memory for ``short_size`` elements, long set first for
-``long_size`` (JRT's lower bound; attention, which keeps every token, is indifferent to order).
-It measures *capacity* and its dependence on data order.
+Arora et al. 2024, "Just read twice: closing the recall gap for recurrent language models" (JRT,
+arXiv 2407.05483). JRT reduces in-context recall by a recurrent model to set disjointness: after
+reading set A and then set B, say whether A and B intersect. A model with a fixed-size state must
+remember the *first* set while it reads the second, so the memory needed depends on the order: short
+set first needs memory for ``short_size`` elements, long set first for ``long_size`` (JRT's lower
+bound; attention, which keeps every token, is indifferent to order). It measures *capacity* and its
+dependence on data order.
 
 Worked example (``universe_size=10, short_size=2, long_size=4, order="short_first"``)::
 
@@ -92,6 +92,15 @@ class SetDisjointness(Task):
     @property
     def seq_len(self) -> int:
         return self.short_size + self.long_size + 3  # SEP first SEP second QUERY
+
+    @classmethod
+    def length_kwargs(cls, seq_len: int, kwargs: dict) -> dict:
+        """The long set that makes ``short_size + long_size + 3 == seq_len`` (short_size is kept)."""
+        short = kwargs.get("short_size", cls.short_size)
+        if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 2 * short + 3:
+            raise ValueError(f"seq_len must be an int >= 2 * short_size + 3 = {2 * short + 3} for set_disjointness "
+                             f"(seq_len = short_size + long_size + 3, long_size >= short_size), got {seq_len!r}")
+        return {"long_size": seq_len - short - 3}
 
     def build(self, n: int, seed: int) -> Batch:
         check_positive(n=n)
