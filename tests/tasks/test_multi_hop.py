@@ -167,9 +167,24 @@ def run(task_kwargs, steps, **overrides):
     return metrics["final_eval"]["accuracy"], first, last
 
 
-def test_attention_learns_one_hop_among_distractor_chains():
-    # chance: 1/29 entities, 1/3 for a guess among the three chain ends; seeds 0-1 reached
-    # 0.61-0.72 after 300 steps (about 10 s), the loss from ln(29) = 3.4 to below 2
-    accuracy, first, last = run(dict(vocab_size=32, seq_len=32, n_hops=1, n_chains=3), 300)
-    assert accuracy > 0.45
-    assert last < first - 1.0
+ONE_HOP = dict(vocab_size=32, seq_len=32, n_hops=1, n_chains=3)
+
+
+def test_attention_starts_learning_one_hop():
+    # chance is 1/29 entities; 1/3 for a guesser that picks among the three chain ends.  Recall
+    # switches on abruptly at a seed-dependent step: after 300 steps (about 10 s) seeds 0-2 were at
+    # 0.61, 0.72, 0.27, the loss from ln(29) = 3.4 down by 0.86-1.85, so the robust bar here is
+    # well above entity chance; test_attention_learns_one_hop (slow) checks recall itself
+    accuracy, first, last = run(ONE_HOP, 300)
+    assert accuracy > 0.15
+    assert last < first - 0.6
+
+
+@pytest.mark.slow
+def test_attention_learns_one_hop():
+    # seeds 0, 1, 3, 4 reached 0.97-1.00 after 1000 steps (about 20 s), far above the 1/3 of
+    # guessing among chain ends; seed 2 stays at that guess (0.33) even after 2000 steps.
+    # Two hops (2 chains) were not learned by 2-4 attention layers (d_model 64) in 2000-3000 steps.
+    accuracy, first, last = run(ONE_HOP, 1000, eval_every=1000)
+    assert accuracy > 0.8
+    assert last < first - 2.0

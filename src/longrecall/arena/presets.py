@@ -53,6 +53,41 @@ PRESETS: dict[str, dict] = {
 }
 
 
+# CPU-scale settings per probe: small enough that a 2-layer width-64 model can learn it in a few
+# hundred steps when its memory allows (the learning tests in tests/tasks/ use the same scales)
+PROBE_TASKS = [
+    {"task": "mqar", "kwargs": {"vocab_size": 256, "num_kv_pairs": 8}},
+    {"task": "passkey", "kwargs": {"key_digits": 3, "filler_len": 5}},
+    {"task": "niah", "kwargs": {"vocab_size": 64, "variant": "multikey", "num_needles": 2}},
+    {"task": "selective_copy", "kwargs": {"n_tokens": 8, "alphabet_size": 8}},
+    {"task": "induction", "kwargs": {"vocab_size": 16}},
+    {"task": "copy", "kwargs": {"alphabet_size": 8}},
+    {"task": "delayed_copy", "kwargs": {"n_symbols": 5, "alphabet_size": 8}},
+    {"task": "set_disjointness", "kwargs": {"universe_size": 256, "short_size": 2}},
+    {"task": "order_recall", "kwargs": {"vocab_size": 64}},
+    {"task": "fact_update", "kwargs": {"vocab_size": 64, "n_keys": 4, "n_updated_keys": 2, "n_updates": 2}},
+    {"task": "multi_hop", "kwargs": {"vocab_size": 64, "n_hops": 2, "n_chains": 4}},
+    {"task": "listops", "kwargs": {"max_depth": 3, "max_args": 5, "min_length": 16}},
+]
+
+PRESETS["probes"] = {
+    "description": "the 4 foundation memories on every task at T=128, width 64 (48 runs; about 30 min with 2 workers)",
+    "spec": {
+        "name": "probes",
+        "mixers": FOUNDATION_MIXERS,
+        "tasks": PROBE_TASKS,
+        "lengths": [128],
+        "widths": [64],
+        "seeds": [0],
+        "n_layers": 2,
+        "train": {
+            "steps": 400, "batch_size": 32, "lr": 3e-3, "warmup_steps": 40, "short_conv": 4,
+            "eval_every": 200, "eval_examples": 256, "threads": 1,
+        },
+    },
+}
+
+
 def get_preset(name: str) -> dict:
     if name not in PRESETS:
         raise KeyError(f"Unknown preset {name!r}. Available presets: {', '.join(PRESETS)}")

@@ -3,7 +3,10 @@
 The import line below is what registers them: add yours here.
 """
 
-from . import copy, delayed_copy, listops, mqar, niah, order_recall, passkey, set_disjointness  # noqa: F401
+from . import (  # noqa: F401
+    copy, delayed_copy, fact_update, induction, listops, mqar, multi_hop, niah, order_recall, passkey, selective_copy,
+    set_disjointness,
+)
 from .base import IGNORE_INDEX, Batch, Task
 
 __all__ = ["Batch", "IGNORE_INDEX", "Task"]

@@ -62,7 +62,9 @@ class Induction(Task):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if self.vocab_size < 3:
-            raise ValueError(f"vocab_size must be at least 3 (two ordinary tokens and the trigger), got {self.vocab_size}")
+            raise ValueError(
+                f"vocab_size must be at least 3 (two ordinary tokens and the trigger), got {self.vocab_size}"
+            )
         if self.seq_len < 3:
             raise ValueError(f"seq_len must be at least 3 (trigger, answer, trigger), got {self.seq_len}")
         if self.min_distance > self.seq_len - 2:

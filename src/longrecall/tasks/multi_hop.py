@@ -113,7 +113,7 @@ class MultiHop(Task):
         order = torch.rand(n, F, generator=g).argsort(dim=1)  # (n, F) fact written in slot i
         in_chain = order < H  # (n, F) slot i holds a fact of the queried chain 0
 
-        # F non-overlapping 3-token slots: choose F of the R + F compressed places, expand by 2 per
+        # F non-overlapping 3-token slots: choose F of the free + F compressed places, expand by 2 per
         # earlier slot, and push every queried-chain fact after its chain's first by min_gap more
         free = S - 3 * F - (H - 1) * self.min_gap
         place = torch.rand(n, free + F, generator=g).argsort(dim=1)[:, :F].sort(dim=1).values  # (n, F)
