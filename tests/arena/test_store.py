@@ -283,3 +283,11 @@ def test_export_csv_and_jsonl(store, tmp_path):
     with pytest.raises(ValueError, match="csv"):
         store.export(tmp_path / "x.xml", format="xml")
     assert not list(tmp_path.glob(".*tmp"))  # atomic writes leave no temporaries
+
+
+def test_a_new_store_creates_its_folder(tmp_path):
+    from longrecall.arena import Store
+
+    with Store.open(tmp_path / "runs" / "deeper" / "arena.db") as store:
+        assert store.counts()["done"] == 0
+    assert (tmp_path / "runs" / "deeper" / "arena.db").exists()

@@ -173,6 +173,8 @@ class Store:
         self._conn: sqlite3.Connection | None = None
         self._pid = None
         self._check_existing(create)
+        if create:  # `--store runs/x.db` on a fresh clone: SQLite will not create the folder
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         self._connect(initialise=True)
 
     @classmethod
