@@ -69,6 +69,20 @@ def test_ids_stable_across_processes():
     assert json.loads(out.stdout.strip().splitlines()[-1]) == [r.id for r in load_spec(grid()).expand()]
 
 
+def test_task_entries_with_their_own_lengths():
+    """Zoology ties kv pairs to length: a task entry's lengths replace the spec's for that task."""
+    tasks = [{"task": "mqar", "kwargs": {"vocab_size": 64, "num_kv_pairs": 4}, "lengths": [32]},
+             {"task": "mqar", "kwargs": {"vocab_size": 64, "num_kv_pairs": 8}, "lengths": [64]},
+             {"task": "mqar", "kwargs": {"vocab_size": 64, "num_kv_pairs": 2}}]
+    runs = load_spec(grid(tasks=tasks, lengths=[16], mixers=["attention"], seeds=[0])).expand()
+    pairs = sorted({(r.config.task_kwargs["seq_len"], r.config.task_kwargs["num_kv_pairs"]) for r in runs})
+    assert pairs == [(16, 2), (32, 4), (64, 8)]
+    assert len(runs) == 3 * 2  # 3 (length, pairs) points x 2 widths
+    # when every task sets its lengths, the spec's lengths may be left out
+    spec = load_spec(grid(tasks=tasks[:2], lengths=[], mixers=["attention"], seeds=[0]))
+    assert len(spec) == 4
+
+
 def test_duplicates_collapse():
     spec = load_spec(grid(mixers=["attention", "attention", {"name": "attention", "kwargs": {}}], lengths=[32, 32],
                           seeds=[0]))
@@ -113,6 +127,10 @@ def test_duplicates_collapse():
         ({"policies": ["h2o"]}, "policies"),
         ({"budgets": [64]}, "budgets"),
         ({"name": ""}, "name"),
+        ({"tasks": [{"task": "mqar", "lengths": []}]}, "tasks[0].lengths"),
+        ({"tasks": [{"task": "mqar", "lengths": [64, 0]}]}, "tasks[0].lengths[1]"),
+        ({"tasks": [{"task": "mqar", "kwargs": {"num_kv_pairs": 16}, "lengths": [32]}]}, "tasks[0].lengths[0]"),
+        ({"tasks": [{"task": "mqar", "lengths": [64]}, "mqar"], "lengths": []}, "lengths"),
     ],
 )
 def test_invalid_specs_name_the_key(changes, key):

@@ -5,7 +5,7 @@ A spec is written in TOML (or Python, or given as a dict)::
     name = "demo"
     mixers = ["attention", { name = "sliding_window", kwargs = { window = 32 } }]
     tasks = [{ task = "mqar", kwargs = { vocab_size = 256, num_kv_pairs = 8 } }]
-    lengths = [64, 128]          # each sets the task's seq_len
+    lengths = [64, 128]          # each sets the task's seq_len (a task entry may set its own lengths)
     widths = [32, 64]            # d_model
     seeds = [0]
     n_layers = 2                 # a model is n_layers copies of the mixer
@@ -28,7 +28,10 @@ config (e.g. a mixer listed twice) are one run.
 Layering of a run's config: TrainConfig defaults < ``train`` < the grid point. The task's keyword
 arguments start from ``TrainConfig().task_kwargs`` (the CPU-scale MQAR) when the task is the default
 task, else from the task's own defaults; the spec's ``kwargs`` override them and ``lengths`` sets
-``seq_len``.
+``seq_len``. A task entry may carry its own ``lengths`` (``{ task = "mqar", kwargs = {...},
+lengths = [64] }``); that task then runs at those lengths instead of the spec's, which is how a
+sweep ties a difficulty knob to the length (Zoology's MQAR uses 4 kv pairs at T=64, 8 at 128, ...).
+The spec's ``lengths`` may then be left out when every task sets its own.
 """
 
 from __future__ import annotations
@@ -382,7 +385,11 @@ class ArenaSpec:
         if not isinstance(self.tasks, (list, tuple)) or not self.tasks:
             raise ConfigError(f"tasks must be a non-empty list of task names or {{ task = ..., kwargs = {{...}} }} "
                               f"tables (empty grid); available tasks: {', '.join(TASKS.names())}")
-        lengths = _int_list(self.lengths, "lengths", minimum=1)
+        task_entries = [self._task(i, entry) for i, entry in enumerate(self.tasks)]
+        if all(own is not None for _, _, own in task_entries) and not self.lengths:
+            lengths = []
+        else:
+            lengths = _int_list(self.lengths, "lengths", minimum=1)
         widths = _int_list(self.widths, "widths", minimum=1)
         seeds = _int_list(self.seeds, "seeds", minimum=0)
         train = check_train(self.train)
@@ -394,34 +401,35 @@ class ArenaSpec:
                 build_mixer_check(name, kwargs, width, f"mixers[{i}].kwargs", f"widths[{j}]")
 
         tasks = []  # (task, user kwargs, {length: resolved kwargs})
-        for i, entry in enumerate(self.tasks):
-            task, kwargs = self._task(i, entry)
+        for i, (entry, (task, kwargs, own_lengths)) in enumerate(zip(self.tasks, task_entries)):
             key = f"tasks[{i}].kwargs" if isinstance(entry, dict) else f"tasks[{i}]"
+            task_lengths = own_lengths if own_lengths is not None else lengths
+            lengths_key = f"tasks[{i}].lengths" if own_lengths is not None else "lengths"
             per_length = {}
-            for j, length in enumerate(lengths):
+            for j, length in enumerate(task_lengths):
                 merged = {**base_task_kwargs(task), **kwargs}
                 try:  # most tasks take seq_len; copy-like tasks derive another argument from it
                     by_length = TASKS.get(task).length_kwargs(length, merged)
                 except ValueError as error:
-                    raise ConfigError(f"lengths[{j}]={length}: task {task!r} rejects it: {error}") from None
+                    raise ConfigError(f"{lengths_key}[{j}]={length}: task {task!r} rejects it: {error}") from None
                 clash = sorted(set(by_length) & set(kwargs))
                 if clash:
                     raise ConfigError(f"{key}.{clash[0]} is set by lengths for task {task!r}; remove it from the task's kwargs")
                 full = {**merged, **by_length}
-                obj = instantiate_task(task, full, key, seq_len_key=f"lengths[{j}]={length}", context=f"with seq_len={length}")
+                obj = instantiate_task(task, full, key, seq_len_key=f"{lengths_key}[{j}]={length}", context=f"with seq_len={length}")
                 per_length[length] = resolve_task_kwargs(obj, full)
                 for k, override in enumerate(base.eval_task_kwargs):
                     okey = f"train.eval_task_kwargs[{k}]"
                     check_task_kwargs(task, override, okey)
                     instantiate_task(task, {**per_length[length], **override}, okey,
-                                     seq_len_key=f"{okey}.seq_len" if "seq_len" in override else f"lengths[{j}]={length}",
+                                     seq_len_key=f"{okey}.seq_len" if "seq_len" in override else f"{lengths_key}[{j}]={length}",
                                      context=f"evaluating {key} at seq_len={length}")
             tasks.append((task, kwargs, per_length))
 
         runs = []
-        for (mixer, mkwargs), (task, tkwargs, per_length), length, width, seed in itertools.product(
-            mixers, tasks, lengths, widths, seeds
-        ):
+        grid = ((m, t, length, w, s) for m, t in itertools.product(mixers, tasks) for length in t[2]
+                for w, s in itertools.product(widths, seeds))
+        for (mixer, mkwargs), (task, tkwargs, per_length), length, width, seed in grid:
             values = {
                 **train,
                 "layers": [mixer] * self.n_layers,
@@ -439,9 +447,9 @@ class ArenaSpec:
         return runs
 
     @staticmethod
-    def _entry(key: str, entry: Any, field_name: str, registry, kind: str) -> tuple[str, dict]:
+    def _entry(key: str, entry: Any, field_name: str, registry, kind: str, extra: tuple = ()) -> tuple[str, dict]:
         """``"name"`` or ``{<field_name> = "name", kwargs = {...}}``, validated; returns (name, kwargs)."""
-        accepted = [field_name, "kwargs"]
+        accepted = [field_name, "kwargs", *extra]
         if isinstance(entry, str):
             name, kwargs, name_key = entry, {}, key
         elif isinstance(entry, dict):
@@ -463,9 +471,13 @@ class ArenaSpec:
         name, kwargs = self._entry(f"mixers[{i}]", entry, "name", MIXERS, "mixer")
         return name, check_mixer_kwargs(name, kwargs, f"mixers[{i}].kwargs")
 
-    def _task(self, i: int, entry: Any) -> tuple[str, dict]:
-        task, kwargs = self._entry(f"tasks[{i}]", entry, "task", TASKS, "task")
-        return task, check_task_kwargs(task, kwargs, f"tasks[{i}].kwargs", allow_seq_len=False)
+    def _task(self, i: int, entry: Any) -> tuple[str, dict, list[int] | None]:
+        """(task, kwargs, its own lengths or None when it runs at the spec's lengths)."""
+        task, kwargs = self._entry(f"tasks[{i}]", entry, "task", TASKS, "task", extra=("lengths",))
+        own = None
+        if isinstance(entry, dict) and "lengths" in entry:
+            own = _int_list(entry["lengths"], f"tasks[{i}].lengths", minimum=1)
+        return task, check_task_kwargs(task, kwargs, f"tasks[{i}].kwargs", allow_seq_len=False), own
 
     def _from_configs(self) -> list[RunSpec]:
         for key in ("mixers", "tasks", "lengths", "widths", "train"):
