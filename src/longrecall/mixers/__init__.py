@@ -3,4 +3,20 @@
 The import lines below are what registers them: add yours here.
 """
 
+# (a) foundation: attention baselines and state-space layers
 from . import attention, mamba, s4d, sliding_window  # noqa: F401
+
+# (a) linear attention, delta rules and selective recurrences (matrix-valued fixed-size memories)
+from . import (  # noqa: F401
+    based,
+    deltanet,
+    gated_deltanet,
+    gla,
+    linear_attention,
+    mamba2,
+    mlstm,
+    mom,
+    retnet,
+    rwkv6,
+    titans,
+)

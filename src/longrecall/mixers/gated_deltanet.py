@@ -1,0 +1,1 @@
+"""Placeholder: this mechanism is being written (issue 5)."""
