@@ -5,21 +5,6 @@ from longrecall.tasks.base import IGNORE_INDEX
 from longrecall.tasks.mqar import CPU_SCALE, ZOOLOGY_SCALE, MQAR
 
 
-def test_deterministic_per_seed_and_seeds_differ():
-    task = MQAR(**CPU_SCALE)
-    a, b, c = task.build(8, 3), task.build(8, 3), task.build(8, 4)
-    assert torch.equal(a.inputs, b.inputs) and torch.equal(a.targets, b.targets) and torch.equal(a.distance, b.distance)
-    assert not torch.equal(a.inputs, c.inputs)
-
-
-def test_global_rng_untouched():
-    torch.manual_seed(123)
-    expected = torch.rand(3)
-    torch.manual_seed(123)
-    MQAR(**CPU_SCALE).build(4, 0)
-    assert torch.equal(torch.rand(3), expected)
-
-
 @pytest.mark.parametrize("config", [CPU_SCALE, ZOOLOGY_SCALE, dict(vocab_size=64, seq_len=40, num_kv_pairs=5, num_passes=2)])
 def test_structure_targets_and_distances(config):
     task = MQAR(**config, random_non_queries=False)
@@ -92,9 +77,3 @@ def test_bad_parameters_named(kwargs, name):
     with pytest.raises(ValueError, match=name):
         MQAR(**{**CPU_SCALE, **kwargs})
 
-
-def test_bad_build_arguments():
-    with pytest.raises(ValueError, match="n must"):
-        MQAR(**CPU_SCALE).build(0, 0)
-    with pytest.raises(TypeError, match="seed"):
-        MQAR(**CPU_SCALE).build(2, 1.5)

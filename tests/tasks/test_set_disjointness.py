@@ -6,7 +6,6 @@ from longrecall.config import TrainConfig
 from longrecall.registry import TASKS
 from longrecall.tasks.base import IGNORE_INDEX
 from longrecall.tasks.set_disjointness import CPU_SCALE, NO, QUERY, SEP, YES, SetDisjointness
-from longrecall.train import train
 
 SMALL = dict(universe_size=32, short_size=3, long_size=8, order="short_first")
 
@@ -16,22 +15,6 @@ def test_registered_and_config():
     assert SetDisjointness(**SMALL).config() == {"task": "set_disjointness", "version": 1, **SMALL}
     task = SetDisjointness(**SMALL)
     assert task.vocab_size == 32 + 5 and task.seq_len == 3 + 8 + 3
-
-
-def test_deterministic_per_seed_and_seeds_differ():
-    task = SetDisjointness(**SMALL)
-    a, b, c = task.build(8, 3), task.build(8, 3), task.build(8, 4)
-    assert torch.equal(a.inputs, b.inputs) and torch.equal(a.targets, b.targets) and torch.equal(a.distance, b.distance)
-    assert torch.equal(a.slices["intersect"], b.slices["intersect"])
-    assert not torch.equal(a.inputs, c.inputs)
-
-
-def test_global_rng_untouched():
-    torch.manual_seed(123)
-    expected = torch.rand(3)
-    torch.manual_seed(123)
-    SetDisjointness(**SMALL).build(4, 0)
-    assert torch.equal(torch.rand(3), expected)
 
 
 @pytest.mark.parametrize("order", ["short_first", "long_first"])
@@ -121,23 +104,13 @@ def test_bad_parameters_named(kwargs, name):
         SetDisjointness(**{**SMALL, **kwargs})
 
 
-def test_bad_build_arguments():
-    with pytest.raises(ValueError, match="n must"):
-        SetDisjointness(**SMALL).build(0, 0)
-    with pytest.raises(TypeError, match="seed"):
-        SetDisjointness(**SMALL).build(2, 1.5)
-
-
 @pytest.mark.parametrize("order", ["short_first", "long_first"])
-def test_attention_learns_set_disjointness(order):
+def test_attention_learns_set_disjointness(order, learn):
     # chance is 1/2 (exactly balanced YES/NO); seeds 0-2 reached 0.96-1.00 after 300 steps (5-15 s)
     # in either order, with the loss from about 2.1 (10 classes untrained) to under 0.15 (ln 2 = 0.69
     # is the loss of a model that only learned to answer YES or NO)
-    metrics = train(TrainConfig(task="set_disjointness", task_kwargs={**CPU_SCALE, "order": order},
+    metrics, first, last = learn(TrainConfig(task="set_disjointness", task_kwargs={**CPU_SCALE, "order": order},
                                 layers=["attention", "attention"], d_model=32, short_conv=4, steps=300, batch_size=32,
-                                eval_every=300, eval_examples=256, lr=3e-3, warmup_steps=20, threads=1), progress=False)
-    history = metrics["history"]
-    first = sum(h["loss"] for h in history[:10]) / 10
-    last = sum(h["loss"] for h in history[-10:]) / 10
+                                eval_every=300, eval_examples=256, lr=3e-3, warmup_steps=20, threads=1))
     assert metrics["final_eval"]["accuracy"] > 0.8
     assert last < 0.45 < first - 1.0

@@ -1,1 +1,206 @@
-"""Placeholder: this mechanism is being written (issue 5)."""
+"""Based: Taylor-feature linear attention plus a small exact sliding-window softmax attention.
+
+Arora, Eyuboglu, Zhang, Timalsina, Alberti, Zinsley, Zou, Rudra, Ré 2024, "Simple linear attention
+language models balance the recall-throughput tradeoff", arXiv 2402.18668 (section 4, eq. 2-3).
+
+Linear branch (global, constant size).  Per head, q and k are projected to a small feature width
+d (``feature_dim``, 16) and mapped by the 2nd-order Taylor expansion of exp, so that with
+``q' = q / d^(1/4)`` and ``k' = k / d^(1/4)``::
+
+    phi(x)  = [1, x, (x ⊗ x) / sqrt(2)]                  F = 1 + d + d^2 features (273 for d = 16)
+    phi(q')·phi(k') = 1 + q·k/sqrt(d) + (q·k/sqrt(d))^2 / 2  ≈ exp(q·k / sqrt(d))
+
+    S_t = S_{t-1} + phi(k_t)^T v_t        (F, V)
+    z_t = z_{t-1} + phi(k_t)              (F,)
+    o_t = phi(q_t) S_t / (phi(q_t) · z_t)
+
+The denominator needs no epsilon: every kernel value 1 + s + s^2/2 = ((1 + s)^2 + 1)/2 >= 1/2, so
+``phi(q_t)·z_t >= t/2 > 0``.  The parallel form is ``ops.linear_attn`` on ``v`` with a column of
+ones appended: the last output column is the denominator and the last state column is ``z``, so the
+parallel form and the step are the same sums.
+
+Window branch (local, exact): ``sliding_window`` (softmax attention over the last W = 64 tokens,
+RoPE), used as a submodule.  The paper interleaves separate linear-attention and sliding-window
+layers (plus gated convolutions); this mixer *sums* the two branches' outputs in one layer so that a
+single registry key carries the whole Based memory.  A model that wants the paper's layer stack can
+use ``layers=["based", ...]`` with ``window`` small, or compose ``linear_attention`` and
+``sliding_window`` layers.
+
+State (``BasedState``), per sequence and float32 (elem 4 bytes)::
+
+    kv:     (H, F, V)  H * F * V * 4 bytes   -- dominates: F = 273 at d = 16
+    z:      (H, F)     H * F * 4
+    window: KVState of at most W tokens: W * H * (2 K * elem + 4) + 8 bytes
+
+With D = 128, H = 2 (V = K = 64), F = 273: kv = 139,776 B, z = 2,184 B, a full window 66,056 B.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+from ..ops.linear_attn import IMPLS, linear_attn, state_dtype
+from ..protocol import Mixer, check_choice, check_positive
+from ..registry import register_mixer
+from .attention import KVState
+from .sliding_window import SlidingWindowAttention
+
+__all__ = ["Based", "BasedState", "taylor_feature_map"]
+
+
+def taylor_feature_map(x: Tensor) -> Tensor:
+    """``x (..., d) -> [1, x, (x ⊗ x)/sqrt(2)] (..., 1 + d + d^2)``: phi(q)·phi(k) = 1 + q·k + (q·k)^2/2.
+
+    No scaling is applied here; the mixer divides q and k by d^(1/4) first (Based's ``TaylorExp``).
+    """
+    ones = x.new_ones(*x.shape[:-1], 1)
+    outer = (x.unsqueeze(-1) * x.unsqueeze(-2)).flatten(-2) / math.sqrt(2.0)  # (..., d*d)
+    return torch.cat([ones, x, outer], dim=-1)
+
+
+class BasedState(NamedTuple):
+    """Memory of one Based layer.
+
+    kv: sum of phi(k_s)^T v_s, (B, H, F, V), float32 or wider.
+    z: sum of phi(k_s), the normaliser, (B, H, F), float32 or wider.
+    window: the sliding-window branch's KV cache (``attention.KVState``, at most W tokens).
+    """
+
+    kv: Tensor
+    z: Tensor
+    window: KVState
+
+
+@register_mixer("based")
+class Based(Mixer):
+    """Based: 2nd-order Taylor linear attention + sliding-window softmax attention (Arora et al. 2024).
+
+    ``x (B, T, D) -> y (B, T, D)``: ``y = out_proj(linear branch) + sliding_window(x)``; see the module
+    docstring for the equations and the state count.
+
+    Args:
+        d_model: width D.
+        n_heads: heads H of both branches; must divide D (and D / H must be even, for RoPE).
+        feature_dim: d, the width q and k are projected to per head before the Taylor map (16).
+        window: W, tokens seen by the sliding-window branch, itself included (64).
+        block_size: query block of the window branch's parallel form (speed knob, 128).
+        impl: "chunked" or "naive" kernel for the linear branch's parallel form.
+        chunk_size: chunk length of the chunked kernel (64).
+    """
+
+    state_growth = "bounded"  # the window cache fills up to W tokens, then stays
+    contract_kwargs = {"feature_dim": 4, "window": 4, "block_size": 3, "chunk_size": 4}
+
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        n_heads: int = 2,
+        feature_dim: int = 16,
+        window: int = 64,
+        block_size: int = 128,
+        impl: str = "chunked",
+        chunk_size: int = 64,
+    ):
+        super().__init__(d_model)
+        for name, value in (("n_heads", n_heads), ("feature_dim", feature_dim), ("chunk_size", chunk_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_choice("impl", impl, IMPLS)
+        if self.d_model % n_heads:
+            raise ValueError(f"n_heads must divide d_model={self.d_model}, got n_heads={n_heads}")
+        self.n_heads, self.feature_dim = n_heads, feature_dim
+        self.head_dim = self.d_model // n_heads
+        self.n_features = 1 + feature_dim + feature_dim**2  # F
+        self.impl, self.chunk_size = impl, chunk_size
+
+        H, d = n_heads, feature_dim
+        self.q_proj = nn.Linear(self.d_model, H * d, bias=False)
+        self.k_proj = nn.Linear(self.d_model, H * d, bias=False)
+        self.v_proj = nn.Linear(self.d_model, self.d_model, bias=False)
+        self.out_proj = nn.Linear(self.d_model, self.d_model, bias=False)
+        # the exact local branch; validates window and block_size (ValueError naming them)
+        self.window_attn = SlidingWindowAttention(self.d_model, window=window, n_heads=n_heads, block_size=block_size)
+
+    @property
+    def window(self) -> int:
+        return self.window_attn.window
+
+    @property
+    def state_capacity(self) -> int:
+        return self.window_attn.state_capacity
+
+    # ----------------------------------------------------------------------------- state
+
+    def init_state(self, batch_size: int, *, device=None, dtype=None) -> BasedState:
+        check_positive(batch_size=batch_size)
+        dtype = self.v_proj.weight.dtype if dtype is None else dtype
+        sdtype = state_dtype(dtype)
+        H, F, V = self.n_heads, self.n_features, self.head_dim
+        return BasedState(
+            kv=torch.zeros(batch_size, H, F, V, device=device, dtype=sdtype),
+            z=torch.zeros(batch_size, H, F, device=device, dtype=sdtype),
+            window=self.window_attn.init_state(batch_size, device=device, dtype=dtype),
+        )
+
+    # ----------------------------------------------------------------------------- linear branch
+
+    def features(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """phi(q), phi(k) (..., H, F) and v (..., H, V) for ``x (..., D)``, in the state dtype."""
+        dtype = state_dtype(x.dtype)
+        scale = self.feature_dim**-0.25  # q·k / sqrt(d) is the Taylor argument
+        q = rearrange(self.q_proj(x), "... (h d) -> ... h d", h=self.n_heads).to(dtype) * scale
+        k = rearrange(self.k_proj(x), "... (h d) -> ... h d", h=self.n_heads).to(dtype) * scale
+        v = rearrange(self.v_proj(x), "... (h v) -> ... h v", h=self.n_heads).to(dtype)
+        return taylor_feature_map(q), taylor_feature_map(k), v
+
+    def linear_branch(self, x: Tensor, kv: Tensor, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Normalised Taylor linear attention over ``x (B, T, D)`` from ``(kv, z)``.
+
+        Returns o (B, H, T, V) in the state dtype (before the head merge and out_proj), new kv, new z.
+        """
+        phi_q, phi_k, v = (t.transpose(1, 2) for t in self.features(x))  # (B, H, T, F), (B, H, T, V)
+        V = v.shape[-1]
+        v1 = torch.cat([v, v.new_ones(*v.shape[:-1], 1)], dim=-1)  # (B, H, T, V+1): last column -> z
+        start = torch.cat([kv.to(v.dtype), z.to(v.dtype).unsqueeze(-1)], dim=-1)  # (B, H, F, V+1)
+        o, S = linear_attn(phi_q, phi_k, v1, initial_state=start, impl=self.impl, chunk_size=self.chunk_size)
+        o = o[..., :V] / o[..., V:]  # numerator / denominator, (B, H, T, V)
+        # copies, so the state owns exactly the bytes it reports (slices of S would pin all of S)
+        new_kv = S[..., :V].clone(memory_format=torch.contiguous_format)
+        new_z = S[..., V].clone(memory_format=torch.contiguous_format)
+        return o, new_kv, new_z
+
+    # ----------------------------------------------------------------------------- forward / step
+
+    def forward(self, x: Tensor, state: BasedState | None = None) -> tuple[Tensor, BasedState]:
+        """Whole sequence ``x (B, T, D) -> (y (B, T, D), new state)``; continues from ``state``."""
+        self.check_input(x)
+        if state is None:
+            state = self.init_state(x.shape[0], device=x.device, dtype=x.dtype)
+        o, kv, z = self.linear_branch(x, state.kv, state.z)  # (B, H, T, V)
+        y_lin = self.out_proj(rearrange(o, "b h t v -> b t (h v)").to(x.dtype))
+        y_win, window = self.window_attn(x, state.window)  # (B, T, D), cache of <= W tokens
+        return y_lin + y_win, BasedState(kv, z, window)
+
+    def step(self, x: Tensor, state: BasedState) -> tuple[Tensor, BasedState]:
+        """One token ``x (B, D)``: add phi(k)^T v and phi(k) to the sums, read, plus one window step."""
+        self.check_input(x, step=True)
+        phi_q, phi_k, v = self.features(x)  # (B, H, F), (B, H, F), (B, H, V)
+        kv = state.kv + phi_k.unsqueeze(-1) * v.unsqueeze(-2)  # (B, H, F, V), out of place
+        z = state.z + phi_k  # (B, H, F)
+        num = torch.einsum("bhf,bhfv->bhv", phi_q, kv)
+        den = (phi_q * z).sum(-1, keepdim=True)  # (B, H, 1), >= t/2 > 0
+        y_lin = self.out_proj(rearrange(num / den, "b h v -> b (h v)").to(x.dtype))
+        y_win, window = self.window_attn.step(x, state.window)
+        return y_lin + y_win, BasedState(kv, z, window)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{super().extra_repr()}, n_heads={self.n_heads}, feature_dim={self.feature_dim}, "
+            f"n_features={self.n_features}, window={self.window}, impl={self.impl!r}, chunk_size={self.chunk_size}"
+        )

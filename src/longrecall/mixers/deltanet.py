@@ -1,1 +1,281 @@
-"""Placeholder: this mechanism is being written (issue 5)."""
+"""DeltaNet: linear attention whose matrix memory is written with the delta rule.
+
+Schlag, Irie, Schmidhuber 2021, "Linear Transformers Are Secretly Fast Weight Programmers",
+arXiv 2102.11174 (the rule); Yang, Wang, Zhang, Shen, Kim 2024, "Parallelizing Linear Transformers
+with the Delta Rule over Sequence Length", arXiv 2406.06484 (the architecture trained in that paper
+and its chunked WY-form algorithm).  The layer is fla's ``fla/layers/delta_net.py`` ``DeltaNet`` with
+its defaults (``qk_activation="silu"``, ``qk_norm="l2"``, ``use_beta=True``, ``conv_size=4``,
+``conv_bias=False``) and its parameter names and shapes.
+
+Per head h (row vectors; K key width, V value width), with ``conv`` a causal depthwise convolution
+of width ``conv_size`` over time (arXiv 2406.06484 section 3.3; the delta rule is its eq. 1)::
+
+    q_t = l2norm(SiLU(conv_q(x W_q))_h) / sqrt(K)        k_t = l2norm(SiLU(conv_k(x W_k))_h)
+    v_t = SiLU(conv_v(x W_v))_h                          beta_t = sigmoid(x_t W_beta)_h in (0, 1)
+    S_t = (I - beta_t k_t^T k_t) S_{t-1} + beta_t k_t^T v_t        S: (K, V)
+    o_t = RMSNorm(q_t S_t) [* SiLU(x_t W_g)_h when use_gate]       y_t = concat_h(o_t) W_o
+
+With ``beta_t = 1`` and a unit key the write *replaces* what the memory held for that key: that is
+the difference from plain linear attention, which only adds.
+
+This file also holds the pieces Gated DeltaNet and MoM share (``DeltaRuleBlock``, the short
+convolution, the single-token delta-rule update, the gated RMSNorm); each of those files holds one
+mechanism.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..ops.linear_attn import IMPLS, delta_rule, state_dtype
+from ..protocol import Mixer, check_choice, check_positive
+from ..registry import register_mixer
+
+__all__ = ["DeltaNet", "DeltaNetState", "DeltaRuleBlock", "GatedRMSNorm", "check_int", "check_bool", "l2norm",
+           "short_conv", "short_conv_step", "delta_rule_step", "own"]
+
+
+class DeltaNetState(NamedTuple):
+    """Recurrent memory of one DeltaNet layer.
+
+    conv_q, conv_k: the last ``conv_size - 1`` inputs of the q / k convolutions, (B, H*K, conv_size-1).
+    conv_v: the same for v, (B, H*V, conv_size-1).  Activation dtype.
+    memory: the fast-weight matrix per head, (B, H, K, V), float32 at least.
+    """
+
+    conv_q: Tensor
+    conv_k: Tensor
+    conv_v: Tensor
+    memory: Tensor
+
+
+# ----------------------------------------------------------------------------- shared helpers
+
+
+def check_int(**values) -> None:
+    """Raise ``ValueError`` naming the argument when a count is not a positive int."""
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def check_bool(**values) -> None:
+    for name, value in values.items():
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
+def l2norm(x: Tensor, eps: float = 1e-6) -> Tensor:
+    """``x / sqrt(|x|^2 + eps)`` over the last dimension (fla's ``l2norm``; 0 stays 0, gradient finite)."""
+    return x * torch.rsqrt(x.square().sum(-1, keepdim=True) + eps)
+
+
+def own(t: Tensor) -> Tensor:
+    """``t`` itself if it owns its storage, else a copy (a state must hold exactly the bytes it reports)."""
+    return t if t.untyped_storage().nbytes() == t.numel() * t.element_size() else t.clone()
+
+
+def make_short_conv(channels: int, size: int, bias: bool) -> nn.Conv1d:
+    """fla's ``ShortConvolution`` parameters: a depthwise ``Conv1d`` (weight (C, 1, size))."""
+    return nn.Conv1d(channels, channels, size, groups=channels, padding=size - 1, bias=bias)
+
+
+def short_conv(x: Tensor, buffer: Tensor, conv: nn.Conv1d) -> tuple[Tensor, Tensor]:
+    """``SiLU(causal depthwise conv)`` of ``x (B, T, C)`` continuing from ``buffer (B, C, W-1)``.
+
+    The carried last W-1 inputs are prepended instead of zero padding, so splitting a sequence
+    anywhere gives the same outputs.  Returns (B, T, C) and the new buffer (its own memory).
+    """
+    T = x.shape[1]
+    padded = torch.cat([buffer.to(x.dtype), x.transpose(1, 2)], dim=-1)  # (B, C, W-1+T)
+    y = F.conv1d(padded, conv.weight, conv.bias, groups=conv.groups)  # (B, C, T)
+    return F.silu(y).transpose(1, 2), padded[:, :, T:].clone()
+
+
+def short_conv_step(x: Tensor, buffer: Tensor, conv: nn.Conv1d) -> tuple[Tensor, Tensor]:
+    """One token of :func:`short_conv`: ``x (B, C)`` -> (B, C), new buffer (B, C, W-1)."""
+    window = torch.cat([buffer.to(x.dtype), x.unsqueeze(-1)], dim=-1)  # (B, C, W): a new tensor
+    y = (window * conv.weight.squeeze(1)).sum(-1)  # (B, C)
+    if conv.bias is not None:
+        y = y + conv.bias
+    return F.silu(y), window[:, :, 1:].contiguous()
+
+
+def delta_rule_step(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, log_decay: Tensor | None,
+                    S: Tensor) -> tuple[Tensor, Tensor]:
+    """One token of the (gated) delta rule, in ``S``'s dtype, written as the kernel's spec.
+
+    q, k (B, H, K); v (B, H, V); beta, log_decay (B, H) (log_decay None: no decay); S (B, H, K, V).
+    Returns o (B, H, V) in S's dtype and the new S (a new tensor; ``S`` is not touched).
+    """
+    dtype = S.dtype
+    q, k, v, beta = (t.to(dtype) for t in (q, k, v, beta))
+    if log_decay is not None:
+        S = log_decay.to(dtype).exp()[..., None, None] * S  # alpha_t S_{t-1}
+    predicted = torch.einsum("bhk,bhkv->bhv", k, S)  # what the memory recalls for k_t
+    S = S + k.unsqueeze(-1) * (beta.unsqueeze(-1) * (v - predicted)).unsqueeze(-2)
+    return torch.einsum("bhk,bhkv->bhv", q, S), S
+
+
+class GatedRMSNorm(nn.Module):
+    """Per-head RMSNorm with a learned scale, optionally times ``SiLU(gate)`` (fla's ``RMSNorm`` /
+    ``FusedRMSNormGated`` with its default swish activation)."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = float(eps)
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor, gate: Tensor | None = None) -> Tensor:
+        y = x * torch.rsqrt(x.square().mean(-1, keepdim=True) + self.eps) * self.weight
+        return y if gate is None else y * F.silu(gate)
+
+
+# ----------------------------------------------------------------------------- the block
+
+
+class DeltaRuleBlock(Mixer):
+    """Shared body of DeltaNet and Gated DeltaNet: projections, short convs, delta rule, norm, gate.
+
+    Subclasses set ``State`` and may override ``log_decay`` (None here: no decay).
+    """
+
+    State: ClassVar[type] = DeltaNetState
+
+    def __init__(self, d_model: int, *, n_heads: int, head_dim: int | None, expand_v: int | float, use_gate: bool,
+                 conv_size: int, conv_bias: bool, norm_eps: float, chunk_size: int, impl: str,
+                 default_head_dim: int):
+        super().__init__(d_model)
+        check_int(n_heads=n_heads, conv_size=conv_size, chunk_size=chunk_size)
+        check_positive(expand_v=expand_v, norm_eps=norm_eps)
+        check_bool(use_gate=use_gate, conv_bias=conv_bias)
+        check_choice("impl", impl, IMPLS)
+        if head_dim is None:
+            head_dim = default_head_dim
+            if head_dim <= 0:
+                raise ValueError(f"head_dim: the default is 0 for d_model={d_model}, n_heads={n_heads}; pass head_dim")
+        check_int(head_dim=head_dim)
+        head_v = head_dim * expand_v
+        if head_v != int(head_v) or int(head_v) <= 0:
+            raise ValueError(f"expand_v * head_dim must be a positive integer, got expand_v={expand_v!r}, "
+                             f"head_dim={head_dim}")
+        self.n_heads, self.head_k_dim, self.head_v_dim = n_heads, head_dim, int(head_v)
+        self.expand_v, self.use_gate, self.conv_size = expand_v, use_gate, conv_size
+        self.chunk_size, self.impl = chunk_size, impl
+        H, K, V = n_heads, head_dim, self.head_v_dim
+
+        self.q_proj = nn.Linear(self.d_model, H * K, bias=False)
+        self.k_proj = nn.Linear(self.d_model, H * K, bias=False)
+        self.v_proj = nn.Linear(self.d_model, H * V, bias=False)
+        self.b_proj = nn.Linear(self.d_model, H, bias=False)  # beta_t = sigmoid(x W_beta), per head
+        self.q_conv1d = make_short_conv(H * K, conv_size, conv_bias)
+        self.k_conv1d = make_short_conv(H * K, conv_size, conv_bias)
+        self.v_conv1d = make_short_conv(H * V, conv_size, conv_bias)
+        if use_gate:
+            self.g_proj = nn.Linear(self.d_model, H * V, bias=False)
+        self.o_norm = GatedRMSNorm(V, eps=norm_eps)
+        self.o_proj = nn.Linear(H * V, self.d_model, bias=False)
+
+    # ----------------------------------------------------------------------------- state
+
+    def init_state(self, batch_size: int, *, device=None, dtype=None):
+        check_int(batch_size=batch_size)
+        device = self.q_proj.weight.device if device is None else device
+        dtype = self.q_proj.weight.dtype if dtype is None else dtype
+        H, K, V, W1 = self.n_heads, self.head_k_dim, self.head_v_dim, self.conv_size - 1
+        conv = lambda c: torch.zeros(batch_size, c, W1, device=device, dtype=dtype)  # noqa: E731
+        memory = torch.zeros(batch_size, H, K, V, device=device, dtype=state_dtype(dtype))
+        return self.State(conv(H * K), conv(H * K), conv(H * V), memory)
+
+    # ----------------------------------------------------------------------------- shared pieces
+
+    def log_decay(self, x: Tensor) -> Tensor | None:
+        """log alpha_t per head, (..., H) <= 0; None for DeltaNet (no decay)."""
+        return None
+
+    def read_out(self, o: Tensor, x: Tensor) -> Tensor:
+        """Per-head norm (gated when ``use_gate``) and output projection: o (..., H, V), x (..., D) -> (..., D)."""
+        gate = self.g_proj(x).unflatten(-1, (self.n_heads, self.head_v_dim)) if self.use_gate else None
+        return self.o_proj(self.o_norm(o, gate).flatten(-2))
+
+    def _heads(self, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(..., H*K), (..., H*K), (..., H*V) -> normalised per-head q (scaled by K^-1/2), k and v."""
+        H, K = self.n_heads, self.head_k_dim
+        q = l2norm(q.unflatten(-1, (H, K))) * K**-0.5  # fla's default scale, inside its kernel
+        k = l2norm(k.unflatten(-1, (H, K)))
+        return q, k, v.unflatten(-1, (H, self.head_v_dim))
+
+    # ----------------------------------------------------------------------------- forward / step
+
+    def forward(self, x: Tensor, state=None):
+        """Whole sequence ``x (B, T, D) -> (y (B, T, D), new state)``; continues from ``state``."""
+        self.check_input(x)
+        if state is None:
+            state = self.init_state(x.shape[0], device=x.device, dtype=x.dtype)
+        if x.shape[1] == 0:
+            return x.new_zeros(x.shape), state
+        q, conv_q = short_conv(self.q_proj(x), state.conv_q, self.q_conv1d)  # (B, T, H*K)
+        k, conv_k = short_conv(self.k_proj(x), state.conv_k, self.k_conv1d)  # (B, T, H*K)
+        v, conv_v = short_conv(self.v_proj(x), state.conv_v, self.v_conv1d)  # (B, T, H*V)
+        q, k, v = (t.transpose(1, 2) for t in self._heads(q, k, v))  # (B, H, T, K|V)
+        beta = torch.sigmoid(self.b_proj(x)).transpose(1, 2)  # (B, H, T)
+        g = self.log_decay(x)  # (B, T, H) or None
+        g = g.transpose(1, 2) if g is not None else None
+        o, memory = delta_rule(q, k, v, beta, g, state.memory, impl=self.impl, chunk_size=self.chunk_size)
+        y = self.read_out(o.transpose(1, 2), x)  # o (B, T, H, V) -> (B, T, D)
+        return y, self.State(conv_q, conv_k, conv_v, own(memory))
+
+    def step(self, x: Tensor, state):
+        """One token ``x (B, D)``: the convolutions as dot products with their buffers, one delta-rule write."""
+        self.check_input(x, step=True)
+        q, conv_q = short_conv_step(self.q_proj(x), state.conv_q, self.q_conv1d)  # (B, H*K)
+        k, conv_k = short_conv_step(self.k_proj(x), state.conv_k, self.k_conv1d)
+        v, conv_v = short_conv_step(self.v_proj(x), state.conv_v, self.v_conv1d)
+        q, k, v = self._heads(q, k, v)  # (B, H, K|V)
+        beta = torch.sigmoid(self.b_proj(x))  # (B, H)
+        o, memory = delta_rule_step(q, k, v, beta, self.log_decay(x), state.memory)  # (B, H, V)
+        return self.read_out(o.to(x.dtype), x), self.State(conv_q, conv_k, conv_v, memory)
+
+    def extra_repr(self) -> str:
+        return (f"{super().extra_repr()}, n_heads={self.n_heads}, head_k_dim={self.head_k_dim}, "
+                f"head_v_dim={self.head_v_dim}, use_gate={self.use_gate}, conv_size={self.conv_size}, "
+                f"impl={self.impl!r}, chunk_size={self.chunk_size}")
+
+
+@register_mixer("deltanet")
+class DeltaNet(DeltaRuleBlock):
+    """DeltaNet: linear attention with delta-rule writes (Yang et al. 2024, arXiv 2406.06484).
+
+    See the module docstring for the equations.
+
+    Args:
+        d_model: width D.
+        n_heads: heads H (2).
+        head_dim: key width K per head; None is ``d_model // n_heads`` (fla's ``expand_k=1``).
+        expand_v: value width V = expand_v * K (1, fla's ``expand_v=1``).
+        use_gate: SiLU output gate ``x W_g`` on the normalised read-out (False, as fla's default).
+        conv_size: width of the causal depthwise convolutions on q, k, v (4).
+        conv_bias: whether those convolutions have a bias (False).
+        norm_eps: epsilon of the per-head RMSNorm (1e-5).
+        chunk_size: chunk length of the chunked kernel (64).
+        impl: "chunked" (parallel over chunks) or "naive" (the sequential spec).
+
+    State (:class:`DeltaNetState`), constant in T; per batch row
+    ``H*K*V*4 + (2*H*K + H*V) * (conv_size - 1) * elem_bytes`` bytes (float32 memory; the conv
+    buffers are in the activation dtype).
+    """
+
+    state_growth = "constant"
+    contract_kwargs = {"chunk_size": 4}  # 13-token contract sequences cross several chunks
+
+    def __init__(self, d_model: int, *, n_heads: int = 2, head_dim: int | None = None, expand_v: int | float = 1,
+                 use_gate: bool = False, conv_size: int = 4, conv_bias: bool = False, norm_eps: float = 1e-5,
+                 chunk_size: int = 64, impl: str = "chunked"):
+        check_int(n_heads=n_heads)
+        super().__init__(d_model, n_heads=n_heads, head_dim=head_dim, expand_v=expand_v, use_gate=use_gate,
+                         conv_size=conv_size, conv_bias=conv_bias, norm_eps=norm_eps, chunk_size=chunk_size,
+                         impl=impl, default_head_dim=int(d_model) // n_heads if isinstance(d_model, int) else 0)

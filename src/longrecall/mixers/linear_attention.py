@@ -1,1 +1,143 @@
-"""Placeholder: this mechanism is being written (issue 5)."""
+"""Causal linear attention: a kernel feature map in place of the softmax, a matrix-valued memory.
+
+Katharopoulos, Vyas, Pappas, Fleuret 2020, "Transformers are RNNs: Fast Autoregressive Transformers
+with Linear Attention", arXiv 2006.16236.  With the feature map ``φ(x) = elu(x) + 1`` (section 3.2.1),
+causal attention (eq. 9) becomes an RNN (eq. 16-20), per head::
+
+    S_t = S_{t-1} + φ(k_t)ᵀ v_t                    (K, V) memory
+    z_t = z_{t-1} + φ(k_t)                         (K,)  normaliser
+    o_t = φ(q_t) S_t / (φ(q_t) · z_t + eps)
+
+Parallel form: the same recurrence through ``ops.linear_attn`` (no decay) on values with a column of
+ones appended, ``[v_t, 1]``: its state is ``[S_t, z_t]`` and its output ``[φ(q_t) S_t, φ(q_t) z_t]``,
+so the normaliser comes from the same kernel as the numerator and both forms agree exactly.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from ..ops.linear_attn import IMPLS, linear_attn, state_dtype
+from ..protocol import Mixer, check_choice, check_positive
+from ..registry import register_mixer
+
+__all__ = ["LinearAttention", "LinearAttentionState", "elu_feature_map"]
+
+
+class LinearAttentionState(NamedTuple):
+    """Recurrent memory of one linear-attention layer (float32, float64 when the model is float64).
+
+    memory: S = sum_s φ(k_s)ᵀ v_s per head, (B, H, K, V).
+    normalizer: z = sum_s φ(k_s) per head, (B, H, K).
+    """
+
+    memory: Tensor
+    normalizer: Tensor
+
+
+def elu_feature_map(x: Tensor) -> Tensor:
+    """φ(x) = elu(x) + 1 > 0 (the paper's section 3.2.1)."""
+    return F.elu(x) + 1
+
+
+@register_mixer("linear_attention")
+class LinearAttention(Mixer):
+    """Causal linear attention (Katharopoulos et al. 2020, arXiv 2006.16236), φ = elu + 1, normalised.
+
+    Args:
+        d_model: width D.
+        n_heads: H heads of width K = V = D / H; must divide d_model (2, as ``attention``).
+        eps: added to the normaliser ``φ(q_t) · z_t`` (1e-6, as the paper's code).
+        bias: whether the q/k/v and output projections have biases.
+        chunk_size: chunk length of the chunked kernel (64).
+        impl: "chunked" (the parallel kernel) or "naive" (the sequential spec).
+
+    State (:class:`LinearAttentionState`): constant in T; per batch row ``H * K * (V + 1) * 4`` bytes
+    (float32) = ``(D^2 / H + D) * 4``.
+    """
+
+    state_growth = "constant"
+    contract_kwargs = {"n_heads": 2, "chunk_size": 4}
+
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        n_heads: int = 2,
+        eps: float = 1e-6,
+        bias: bool = False,
+        chunk_size: int = 64,
+        impl: str = "chunked",
+    ):
+        super().__init__(d_model)
+        check_positive(n_heads=n_heads, eps=eps, chunk_size=chunk_size)
+        check_choice("impl", impl, IMPLS)
+        if not isinstance(n_heads, int) or d_model % n_heads:
+            raise ValueError(f"n_heads must be an int dividing d_model={d_model}, got n_heads={n_heads!r}")
+        self.n_heads, self.head_dim = n_heads, d_model // n_heads
+        self.eps, self.chunk_size, self.impl = float(eps), int(chunk_size), impl
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=bias)
+        self.out_proj = nn.Linear(d_model, d_model, bias=bias)
+
+    # ----------------------------------------------------------------------------- state
+
+    def init_state(self, batch_size: int, *, device=None, dtype=None) -> LinearAttentionState:
+        check_positive(batch_size=batch_size)
+        device = self.qkv.weight.device if device is None else device
+        dtype = state_dtype(self.qkv.weight.dtype if dtype is None else dtype)
+        H, K = self.n_heads, self.head_dim
+        return LinearAttentionState(
+            torch.zeros(batch_size, H, K, K, device=device, dtype=dtype),
+            torch.zeros(batch_size, H, K, device=device, dtype=dtype),
+        )
+
+    # ----------------------------------------------------------------------------- shared pieces
+
+    def _features(self, x: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+        """φ(q), φ(k) (B, H, T, K) and v (B, H, T, V) in ``dtype``."""
+        q, k, v = rearrange(self.qkv(x).to(dtype), "b t (three h k) -> three b h t k", three=3, h=self.n_heads)
+        return elu_feature_map(q), elu_feature_map(k), v
+
+    # ----------------------------------------------------------------------------- forward / step
+
+    def forward(self, x: Tensor, state: LinearAttentionState | None = None) -> tuple[Tensor, LinearAttentionState]:
+        """Whole sequence ``x (B, T, D) -> (y (B, T, D), new state)``; continues from ``state``."""
+        self.check_input(x)
+        batch, T, _ = x.shape
+        if state is None:
+            state = self.init_state(batch, device=x.device, dtype=x.dtype)
+        if T == 0:
+            return x.new_zeros(x.shape), state
+        dtype = state.memory.dtype
+        phi_q, phi_k, v = self._features(x, dtype)
+        V = v.shape[-1]
+        v1 = torch.cat([v, v.new_ones(*v.shape[:-1], 1)], dim=-1)  # (B, H, T, V+1): [v_t, 1]
+        start = torch.cat([state.memory, state.normalizer.unsqueeze(-1)], dim=-1)  # (B, H, K, V+1): [S, z]
+        o, final = linear_attn(phi_q, phi_k, v1, None, start, impl=self.impl, chunk_size=self.chunk_size)
+        y = o[..., :V] / (o[..., V:] + self.eps)  # (B, H, T, V): φ(q) S_t / (φ(q) · z_t + eps)
+        y = self.out_proj(rearrange(y, "b h t v -> b t (h v)").to(x.dtype))
+        # clones: the state's tensors must own their memory, not be slices of `final`
+        return y, LinearAttentionState(final[..., :V].clone(), final[..., V].clone())
+
+    def step(self, x: Tensor, state: LinearAttentionState) -> tuple[Tensor, LinearAttentionState]:
+        """One token ``x (B, D)``: ``S += φ(k)ᵀ v``, ``z += φ(k)``, ``o = φ(q) S / (φ(q) · z + eps)``."""
+        self.check_input(x, step=True)
+        dtype = state.memory.dtype
+        phi_q, phi_k, v = (t[:, :, 0] for t in self._features(x[:, None], dtype))  # (B, H, K), (B, H, V)
+        memory = state.memory + phi_k.unsqueeze(-1) * v.unsqueeze(-2)  # (B, H, K, V), a new tensor
+        normalizer = state.normalizer + phi_k  # (B, H, K)
+        num = torch.einsum("bhk,bhkv->bhv", phi_q, memory)  # (B, H, V)
+        den = (phi_q * normalizer).sum(-1, keepdim=True)  # (B, H, 1)
+        y = self.out_proj((num / (den + self.eps)).flatten(1).to(x.dtype))
+        return y, LinearAttentionState(memory, normalizer)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{super().extra_repr()}, n_heads={self.n_heads}, head_dim={self.head_dim}, eps={self.eps}, "
+            f"impl={self.impl!r}, chunk_size={self.chunk_size}"
+        )

@@ -1,1 +1,232 @@
-"""Placeholder: this mechanism is being written (issue 5)."""
+"""Mamba-2 block: the SSD layer (state-space duality) behind a gated, short-convolution front end.
+
+Dao & Gu 2024, "Transformers are SSMs: Generalized Models and Efficient Algorithms Through Structured
+State Space Duality", arXiv 2405.21060.  The SSM of Mamba-2 restricts Mamba-1's diagonal ``A`` to a
+*scalar* per head, so that its recurrence is exactly decayed linear attention (section 3-4 of the
+paper): with ``q = C``, ``k = B``, ``v = dt * x`` and ``log decay = dt * A`` the matrix form is
+``y = (L ∘ C Bᵀ) (dt x)`` with ``L_ts = prod_{r=s+1..t} exp(dt_r A)``.  Both forms run on the shared
+``ops.linear_attn`` kernel.
+
+The block follows the reference ``mamba_ssm/modules/mamba2_simple.py`` ``Mamba2Simple`` (its
+non-fused path, ``ngroups=1``) with the same parameter names and shapes (``in_proj``, ``conv1d``,
+``dt_bias``, ``A_log``, ``D``, ``norm.weight``, ``out_proj``), so its state dict loads with
+``strict=True``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from ..ops.linear_attn import IMPLS, linear_attn, state_dtype
+from ..protocol import Mixer, check_choice, check_positive
+from ..registry import register_mixer
+
+__all__ = ["Mamba2", "Mamba2State", "RMSNormGated"]
+
+
+class Mamba2State(NamedTuple):
+    """Recurrent memory of one Mamba-2 block.
+
+    conv: the last ``d_conv - 1`` inputs of the depthwise convolution over (x, B, C), (B, E + 2N, d_conv-1).
+    ssm: the SSD state per head, (B, H, N, P), float32 (float64 when the model runs in float64).
+        In the kernel's (K, V) layout: N (B / C, the keys and queries) by P (head channels, the values).
+    """
+
+    conv: Tensor
+    ssm: Tensor
+
+
+class RMSNormGated(nn.Module):
+    """``rmsnorm(y * silu(z)) * weight``: the reference's ``RMSNormGated(norm_before_gate=False)``."""
+
+    def __init__(self, d: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d))
+
+    def forward(self, y: Tensor, z: Tensor) -> Tensor:
+        dtype = state_dtype(y.dtype)  # float32 at least (float64 stays float64)
+        g = y.to(dtype) * F.silu(z.to(dtype))
+        g = g * torch.rsqrt(g.pow(2).mean(-1, keepdim=True) + self.eps)
+        return g.to(y.dtype) * self.weight
+
+
+@register_mixer("mamba2")
+class Mamba2(Mixer):
+    """Mamba-2 / SSD block (Dao & Gu 2024, arXiv 2405.21060): scalar-decay-per-head selective SSM.
+
+    Per token, with E = expand * D inner channels, H = E / P heads of P channels, N = d_state::
+
+        z, xBC, dt = split(in_proj(u), [E, E + 2N, H])
+        x, B, C    = split(SiLU(causal depthwise conv1d(xBC)), [E, N, N])   # B, C shared by heads
+        dt         = softplus(dt + dt_bias)                                  # (H,)
+        a_t        = exp(dt_h * A_h),   A = -exp(A_log)                      # scalar decay per head
+        h_t        = a_t h_{t-1} + B_t^T (dt_h x_t,h)                        # (N, P) per head
+        y_t,h      = C_t h_t + D_h x_t,h
+        out        = out_proj(rmsnorm(y * SiLU(z)) * norm.weight)
+
+    i.e. ``linear_attn(q=C, k=B, v=dt*x, log_decay=dt*A)``.  Initialisation as the reference:
+    ``dt`` log-uniform in [dt_min, dt_max] (floored at dt_init_floor) through ``dt_bias``, ``A``
+    uniform in ``A_init_range``, ``D = 1``, ``norm.weight = 1``.
+
+    Args:
+        d_model: width D.
+        d_state: state size N (16 at CPU scale; the paper uses 64-128).
+        d_conv: causal depthwise convolution width (4).
+        expand: E = int(expand * d_model) (2).
+        headdim: P, channels per head; must divide E (16, so H = E / 16 heads; the paper uses 64).
+        A_init_range: (low, high), 0 < low <= high: range of the initial -A per head ((1, 16)).
+        dt_min, dt_max: range of the initial step sizes, sampled log-uniformly (0.001, 0.1).
+        dt_init_floor: lower bound of the initial step sizes (1e-4).
+        norm_eps: epsilon of the gated RMSNorm (1e-5).
+        chunk_size: chunk length of the chunked kernel (64).
+        impl: "chunked" (the parallel kernel) or "naive" (the sequential spec).
+
+    State (:class:`Mamba2State`): constant in T.  Per batch row it holds
+    ``H * N * P * 4 + (E + 2N) * (d_conv - 1) * elem_bytes`` bytes (the ssm state is float32, the conv
+    buffer is in the activation dtype).
+    """
+
+    state_growth = "constant"
+    # small heads and chunks so the contract's short sequences (T ~ 13) cross several chunk boundaries
+    contract_kwargs = {"d_state": 4, "headdim": 8, "chunk_size": 4}
+
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int | float = 2,
+        headdim: int = 16,
+        A_init_range: tuple[float, float] = (1.0, 16.0),
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init_floor: float = 1e-4,
+        norm_eps: float = 1e-5,
+        chunk_size: int = 64,
+        impl: str = "chunked",
+    ):
+        super().__init__(d_model)
+        check_positive(d_state=d_state, d_conv=d_conv, expand=expand, headdim=headdim, chunk_size=chunk_size)
+        check_positive(dt_min=dt_min, dt_max=dt_max, dt_init_floor=dt_init_floor, norm_eps=norm_eps)
+        check_choice("impl", impl, IMPLS)
+        for name, value in (("d_state", d_state), ("d_conv", d_conv), ("headdim", headdim)):
+            if not isinstance(value, int):
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if dt_min > dt_max:
+            raise ValueError(f"dt_min must be <= dt_max, got dt_min={dt_min!r}, dt_max={dt_max!r}")
+        try:
+            A_lo, A_hi = (float(a) for a in A_init_range)
+        except (TypeError, ValueError):
+            raise ValueError(f"A_init_range must be a pair (low, high), got {A_init_range!r}") from None
+        if not 0 < A_lo <= A_hi:
+            raise ValueError(f"A_init_range must satisfy 0 < low <= high, got {A_init_range!r}")
+        d_inner = int(expand * self.d_model)
+        check_positive(d_inner=d_inner)  # a fractional expand can round to 0
+        if d_inner % headdim:
+            raise ValueError(f"headdim must divide the inner width E = expand * d_model = {d_inner}, got {headdim}")
+
+        self.d_state, self.d_conv, self.expand, self.headdim = d_state, d_conv, expand, headdim
+        self.d_inner, self.nheads = d_inner, d_inner // headdim
+        self.chunk_size, self.impl = int(chunk_size), impl
+        E, N, H = self.d_inner, self.d_state, self.nheads
+        self.conv_dim = E + 2 * N
+
+        # order of the projection: [z, x, B, C, dt], as the reference
+        self.in_proj = nn.Linear(self.d_model, 2 * E + 2 * N + H, bias=False)
+        # padding is unused by forward (it prepends the carried inputs); kept so the module is the reference's
+        self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, self.d_conv, groups=self.conv_dim, padding=d_conv - 1)
+
+        # dt_bias: softplus(dt_bias) log-uniform in [dt_min, dt_max], floored (the reference's init)
+        dt = torch.exp(torch.rand(H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = dt.clamp(min=dt_init_floor)
+        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus, stable for small dt
+        # A = -exp(A_log) < 0, one scalar per head, -A uniform in A_init_range
+        self.A_log = nn.Parameter(torch.log(torch.empty(H).uniform_(A_lo, A_hi)))
+        self.D = nn.Parameter(torch.ones(H))  # skip connection, one per head
+        for p in (self.dt_bias, self.A_log, self.D):
+            p._no_weight_decay = True
+        self.norm = RMSNormGated(E, eps=norm_eps)
+        self.out_proj = nn.Linear(E, self.d_model, bias=False)
+
+    # ----------------------------------------------------------------------------- state
+
+    def init_state(self, batch_size: int, *, device=None, dtype=None) -> Mamba2State:
+        device = self.A_log.device if device is None else device
+        dtype = self.in_proj.weight.dtype if dtype is None else dtype
+        conv = torch.zeros(batch_size, self.conv_dim, self.d_conv - 1, device=device, dtype=dtype)
+        ssm = torch.zeros(batch_size, self.nheads, self.d_state, self.headdim, device=device, dtype=state_dtype(dtype))
+        return Mamba2State(conv, ssm)
+
+    # ----------------------------------------------------------------------------- shared pieces
+
+    def _split(self, zxbcdt: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """z (…, E), xBC (…, E + 2N) (before the conv), dt (…, H) (before softplus)."""
+        return torch.split(zxbcdt, [self.d_inner, self.conv_dim, self.nheads], dim=-1)
+
+    def _ssm_inputs(self, xBC: Tensor, dt: Tensor, dtype: torch.dtype):
+        """Heads x (…, H, P), B (…, N), C (…, N), step dt (…, H) and log decay dt*A (…, H), in ``dtype``."""
+        x, B, C = torch.split(xBC.to(dtype), [self.d_inner, self.d_state, self.d_state], dim=-1)
+        x = x.unflatten(-1, (self.nheads, self.headdim))  # (…, H, P)
+        dt = F.softplus(dt.to(dtype) + self.dt_bias.to(dtype))  # (…, H) > 0
+        A = -torch.exp(self.A_log.to(dtype))  # (H,) < 0
+        return x, B, C, dt, dt * A
+
+    # ----------------------------------------------------------------------------- forward / step
+
+    def forward(self, x: Tensor, state: Mamba2State | None = None) -> tuple[Tensor, Mamba2State]:
+        """Whole sequence ``x (B, T, D) -> (y (B, T, D), new state)``; continues from ``state``."""
+        self.check_input(x)
+        batch, T, _ = x.shape
+        if state is None:
+            state = self.init_state(batch, device=x.device, dtype=x.dtype)
+        if T == 0:
+            return x.new_zeros(x.shape), state
+
+        z, xBC, dt = self._split(self.in_proj(x))  # (B, T, E), (B, T, E+2N), (B, T, H)
+        # causal depthwise conv continuing from the carried d_conv-1 inputs instead of zero padding
+        padded = torch.cat([state.conv.to(xBC.dtype), xBC.transpose(1, 2)], dim=-1)  # (B, E+2N, d_conv-1+T)
+        conv = F.conv1d(padded, self.conv1d.weight, self.conv1d.bias, groups=self.conv_dim)  # (B, E+2N, T)
+        new_conv = padded[:, :, T:].clone()  # clone: the state must not pin `padded`
+        xBC = F.silu(conv).transpose(1, 2)  # (B, T, E+2N)
+
+        dtype = state_dtype(x.dtype)  # the SSM runs in float32 at least
+        xh, Bm, Cm, dt, log_a = self._ssm_inputs(xBC, dt, dtype)  # (B,T,H,P), (B,T,N), (B,T,N), (B,T,H), (B,T,H)
+        H = self.nheads
+        q = Cm.unsqueeze(1).expand(-1, H, -1, -1)  # (B, H, T, N): C shared by the heads (ngroups = 1)
+        k = Bm.unsqueeze(1).expand(-1, H, -1, -1)  # (B, H, T, N)
+        v = rearrange(xh * dt.unsqueeze(-1), "b t h p -> b h t p")  # (B, H, T, P): dt x
+        y, ssm = linear_attn(q, k, v, log_a.transpose(1, 2), state.ssm,  # log decay (B, H, T)
+                             impl=self.impl, chunk_size=self.chunk_size)  # y (B, H, T, P)
+        y = rearrange(y, "b h t p -> b t h p") + self.D.to(dtype)[:, None] * xh  # D skip
+        y = self.norm(y.flatten(2).to(x.dtype), z)  # (B, T, E)
+        return self.out_proj(y), Mamba2State(new_conv, ssm)
+
+    def step(self, x: Tensor, state: Mamba2State) -> tuple[Tensor, Mamba2State]:
+        """One token ``x (B, D)``: the conv as a dot product with the buffer, then the SSD update."""
+        self.check_input(x, step=True)
+        z, xBC, dt = self._split(self.in_proj(x))  # (B, E), (B, E+2N), (B, H)
+        window = torch.cat([state.conv.to(xBC.dtype), xBC.unsqueeze(-1)], dim=-1)  # (B, E+2N, d_conv), new
+        xBC = F.silu((window * self.conv1d.weight.squeeze(1)).sum(-1) + self.conv1d.bias)  # (B, E+2N)
+
+        dtype = state.ssm.dtype
+        xh, Bm, Cm, dt, log_a = self._ssm_inputs(xBC, dt, dtype)  # (B,H,P), (B,N), (B,N), (B,H), (B,H)
+        write = Bm[:, None, :, None] * (dt.unsqueeze(-1) * xh).unsqueeze(-2)  # (B, H, N, P): k^T v
+        ssm = torch.exp(log_a)[..., None, None] * state.ssm + write  # out of place: `state` is untouched
+        y = torch.einsum("bn,bhnp->bhp", Cm, ssm) + self.D.to(dtype)[:, None] * xh  # (B, H, P)
+        y = self.norm(y.flatten(1).to(x.dtype), z)  # (B, E)
+        # contiguous copy of the shifted window, so the state holds exactly the bytes it reports
+        return self.out_proj(y), Mamba2State(window[:, :, 1:].contiguous(), ssm)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{super().extra_repr()}, d_inner={self.d_inner}, nheads={self.nheads}, headdim={self.headdim}, "
+            f"d_state={self.d_state}, d_conv={self.d_conv}, impl={self.impl!r}, chunk_size={self.chunk_size}"
+        )

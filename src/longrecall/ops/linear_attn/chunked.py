@@ -1,21 +1,277 @@
-"""Chunked (parallel) forms of the linear-attention kernels. PLACEHOLDER: calls the naive references
-until the chunked algorithms land; the API below is final."""
+"""Chunkwise-parallel forms of the linear-attention kernels: same maths as ``naive.py``, a few matmuls
+per chunk and one short loop over chunks instead of a loop over tokens.
+
+Decayed / gated linear attention (``linear_attn_chunked``; Yang et al. 2024, "Gated Linear Attention
+Transformers with Hardware-Efficient Training", arXiv 2312.06635, section 3; the chunkwise form of
+RetNet, Sun et al. 2023, arXiv 2307.08621; Mamba-2's SSD, Dao & Gu 2024, arXiv 2405.21060). Cut the
+sequence into chunks of C steps and let ``G_t`` be the cumulative log decay from the chunk's start
+(inclusive of step t). With the chunk's incoming state S_0, each output splits into a part read from
+S_0 and a masked (C x C) attention inside the chunk::
+
+    o_i = (q_i * exp(Gq_i)) S_0 + sum_{j <= i} (sum_k q_ik k_jk exp(Gq_ik - G_jk)) v_j
+    S_C = exp(G_C) * S_0 + sum_j (k_j * exp(G_C - G_j))^T v_j          (* on S's key rows)
+
+``Gq = G`` for the plain recurrence; RWKV-6's bonus form (Peng et al. 2024, arXiv 2404.05892) reads
+the state before the write, so ``Gq_i = G_{i-1}``, the mask is strict (j < i) and the current token
+enters as ``(q_i . (u * k_i)) v_i``. The chunk states S_0 are passed on by a loop over chunks; the
+intra-chunk parts and the read-outs of the stacked states are batched over all chunks.
+
+(Gated) delta rule (``delta_rule_chunked``; Yang et al. 2024, "Parallelizing Linear Transformers with
+the Delta Rule over Sequence Length", arXiv 2406.06484, section 3; Yang et al. 2025, "Gated Delta
+Networks", arXiv 2412.06464, section 3.3). Write the step as ``S_t = a_t S_{t-1} + k_t^T d_t`` with
+the pseudo-value ``d_t = beta_t (v_t - a_t k_t S_{t-1})``. Unrolled inside a chunk, ``d`` solves a
+unit-lower-triangular system (the UT transform of the WY representation)::
+
+    (I + strictly_lower(diag(beta) K K^T * exp(G_i - G_j))) [U | W] = [diag(beta) V | diag(beta exp(G)) K]
+    d = U - W S_0,    o = (Q * exp(G)) S_0 + (Q K^T * exp(G_i - G_j))_{j <= i} d,
+    S_C = exp(G_C) S_0 + (K * exp(G_C - G))^T d
+
+so only ``d = U - W S_0`` and the state update are sequential across chunks (two matmuls a chunk).
+
+Numerical stability: every exponent is a difference ``G_i - G_j`` with step i at or after step j (or
+``G_i`` itself), hence <= 0, and is masked with ``torch.where`` *before* ``exp`` (masked entries are
+``exp(-inf) = 0`` with a zero gradient, never ``inf * 0``). Strong decays underflow to 0, the right
+limit. The factorisation ``(q * exp(G)) (k * exp(-G))^T`` is never used: with per-key-channel decays
+``exp(-G)`` overflows in float32 once a chunk's cumulative log decay passes about -88. Instead the
+per-channel intra-chunk term is cut into sub-chunks of ``c`` steps: the diagonal (c x c) blocks are
+formed pairwise, ``exp(Gq_ik - G_jk)`` as a (c, c, K) tensor, and the blocks below the diagonal
+factor through the reference point ``R_I = G`` just before sub-chunk I::
+
+    exp(Gq_ik - G_jk) = exp(Gq_ik - R_Ik) * exp(R_Ik - G_jk),      both exponents <= 0 for j < I c <= i
+
+The state is carried in float32 at least (``state_dtype``); outputs come back in ``v``'s dtype.
+Gradients are plain autograd through these ops.
+"""
 
 from __future__ import annotations
 
+import math
+
+import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from .naive import delta_rule_naive, linear_attn_naive
+from ...protocol import check_positive
+from .naive import check_shapes, state_dtype
 
 __all__ = ["linear_attn_chunked", "delta_rule_chunked"]
+
+SUBCHUNK: int = 16  # target sub-chunk length c for the per-channel intra-chunk term (see module notes)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _chunks(x: Tensor, C: int, n: int) -> Tensor:
+    """(B, H, T, ...) -> (B, H, n, C, ...), zero-padding T up to n * C."""
+    pad = n * C - x.shape[2]
+    if pad:
+        x = F.pad(x, (0, 0) * (x.dim() - 3) + (0, pad))
+    return x.reshape(*x.shape[:2], n, C, *x.shape[3:])
+
+
+def _causal(C: int, device: torch.device, strict: bool) -> Tensor:
+    """(C, C) bool mask of the pairs (i, j) step i reads: j <= i, or j < i when ``strict``."""
+    i = torch.arange(C, device=device)
+    return i[:, None] > i[None, :] if strict else i[:, None] >= i[None, :]
+
+
+def _masked_exp(mask: Tensor, exponent: Tensor) -> Tensor:
+    """exp(exponent) where mask, else 0; the mask goes on the exponent so no inf * 0 appears."""
+    return torch.exp(torch.where(mask, exponent, float("-inf")))
+
+
+def _subchunk(C: int) -> int:
+    """The largest divisor of C that is at most SUBCHUNK."""
+    return max(d for d in range(1, min(C, SUBCHUNK) + 1) if C % d == 0)
+
+
+def _start(q: Tensor, v: Tensor, initial_state: Tensor | None, dtype: torch.dtype) -> Tensor:
+    B, H, _, K = q.shape
+    if initial_state is None:
+        return q.new_zeros(B, H, K, v.shape[-1], dtype=dtype)  # (B, H, K, V)
+    return initial_state.to(dtype)
+
+
+def _intra_per_channel(q: Tensor, k: Tensor, v: Tensor, G: Tensor, Gq: Tensor, strict: bool) -> Tensor:
+    """sum_{j <(=) i} (sum_k q_ik k_jk exp(Gq_ik - G_jk)) v_j inside each chunk, by sub-chunks.
+
+    q, k, G, Gq: (B, H, n, C, K); v: (B, H, n, C, V). Returns (B, H, n, C, V).
+    """
+    B, H, n, C, K = q.shape
+    c = _subchunk(C)
+    ns = C // c
+    qs, ks, Gs, Gqs = (t.reshape(B, H, n, ns, c, K) for t in (q, k, G, Gq))  # (B, H, n, ns, c, K)
+    vs = v.reshape(B, H, n, ns, c, v.shape[-1])  # (B, H, n, ns, c, V)
+
+    # diagonal blocks, pairwise: exp(Gq_i - G_j) for j <(=) i inside one sub-chunk
+    mask = _causal(c, q.device, strict).unsqueeze(-1)  # (c, c, 1)
+    decay = _masked_exp(mask, Gqs.unsqueeze(-2) - Gs.unsqueeze(-3))  # (B, H, n, ns, c, c, K)
+    scores = (qs.unsqueeze(-2) * decay * ks.unsqueeze(-3)).sum(-1)  # (B, H, n, ns, c, c)
+    o = scores @ vs  # (B, H, n, ns, c, V)
+    if ns == 1:
+        return o.reshape(B, H, n, C, -1)
+
+    # blocks below the diagonal: rows in sub-chunk I >= 1 read columns j < I c (only j < C - c occur),
+    # through the reference R_I = G at the step before sub-chunk I (exponents <= 0 on both sides)
+    R = Gs[..., :-1, -1, :]  # (B, H, n, ns-1, K): R_I for I = 1 .. ns-1
+    q_ref = qs[..., 1:, :, :] * torch.exp(Gqs[..., 1:, :, :] - R.unsqueeze(-2))  # (B, H, n, ns-1, c, K)
+    cols = torch.arange(C - c, device=q.device)
+    rows = torch.arange(1, ns, device=q.device) * c
+    col_mask = (cols[None, :] < rows[:, None]).unsqueeze(-1)  # (ns-1, C-c, 1)
+    k_ref = k[..., None, : C - c, :] * _masked_exp(col_mask, R.unsqueeze(-2) - G[..., None, : C - c, :])
+    # k_ref: (B, H, n, ns-1, C-c, K)
+    below = (q_ref @ k_ref.transpose(-1, -2)) @ v[..., None, : C - c, :]  # (B, H, n, ns-1, c, V)
+    o = torch.cat([o[..., :1, :, :], o[..., 1:, :, :] + below], dim=-3)
+    return o.reshape(B, H, n, C, -1)
+
+
+def _pass_states(S: Tensor, writes: Tensor, decay: Tensor | None) -> tuple[Tensor, Tensor]:
+    """S_{n+1} = decay_n * S_n + writes_n over chunks.
+
+    S: (B, H, K, V); writes: (B, H, n, K, V); decay: None, (B, H, n) or (B, H, n, K).
+    Returns the incoming state of every chunk (B, H, n, K, V) and the final state.
+    """
+    starts = []
+    if decay is None:
+        for w in writes.unbind(2):
+            starts.append(S)
+            S = S + w
+    else:
+        d = decay[..., None, None] if decay.dim() == 3 else decay.unsqueeze(-1)  # (B, H, n, K or 1, 1)
+        for w, d_n in zip(writes.unbind(2), d.unbind(2)):
+            starts.append(S)
+            S = torch.addcmul(w, d_n, S)
+    return torch.stack(starts, dim=2), S
+
+
+# ----------------------------------------------------------------------------- public
 
 
 def linear_attn_chunked(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor | None = None,
                         initial_state: Tensor | None = None, *, bonus: Tensor | None = None,
                         chunk_size: int = 64) -> tuple[Tensor, Tensor]:
-    return linear_attn_naive(q, k, v, log_decay, initial_state, bonus=bonus)
+    """Chunkwise-parallel (decayed) linear attention; equals :func:`linear_attn_naive`.
+
+    Args:
+        q, k: (B, H, T, K). v: (B, H, T, V).
+        log_decay: None, (B, H, T) per head, or (B, H, T, K) per key channel; values <= 0.
+        initial_state: (B, H, K, V) or None for zeros.
+        bonus: RWKV-6's u, (H, K), or None.
+        chunk_size: steps per chunk; any T works (the last chunk is zero-padded, which leaves the
+            state unchanged: zero k, v and log decay).
+
+    Returns:
+        o: (B, H, T, V) in v's dtype; the final state (B, H, K, V), float32 or wider.
+    """
+    check_positive(chunk_size=chunk_size)
+    check_shapes(q, k, v, log_decay, initial_state, bonus=bonus)
+    dtype = state_dtype(v.dtype)
+    B, H, T, K = q.shape
+    V = v.shape[-1]
+    S = _start(q, v, initial_state, dtype)
+    if T == 0:
+        return v.new_zeros(B, H, 0, V), S
+    C = min(int(chunk_size), T)
+    n = math.ceil(T / C)
+    q_, k_, v_ = (_chunks(t.to(dtype), C, n) for t in (q, k, v))  # (B, H, n, C, K|V)
+    strict = bonus is not None  # RWKV-6 reads the state before the write
+    mask = _causal(C, q.device, strict)  # (C, C)
+
+    if log_decay is None:
+        scores = (q_ @ k_.transpose(-1, -2)).masked_fill(~mask, 0.0)  # (B, H, n, C, C)
+        o = scores @ v_  # (B, H, n, C, V)
+        q_read, k_write, decay = q_, k_, None
+    elif log_decay.dim() == 3:  # one decay per head: a (C, C) decay matrix per chunk
+        g = _chunks(log_decay.to(dtype), C, n)  # (B, H, n, C)
+        G = g.cumsum(-1)  # (B, H, n, C), <= 0, non-increasing
+        Gq = F.pad(G[..., :-1], (1, 0)) if strict else G  # (B, H, n, C): G_{i-1} for the bonus form
+        scores = (q_ @ k_.transpose(-1, -2)) * _masked_exp(mask, Gq.unsqueeze(-1) - G.unsqueeze(-2))
+        o = scores @ v_  # (B, H, n, C, V)
+        G_last = G[..., -1:]  # (B, H, n, 1)
+        q_read = q_ * Gq.exp().unsqueeze(-1)
+        k_write = k_ * (G_last - G).exp().unsqueeze(-1)
+        decay = G_last.squeeze(-1).exp()  # (B, H, n)
+    else:  # one decay per key channel (GLA, RWKV-6)
+        g = _chunks(log_decay.to(dtype), C, n)  # (B, H, n, C, K)
+        G = g.cumsum(-2)  # (B, H, n, C, K)
+        Gq = F.pad(G[..., :-1, :], (0, 0, 1, 0)) if strict else G
+        o = _intra_per_channel(q_, k_, v_, G, Gq, strict)  # (B, H, n, C, V)
+        G_last = G[..., -1:, :]  # (B, H, n, 1, K)
+        q_read = q_ * Gq.exp()
+        k_write = k_ * (G_last - G).exp()
+        decay = G_last.squeeze(-2).exp()  # (B, H, n, K)
+
+    if bonus is not None:  # the current token through u: (q_i . (u * k_i)) v_i
+        u = bonus.to(dtype)[None, :, None, None, :]  # (1, H, 1, 1, K)
+        o = o + (q_ * u * k_).sum(-1, keepdim=True) * v_
+
+    starts, S = _pass_states(S, k_write.transpose(-1, -2) @ v_, decay)  # (B, H, n, K, V)
+    o = o + q_read @ starts  # (B, H, n, C, V)
+    return o.reshape(B, H, n * C, V)[:, :, :T].to(v.dtype), S
 
 
 def delta_rule_chunked(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, log_decay: Tensor | None = None,
                        initial_state: Tensor | None = None, *, chunk_size: int = 64) -> tuple[Tensor, Tensor]:
-    return delta_rule_naive(q, k, v, beta, log_decay, initial_state)
+    """Chunkwise (gated) delta rule by the WY representation / UT transform; equals :func:`delta_rule_naive`.
+
+    Args:
+        q, k: (B, H, T, K) (the caller normalises k). v: (B, H, T, V). beta: (B, H, T).
+        log_decay: None (DeltaNet) or (B, H, T) (Gated DeltaNet), values <= 0.
+        initial_state: (B, H, K, V) or None for zeros.
+        chunk_size: steps per chunk; any T works (padding uses beta = 0, which writes nothing).
+
+    Returns:
+        o: (B, H, T, V) in v's dtype; the final state (B, H, K, V), float32 or wider.
+    """
+    check_positive(chunk_size=chunk_size)
+    check_shapes(q, k, v, log_decay, initial_state, beta=beta)
+    if log_decay is not None and log_decay.dim() != 3:
+        raise ValueError(f"delta_rule takes one decay per head: log_decay must be (B, H, T), got {tuple(log_decay.shape)}")
+    dtype = state_dtype(v.dtype)
+    B, H, T, K = q.shape
+    V = v.shape[-1]
+    S = _start(q, v, initial_state, dtype)
+    if T == 0:
+        return v.new_zeros(B, H, 0, V), S
+    C = min(int(chunk_size), T)
+    n = math.ceil(T / C)
+    q_, k_, v_ = (_chunks(t.to(dtype), C, n) for t in (q, k, v))  # (B, H, n, C, K|V)
+    b = _chunks(beta.to(dtype), C, n)  # (B, H, n, C)
+    lower = _causal(C, q.device, strict=True)  # (C, C): the triangular system's off-diagonal part
+    causal = _causal(C, q.device, strict=False)  # (C, C): what each output reads
+
+    kk = k_ @ k_.transpose(-1, -2)  # (B, H, n, C, C)
+    qk = q_ @ k_.transpose(-1, -2)  # (B, H, n, C, C)
+    if log_decay is None:
+        system = (b.unsqueeze(-1) * kk).masked_fill(~lower, 0.0)
+        scores = qk.masked_fill(~causal, 0.0)
+        rhs_k = b.unsqueeze(-1) * k_
+        q_read, k_write, decay = q_, k_, None
+    else:
+        G = _chunks(log_decay.to(dtype), C, n).cumsum(-1)  # (B, H, n, C), <= 0
+        diff = G.unsqueeze(-1) - G.unsqueeze(-2)  # (B, H, n, C, C): G_i - G_j
+        system = b.unsqueeze(-1) * kk * _masked_exp(lower, diff)
+        scores = qk * _masked_exp(causal, diff)
+        gamma = G.exp()  # (B, H, n, C)
+        rhs_k = (b * gamma).unsqueeze(-1) * k_
+        G_last = G[..., -1:]  # (B, H, n, 1)
+        q_read = q_ * gamma.unsqueeze(-1)
+        k_write = k_ * (G_last - G).exp().unsqueeze(-1)
+        decay = G_last.squeeze(-1).exp()  # (B, H, n)
+
+    # UT transform: (I + system) [U | W] = [diag(beta) V | diag(beta gamma) K]; the unit diagonal is implied
+    rhs = torch.cat([b.unsqueeze(-1) * v_, rhs_k], dim=-1)  # (B, H, n, C, V + K)
+    U, W = torch.linalg.solve_triangular(system, rhs, upper=False, unitriangular=True).split([V, K], dim=-1)
+
+    starts, values = [], []
+    d = decay.unbind(2) if decay is not None else [None] * n
+    for U_n, W_n, kw_n, d_n in zip(U.unbind(2), W.unbind(2), k_write.unbind(2), d):
+        # U_n, W_n: (B, H, C, V | K); kw_n: (B, H, C, K); d_n: (B, H) or None
+        starts.append(S)
+        value = U_n - W_n @ S  # (B, H, C, V): the pseudo-values d = beta (v - a k S_prev) of the chunk
+        values.append(value)
+        write = kw_n.transpose(-1, -2) @ value  # (B, H, K, V)
+        S = S + write if d_n is None else torch.addcmul(write, d_n[..., None, None], S)
+    o = q_read @ torch.stack(starts, dim=2) + scores @ torch.stack(values, dim=2)  # (B, H, n, C, V)
+    return o.reshape(B, H, n * C, V)[:, :, :T].to(v.dtype), S
