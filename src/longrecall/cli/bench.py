@@ -21,7 +21,31 @@ def _ints(text: str) -> list[int]:
     return values
 
 
+def run_fla(args) -> int:
+    """``--compare-fla``: our linear-attention kernels vs fla's pure-PyTorch references (same inputs)."""
+    from ..bench.fla_compare import compare, fla_available, fla_cases, to_markdown
+    from ..bench.speed import machine_info
+
+    if not fla_available():
+        print("error: --compare-fla needs flash-linear-attention's reference functions: "
+              "pip install flash-linear-attention triton  (or: pip install -e '.[compare]')")
+        return 2
+    rows = compare(fla_cases(), args.lengths, batch=args.batch_sizes[0], repeats=args.repeats, threads=args.threads)
+    out = Path(args.out)
+    report = {"machine": machine_info(args.threads), "rows": rows}
+    atomic_write_json(out / "fla_compare.json", report)
+    text = ("# Linear-attention kernels vs flash-linear-attention's PyTorch references\n\n"
+            f"Forward, float32, no grad, batch {args.batch_sizes[0]}, 2 heads, K = V = 64, {args.threads} thread(s); "
+            "ours = the chunked kernels in `longrecall.ops.linear_attn`.\n\n" + to_markdown(rows))
+    atomic_write_bytes(out / "fla_compare.md", text.encode())
+    print(text)
+    print(f"wrote {out / 'fla_compare.json'} and {out / 'fla_compare.md'}")
+    return 0
+
+
 def run(args) -> int:
+    if args.compare_fla:
+        return run_fla(args)
     names = MIXERS.names() if args.mixers == "all" else args.mixers.split(",")
     for name in names:
         try:
@@ -78,7 +102,8 @@ def add_parser(sub) -> None:
         "Every cell runs in its own process. Mixers failing their contract check are not timed.",
         epilog="examples:\n  longrecall bench --quick\n  longrecall bench --mixers s4d,mamba --lengths 1024,4096 --batch-sizes 1\n"
         "  longrecall bench --mixers mamba --modes train --mixer-kwargs '{\"mamba\": {\"scan\": \"naive\"}}'\n"
-        "  longrecall bench --mixers all --out bench_results   (the full table: about 10 minutes)",
+        "  longrecall bench --mixers all --out bench_results   (the full table: about 10 minutes)\n"
+        "  longrecall bench --compare-fla --lengths 1024,4096 --batch-sizes 1",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--mixers", default="all", help="comma-separated registry keys, or 'all' (default)")
@@ -90,6 +115,9 @@ def add_parser(sub) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--mixer-kwargs", default="{}", help='JSON: constructor arguments per mixer, e.g. \'{"mamba": {"scan": "naive"}}\'')
     p.add_argument("--no-mambapy", action="store_true", help="skip the comparison with mambapy even if installed")
+    p.add_argument("--compare-fla", action="store_true",
+                   help="instead of the mixer table: time our linear-attention kernels against flash-linear-attention's "
+                        "PyTorch references on the same inputs and check they agree (needs the `compare` extra)")
     p.add_argument("--quick", action="store_true", help="T in {64, 256}, batch 1, one repeat: a smoke run")
     p.add_argument("--out", default="bench_results", help="directory for bench.json and bench.md")
     p.add_argument("--json", action="store_true")
