@@ -8,7 +8,8 @@ its defaults (``qk_activation="silu"``, ``qk_norm="l2"``, ``use_beta=True``, ``c
 ``conv_bias=False``) and its parameter names and shapes.
 
 Per head h (row vectors; K key width, V value width), with ``conv`` a causal depthwise convolution
-of width ``conv_size`` over time (arXiv 2406.06484 section 3.3; the delta rule is its eq. 1)::
+of width ``conv_size`` over time and ``/ sqrt(K)`` fla's kernel scale (a no-op after the RMSNorm, up to
+its epsilon)::
 
     q_t = l2norm(SiLU(conv_q(x W_q))_h) / sqrt(K)        k_t = l2norm(SiLU(conv_k(x W_k))_h)
     v_t = SiLU(conv_v(x W_v))_h                          beta_t = sigmoid(x_t W_beta)_h in (0, 1)

@@ -88,6 +88,8 @@ class GLA(Mixer):
         check_positive(n_heads=n_heads, expand_k=expand_k, expand_v=expand_v, gate_low_rank_dim=gate_low_rank_dim)
         check_positive(gate_logit_normalizer=gate_logit_normalizer, norm_eps=norm_eps, chunk_size=chunk_size)
         check_choice("impl", impl, IMPLS)
+        if not isinstance(n_heads, int):
+            raise ValueError(f"n_heads must be an int, got {n_heads!r}")
         key_dim, value_dim = int(expand_k * self.d_model), int(expand_v * self.d_model)
         check_positive(key_dim=key_dim, value_dim=value_dim)  # a small expand can round to 0
         if key_dim % n_heads or value_dim % n_heads:

@@ -18,7 +18,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
@@ -41,8 +40,12 @@ class LinearAttentionState(NamedTuple):
 
 
 def elu_feature_map(x: Tensor) -> Tensor:
-    """φ(x) = elu(x) + 1 > 0 (the paper's section 3.2.1)."""
-    return F.elu(x) + 1
+    """φ(x) = elu(x) + 1 (the paper's section 3.2.1), written as ``x + 1`` for x > 0 and ``exp(x)`` else.
+
+    Same function and gradient, but ``elu(x) + 1`` rounds to 0 for x < -37 in float64 (-17 in float32)
+    while ``exp(x)`` stays positive, so the normaliser never loses a key to cancellation.
+    """
+    return torch.where(x > 0, x + 1, torch.exp(x.clamp(max=0)))
 
 
 @register_mixer("linear_attention")

@@ -1,1 +1,289 @@
-"""Placeholder: this mechanism is being written (issue 5)."""
+"""MoM: Mixture-of-Memories, several gated-delta-rule memories behind a top-k token router.
+
+Du, Sun, Cheng et al. 2025, "MoM: Linear Sequence Modeling with Mixture-of-Memories",
+arXiv 2502.13685.  The layer follows fla's ``fla/layers/mom.py`` ``MomAttention`` (the authors'
+code) with the update rule of the paper's best variant, the gated delta rule of Gated DeltaNet.
+
+Per token, with M routed memories and one shared memory, per head (row vectors, K key, V value width)::
+
+    p_t = softmax(x_t W_g)  (M,)          sel_t = top-k(p_t)          w_t,m = p_t,m / sum_{j in sel_t} p_t,j
+    q_t = l2norm(SiLU(conv_q(x W_q))) / sqrt(K)                    (one query for all memories)
+    for m in sel_t (and always for the shared memory):
+        k^m_t = l2norm(SiLU(conv_k(x W_k^m)))    v^m_t = SiLU(conv_v(x W_v^m))
+        beta^m_t = sigmoid(x_t W_beta^m)         g^m_t = -exp(A_log) * softplus(x_t W_a^m + dt_bias)
+        S^m_t = exp(g^m_t) (I - beta^m_t k^m_t^T k^m_t) S^m_{t-1} + beta^m_t k^m_t^T v^m_t
+    for m not in sel_t:  S^m_t = S^m_{t-1}   (memory and its conv buffers untouched)
+    o_t = q_t (sum_{m in sel_t} w_t,m S^m_t + S^shared_t)     y_t = concat_h(RMSNorm(o_t) * SiLU(x_t W_g')) W_o
+
+Each memory's short convolutions run over the tokens routed to it only (as fla gathers each memory's
+tokens before its convolution), so a memory's conv buffers hold its last ``conv_size - 1`` routed
+inputs; the query's convolution runs over every token.  The parallel form computes every memory's
+k, v, beta and g at every token and runs the shared delta-rule kernel once, the memories stacked
+into the head dimension, with ``beta = 0`` and ``g = 0`` where a memory is not selected: exactly
+"unchanged" (fla instead gathers each memory's tokens, which does M / top_k times less projection
+work but gives the same memories).
+
+Where this differs from fla's code: the query is convolved once over every token and read against
+the mixed memory, as the paper's equations (fla convolves ``q_proj(x)`` separately over each
+memory's routed tokens, so each memory is read with its own q^m_t); the per-memory projections are
+stacked into one ``Linear`` each; Linear layers keep PyTorch's default initialisation (fla's
+MomAttention uses Xavier-uniform with gain 2^-2.5).
+
+Not implemented: the MoE load-balancing auxiliary loss used in training (it is not part of the
+mixer contract).  ``route(x)`` returns the router probabilities and choices from which it can be
+computed; nothing is cached on the module.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..ops.linear_attn import IMPLS, delta_rule, state_dtype
+from ..protocol import Mixer, check_choice, check_positive
+from ..registry import register_mixer
+from .deltanet import (GatedRMSNorm, check_bool, check_int, delta_rule_step, l2norm, make_short_conv, own,
+                       short_conv, short_conv_step)
+from .gated_deltanet import decay_init, gated_log_decay
+
+__all__ = ["MoM", "MoMState", "Routing", "routed_short_conv", "routed_short_conv_step"]
+
+
+class MoMState(NamedTuple):
+    """Recurrent memory of one MoM layer; Mt = M routed memories (+1 shared, last, when enabled).
+
+    conv_q: the last ``conv_size - 1`` inputs of the query convolution, (B, H*K, conv_size-1).
+    conv_k: per memory, the last ``conv_size - 1`` key-conv inputs routed to it, (B, Mt, H*K, conv_size-1).
+    conv_v: the same for values, (B, Mt, H*V, conv_size-1).  The conv buffers are in the activation dtype.
+    memory: the memories, (B, Mt, H, K, V), float32 at least.
+    """
+
+    conv_q: Tensor
+    conv_k: Tensor
+    conv_v: Tensor
+    memory: Tensor
+
+
+class Routing(NamedTuple):
+    """The router's decision for tokens x (..., D).
+
+    probs: softmax(x W_g) over the M routed memories, (..., M) (what a load-balancing loss uses).
+    weights: renormalised top-k weight per memory, 0 where not selected, 1 for the shared memory, (..., Mt).
+    mask: whether each memory is written at that token, (..., Mt) bool.
+    """
+
+    probs: Tensor
+    weights: Tensor
+    mask: Tensor
+
+
+def routed_short_conv(u: Tensor, mask: Tensor, buffer: Tensor, conv: nn.Conv1d) -> tuple[Tensor, Tensor]:
+    """SiLU(causal depthwise conv) of each memory over only the tokens routed to it.
+
+    u (B, M, T, C) inputs at every token; mask (B, M, T) bool; buffer (B, M, C, W-1) the last W-1
+    inputs each memory received.  Returns (B, M, T, C), zero at unrouted tokens, and the new buffer.
+    """
+    B, M, T, C = u.shape
+    W1 = buffer.shape[-1]
+    rank = mask.long().cumsum(-1) - 1  # (B, M, T): index of each routed token in its memory's subsequence
+    slot = torch.where(mask, rank, T)[..., None].expand(-1, -1, -1, C)  # unrouted tokens -> spare slot T
+    compact = u.new_zeros(B, M, T + 1, C).scatter_add(2, slot, u.masked_fill(~mask[..., None], 0))
+    padded = torch.cat([buffer.to(u.dtype), compact[:, :, :T].transpose(-1, -2)], dim=-1)  # (B, M, C, W1+T)
+    y = F.conv1d(padded.reshape(B * M, C, W1 + T), conv.weight, conv.bias, groups=C)  # (B*M, C, T)
+    y = F.silu(y).reshape(B, M, C, T).transpose(-1, -2)  # (B, M, T, C): i-th routed token at i
+    y = y.gather(2, rank.clamp(min=0)[..., None].expand(-1, -1, -1, C))  # back to token positions
+    y = y.masked_fill(~mask[..., None], 0)
+    count = mask.sum(-1)  # (B, M): routed tokens this segment
+    last = (count[..., None] + torch.arange(W1, device=u.device))[:, :, None, :]  # (B, M, 1, W1)
+    return y, padded.gather(3, last.expand(-1, -1, C, -1))  # the last W1 routed inputs (own memory)
+
+
+def routed_short_conv_step(u: Tensor, mask: Tensor, buffer: Tensor, conv: nn.Conv1d) -> tuple[Tensor, Tensor]:
+    """One token of :func:`routed_short_conv`: u (B, M, C), mask (B, M); unselected buffers are kept as is."""
+    window = torch.cat([buffer.to(u.dtype), u.unsqueeze(-1)], dim=-1)  # (B, M, C, W)
+    y = (window * conv.weight.squeeze(1)).sum(-1)  # (B, M, C)
+    if conv.bias is not None:
+        y = y + conv.bias
+    return F.silu(y), torch.where(mask[..., None, None], window[..., 1:], buffer.to(u.dtype))
+
+
+@register_mixer("mom")
+class MoM(Mixer):
+    """MoM: Mixture-of-Memories, top-k routed gated-delta-rule memories (Du et al. 2025, arXiv 2502.13685).
+
+    See the module docstring for the equations.
+
+    Args:
+        d_model: width D.
+        num_memories: routed memories M (4).
+        topk: memories each token writes to and reads from (2); at most ``num_memories``.
+        shared_memory: add a memory every token writes and reads with weight 1 (True).
+        n_heads: heads H (2).
+        head_dim: key width K per head; None is ``(d_model // 2) // n_heads`` (MomAttention's
+            ``num_heads * head_dim = hidden_size / 2``).
+        expand_v: value width V = expand_v * K (2, as MomAttention).
+        use_gate: SiLU output gate with the gated RMSNorm (True, MomAttention's ``use_output_gate``).
+        conv_size: width of the causal depthwise convolutions (4).
+        conv_bias: whether those convolutions have a bias (False).
+        norm_eps: epsilon of the per-head RMSNorm (1e-5).
+        chunk_size: chunk length of the chunked kernel (64).
+        impl: "chunked" (parallel over chunks) or "naive" (the sequential spec).
+
+    State (:class:`MoMState`), constant in T; per batch row, with Mt = M + shared_memory,
+    ``Mt*H*K*V*4 + (H*K + Mt*H*K + Mt*H*V) * (conv_size - 1) * elem_bytes`` bytes.
+    """
+
+    state_growth = "constant"
+    contract_kwargs = {"chunk_size": 4}  # 13-token contract sequences cross several chunks
+
+    def __init__(self, d_model: int, *, num_memories: int = 4, topk: int = 2, shared_memory: bool = True,
+                 n_heads: int = 2, head_dim: int | None = None, expand_v: int | float = 2, use_gate: bool = True,
+                 conv_size: int = 4, conv_bias: bool = False, norm_eps: float = 1e-5, chunk_size: int = 64,
+                 impl: str = "chunked"):
+        super().__init__(d_model)
+        check_int(num_memories=num_memories, topk=topk, n_heads=n_heads, conv_size=conv_size, chunk_size=chunk_size)
+        check_positive(expand_v=expand_v, norm_eps=norm_eps)
+        check_bool(shared_memory=shared_memory, use_gate=use_gate, conv_bias=conv_bias)
+        check_choice("impl", impl, IMPLS)
+        if topk > num_memories:
+            raise ValueError(f"topk must be <= num_memories={num_memories}, got {topk}")
+        if head_dim is None:
+            head_dim = (self.d_model // 2) // n_heads
+            if head_dim <= 0:
+                raise ValueError(f"head_dim: the default is 0 for d_model={d_model}, n_heads={n_heads}; pass head_dim")
+        check_int(head_dim=head_dim)
+        head_v = head_dim * expand_v
+        if head_v != int(head_v) or int(head_v) <= 0:
+            raise ValueError(f"expand_v * head_dim must be a positive integer, got expand_v={expand_v!r}, "
+                             f"head_dim={head_dim}")
+        self.num_memories, self.topk, self.shared_memory = num_memories, topk, shared_memory
+        self.n_mem = num_memories + int(shared_memory)  # Mt, the memories held in the state
+        self.n_heads, self.head_k_dim, self.head_v_dim = n_heads, head_dim, int(head_v)
+        self.expand_v, self.use_gate, self.conv_size = expand_v, use_gate, conv_size
+        self.chunk_size, self.impl = chunk_size, impl
+        D, Mt, H, K, V = self.d_model, self.n_mem, n_heads, head_dim, self.head_v_dim
+
+        self.gate = nn.Linear(D, num_memories, bias=False)  # the router W_g
+        self.q_proj = nn.Linear(D, H * K, bias=False)
+        # per-memory projections stacked along the output ([memory 0 | ... | shared]): fla's ModuleLists
+        # k_proj[m] / v_proj[m] / b_proj[m] / a_proj[m] (and shared_k / shared_v / shared_b / shared_a)
+        self.k_proj = nn.Linear(D, Mt * H * K, bias=False)
+        self.v_proj = nn.Linear(D, Mt * H * V, bias=False)
+        self.b_proj = nn.Linear(D, Mt * H, bias=False)
+        self.a_proj = nn.Linear(D, Mt * H, bias=False)
+        self.A_log, self.dt_bias = decay_init(H)  # per head, shared by the memories (as the reference)
+        self.q_conv1d = make_short_conv(H * K, conv_size, conv_bias)
+        self.k_conv1d = make_short_conv(H * K, conv_size, conv_bias)  # weights shared by the memories
+        self.v_conv1d = make_short_conv(H * V, conv_size, conv_bias)
+        if use_gate:
+            self.g_proj = nn.Linear(D, H * V, bias=False)
+        self.o_norm = GatedRMSNorm(V, eps=norm_eps)
+        self.o_proj = nn.Linear(H * V, D, bias=False)
+
+    # ----------------------------------------------------------------------------- state
+
+    def init_state(self, batch_size: int, *, device=None, dtype=None) -> MoMState:
+        check_int(batch_size=batch_size)
+        device = self.q_proj.weight.device if device is None else device
+        dtype = self.q_proj.weight.dtype if dtype is None else dtype
+        B, Mt, H, K, V, W1 = batch_size, self.n_mem, self.n_heads, self.head_k_dim, self.head_v_dim, self.conv_size - 1
+        return MoMState(
+            conv_q=torch.zeros(B, H * K, W1, device=device, dtype=dtype),
+            conv_k=torch.zeros(B, Mt, H * K, W1, device=device, dtype=dtype),
+            conv_v=torch.zeros(B, Mt, H * V, W1, device=device, dtype=dtype),
+            memory=torch.zeros(B, Mt, H, K, V, device=device, dtype=state_dtype(dtype)),
+        )
+
+    # ----------------------------------------------------------------------------- shared pieces
+
+    def route(self, x: Tensor) -> Routing:
+        """Router for tokens x (..., D): softmax, deterministic ``torch.topk``, renormalised weights."""
+        probs = torch.softmax(self.gate(x).to(state_dtype(x.dtype)), dim=-1)  # (..., M)
+        top, index = torch.topk(probs, self.topk, dim=-1)  # (..., k)
+        weights = torch.zeros_like(probs).scatter(-1, index, top / top.sum(-1, keepdim=True))
+        mask = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, index, True)
+        if self.shared_memory:
+            weights = torch.cat([weights, torch.ones_like(weights[..., :1])], dim=-1)  # (..., Mt)
+            mask = torch.cat([mask, torch.ones_like(mask[..., :1])], dim=-1)
+        return Routing(probs, weights, mask)
+
+    def _memory_inputs(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Per-memory conv inputs and gates: x (..., D) -> k (..., Mt, H*K), v (..., Mt, H*V), beta, g (..., Mt, H)."""
+        Mt, H = self.n_mem, self.n_heads
+        k = self.k_proj(x).unflatten(-1, (Mt, -1))
+        v = self.v_proj(x).unflatten(-1, (Mt, -1))
+        beta = torch.sigmoid(self.b_proj(x)).unflatten(-1, (Mt, H))
+        g = gated_log_decay(self.a_proj(x).unflatten(-1, (Mt, H)), self.A_log, self.dt_bias)
+        return k, v, beta, g
+
+    def _query(self, q: Tensor) -> Tensor:
+        """(..., H*K) after the conv -> l2-normalised, K^-1/2-scaled per-head query (..., H, K)."""
+        return l2norm(q.unflatten(-1, (self.n_heads, self.head_k_dim))) * self.head_k_dim**-0.5
+
+    def read_out(self, o: Tensor, x: Tensor) -> Tensor:
+        """Per-head norm (gated when ``use_gate``) and output projection: o (..., H, V), x (..., D) -> (..., D)."""
+        gate = self.g_proj(x).unflatten(-1, (self.n_heads, self.head_v_dim)) if self.use_gate else None
+        return self.o_proj(self.o_norm(o, gate).flatten(-2))
+
+    # ----------------------------------------------------------------------------- forward / step
+
+    def forward(self, x: Tensor, state: MoMState | None = None) -> tuple[Tensor, MoMState]:
+        """Whole sequence ``x (B, T, D) -> (y (B, T, D), new state)``; continues from ``state``."""
+        self.check_input(x)
+        B, T, _ = x.shape
+        if state is None:
+            state = self.init_state(B, device=x.device, dtype=x.dtype)
+        if T == 0:
+            return x.new_zeros(x.shape), state
+        Mt, H, K, V = self.n_mem, self.n_heads, self.head_k_dim, self.head_v_dim
+        route = self.route(x)  # weights, mask (B, T, Mt)
+        mask = route.mask.transpose(1, 2)  # (B, Mt, T)
+        q, conv_q = short_conv(self.q_proj(x), state.conv_q, self.q_conv1d)  # (B, T, H*K), every token
+        q = self._query(q)  # (B, T, H, K)
+        k, v, beta, g = self._memory_inputs(x)  # (B, T, Mt, H*K), (B, T, Mt, H*V), (B, T, Mt, H) x2
+        k, conv_k = routed_short_conv(k.transpose(1, 2), mask, state.conv_k, self.k_conv1d)  # (B, Mt, T, H*K)
+        v, conv_v = routed_short_conv(v.transpose(1, 2), mask, state.conv_v, self.v_conv1d)  # (B, Mt, T, H*V)
+        k = l2norm(k.unflatten(-1, (H, K)))  # (B, Mt, T, H, K); zero where not routed
+
+        # memories stacked into the head dimension: (B, Mt*H, T, .); not selected -> beta = 0, g = 0
+        def heads(t: Tensor) -> Tensor:  # (B, Mt, T, H, X) -> (B, Mt*H, T, X)
+            return t.transpose(2, 3).reshape(B, Mt * H, T, t.shape[-1])
+
+        unrouted = ~route.mask[..., None]  # (B, T, Mt, 1)
+        beta = beta.masked_fill(unrouted, 0).permute(0, 2, 3, 1).reshape(B, Mt * H, T)
+        g = g.masked_fill(unrouted, 0).permute(0, 2, 3, 1).reshape(B, Mt * H, T)
+        q_all = q.unsqueeze(1).expand(B, Mt, T, H, K)
+        o, memory = delta_rule(heads(q_all), heads(k), heads(v.unflatten(-1, (H, V))), beta, g,
+                               state.memory.reshape(B, Mt * H, K, V), impl=self.impl, chunk_size=self.chunk_size)
+        o = torch.einsum("bmhtv,btm->bthv", o.reshape(B, Mt, H, T, V), route.weights.to(o.dtype))  # (B, T, H, V)
+        new_state = MoMState(conv_q, conv_k, conv_v, own(memory.reshape(B, Mt, H, K, V)))
+        return self.read_out(o, x), new_state
+
+    def step(self, x: Tensor, state: MoMState) -> tuple[Tensor, MoMState]:
+        """One token ``x (B, D)``: selected memories take a gated delta-rule write, the others are kept as is."""
+        self.check_input(x, step=True)
+        B = x.shape[0]
+        Mt, H, K, V = self.n_mem, self.n_heads, self.head_k_dim, self.head_v_dim
+        route = self.route(x)  # weights, mask (B, Mt)
+        q, conv_q = short_conv_step(self.q_proj(x), state.conv_q, self.q_conv1d)  # (B, H*K)
+        q = self._query(q)  # (B, H, K)
+        k, v, beta, g = self._memory_inputs(x)  # (B, Mt, H*K), (B, Mt, H*V), (B, Mt, H) x2
+        k, conv_k = routed_short_conv_step(k, route.mask, state.conv_k, self.k_conv1d)
+        v, conv_v = routed_short_conv_step(v, route.mask, state.conv_v, self.v_conv1d)
+        k = l2norm(k.unflatten(-1, (H, K)))  # (B, Mt, H, K)
+        q_all = q.unsqueeze(1).expand(B, Mt, H, K)
+        o, written = delta_rule_step(q_all.reshape(B, Mt * H, K), k.reshape(B, Mt * H, K),
+                                     v.reshape(B, Mt * H, V), beta.reshape(B, Mt * H), g.reshape(B, Mt * H),
+                                     state.memory.reshape(B, Mt * H, K, V))
+        memory = torch.where(route.mask[:, :, None, None, None], written.reshape(B, Mt, H, K, V), state.memory)
+        o = torch.einsum("bmhv,bm->bhv", o.to(x.dtype).reshape(B, Mt, H, V), route.weights.to(x.dtype))
+        return self.read_out(o, x), MoMState(conv_q, conv_k, conv_v, memory)
+
+    def extra_repr(self) -> str:
+        return (f"{super().extra_repr()}, num_memories={self.num_memories}, topk={self.topk}, "
+                f"shared_memory={self.shared_memory}, n_heads={self.n_heads}, head_k_dim={self.head_k_dim}, "
+                f"head_v_dim={self.head_v_dim}, use_gate={self.use_gate}, conv_size={self.conv_size}, "
+                f"impl={self.impl!r}, chunk_size={self.chunk_size}")

@@ -131,6 +131,9 @@ class RWKV6(Mixer):
         self.gate = nn.Linear(D, D, bias=False)
         self.output = nn.Linear(D, D, bias=False)
         self.ln_x = nn.GroupNorm(H, D, eps=1e-5 * HEAD_SIZE_DIVISOR**2)
+        for name, param in self.named_parameters():  # the reference puts every time_* tensor in its no-decay groups
+            if name.startswith("time_"):
+                param._no_weight_decay = True
 
     # ----------------------------------------------------------------------------- state
 
