@@ -1,1 +1,324 @@
-"""Placeholder: this mechanism is being written (issue 5)."""
+"""Titans' neural long-term memory (LMM): an MLP whose weights are the state, trained at test time.
+
+Behrouz, Zhong, Mirrokni 2024, "Titans: Learning to Memorize at Test Time", arXiv 2501.00663,
+sections 3.1 and 3.2 ("parallelize the long-term memory training").  This is the memory
+module alone, as a mixer.  The paper's MAC / MAG / MAL variants combine it with attention; a hybrid
+model builds them from layers (``layers=["titans", "attention"]`` is MAL-like, with sliding-window
+layers MAG/MAL-like), so they are not separate keys here.
+
+Per head (width d = D / H), token t, with the memory ``M_theta`` an MLP of ``memory_depth`` layers
+(default 2: ``M(x) = SiLU(x W1) W2``, W1 (d, E d), W2 (E d, d); depth 1 is linear, ``M(x) = x W``)::
+
+    q_t, k_t = L2norm(SiLU(x_t W_Q)), L2norm(SiLU(x_t W_K));   v_t = L2norm(SiLU(x_t W_V))
+    eta_t, alpha_t = sigmoid(x_t w_eta + b), sigmoid(x_t w_alpha + b);   lr_t = max_lr * sigmoid(x_t w_lr + b)
+    loss_t(theta) = ||M_theta(k_t) - v_t||^2                         (associative loss)
+    S_t     = eta_t S_{t-1} - lr_t grad loss_t(theta_0)               (momentum / "surprise")
+    theta_t = (1 - alpha_t) theta_{t-1} + S_t                         (forgetting)
+    y_t     = M_{theta_t}(q_t)                                        (read)
+    out_t   = out_proj(RMSNorm(y_t) * SiLU(x_t W_g))                  (the gate is optional)
+
+theta_0 is the chunk-start memory (the paper's mini-batch gradient descent, section 3.2): tokens are
+grouped in chunks of b = ``chunk_size`` (16) and every gradient of a chunk is taken at the weights
+the chunk started with, while momentum and decay still recur per token.  The gradient is written by
+hand (no autograd inside forward), so outer training backpropagates through it.  For one layer of
+the MLP, the gradient of token s is an outer product ``x_s^T delta_s`` (x the layer input, delta the
+backpropagated error), so with ``P[t, j] = prod_{j<i<=t} (1 - alpha_i)``, ``E[j, s] = prod_{s<i<=j} eta_i``
+and ``A = P @ E`` (b x b, per head) the chunk is matmuls (``forward``)::
+
+    theta_t = P[t, 0] theta_cur + A[t, 0] S_cur - sum_{s<=t} A[t, s] lr_s x_s^T delta_s
+    h_t W_t = P[t, 0] h_t W_cur + A[t, 0] h_t S_cur - sum_{s<=t} A[t, s] lr_s (h_t · x_s) delta_s
+
+(linear attention with a decay mask, layer by layer), and no per-token weights are materialised.
+A carried state that stops mid-chunk is continued by first finishing that chunk.
+
+Linear memory, eta = 0, b = 1 gives ``W_t = (1 - alpha_t) W_{t-1} - 2 lr_t k_t^T (k_t W_{t-1} - v_t)``:
+the delta rule with beta = 2 lr (exactly DeltaNet when alpha = 0).
+
+State (``TitansState``), per sequence, float32: three copies of the memory weights (chunk start,
+current, momentum), each ``H * sum_l in_l * out_l`` numbers (``2 H E d^2`` for the 2-layer MLP), plus an
+int64 position: ``3 * 2 H E d^2 * 4 + 8`` bytes; D = 128, H = 2, E = 4: 786,440 bytes.  The chunk-start
+copy exists because of the chunked training: recurrent inference with b = 1 would not need it.
+
+Deviations from the paper: v is L2-normalised by default (``value_norm``, a stability choice: see
+the argument); no depthwise convolutions after the q/k/v projections and no persistent memory tokens
+(other layers in this library provide both); what the paper leaves open is fixed here (SiLU in the
+MLP, no biases, Xavier-uniform learned initial theta, gate biases giving eta ~ 0.88, alpha ~ 0.0025,
+lr ~ 0.012 at initialisation).  The inner loop is not stable for every gate value: its step is about
+b * lr / (1 - eta) summed gradients on correlated keys, so keep ``max_lr`` small (0.1 default).
+An MLP memory without biases has a dead point at theta = 0 (every gradient vanishes there), which
+strong forgetting (alpha -> 1 with eta -> 0) can approach.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from ..ops.linear_attn import state_dtype
+from ..protocol import Mixer, check_positive
+from ..registry import register_mixer
+
+__all__ = ["Titans", "TitansState", "memory_apply", "memory_backward", "memory_grads"]
+
+Weights = tuple[Tensor, ...]  # per memory layer l: (B, H, in_l, out_l)
+
+
+class TitansState(NamedTuple):
+    """Memory of one Titans layer (float32 or wider, except ``position``).
+
+    start: memory weights at the start of the current chunk (where gradients are taken), per layer
+        (B, H, in_l, out_l).
+    weights: current memory weights theta_t, same shapes.
+    momentum: the surprise S_t, same shapes.
+    position: (B,) int64, tokens already read in the current chunk, 0 <= position < chunk_size.
+    """
+
+    start: Weights
+    weights: Weights
+    momentum: Weights
+    position: Tensor
+
+
+# ----------------------------------------------------------------------------- the memory MLP
+
+
+def _silu_grad(a: Tensor) -> Tensor:
+    s = torch.sigmoid(a)
+    return s * (1 + a * (1 - s))
+
+
+def memory_apply(weights: Weights, x: Tensor) -> Tensor:
+    """M_theta(x): ``x (B, H, n, in)`` through the layers (weights (B, H, in, out)), SiLU between them."""
+    for i, W in enumerate(weights):
+        x = torch.matmul(x, W)
+        if i < len(weights) - 1:
+            x = F.silu(x)
+    return x
+
+
+def memory_backward(weights: Weights, k: Tensor, v: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+    """Factors of the per-token gradients of ``||M(k_s) - v_s||^2`` (hand-written backward).
+
+    Args: weights per layer (B, H, in_l, out_l); k (B, H, n, d); v (B, H, n, d).
+    Returns: inputs x_l (B, H, n, in_l) and errors delta_l (B, H, n, out_l) with
+        grad_{W_l} loss_s = x_{l,s}^T delta_{l,s}.
+    """
+    inputs, pre = [], []
+    h = k
+    for i, W in enumerate(weights):
+        inputs.append(h)
+        a = torch.matmul(h, W)  # (B, H, n, out_l)
+        pre.append(a)
+        h = F.silu(a) if i < len(weights) - 1 else a
+    deltas = [2 * (h - v)]  # d loss / d output
+    for i in range(len(weights) - 1, 0, -1):
+        back = torch.matmul(deltas[0], weights[i].transpose(-1, -2))  # (B, H, n, in_i)
+        deltas.insert(0, back * _silu_grad(pre[i - 1]))
+    return inputs, deltas
+
+
+def memory_grads(weights: Weights, k: Tensor, v: Tensor) -> Weights:
+    """Dense per-token gradients, each (B, H, n, in_l, out_l) (the step and tests use these)."""
+    inputs, deltas = memory_backward(weights, k, v)
+    return tuple(x.unsqueeze(-1) * d.unsqueeze(-2) for x, d in zip(inputs, deltas))
+
+
+def _segment_products(g: Tensor) -> Tensor:
+    """``g (B, H, n) -> M (B, H, n+1, n+1)``, ``M[t, s] = prod_{s<i<=t} g_i`` (g_0 unused) for t >= s, else 0.
+
+    A masked cumprod, not exp(cumsum(log g)): gates may be exactly 0 (no division, no log(0)).
+    """
+    n = g.shape[-1]
+    g = torch.cat([torch.ones_like(g[..., :1]), g], dim=-1)  # (B, H, n+1)
+    idx = torch.arange(n + 1, device=g.device)
+    after = idx[None, :] > idx[:, None]  # [s, i]: i > s
+    X = torch.where(after, g.unsqueeze(-2), torch.ones_like(g).unsqueeze(-2))  # (B, H, n+1 (s), n+1 (i))
+    C = torch.cumprod(X, dim=-1)  # C[s, t] = prod_{s<i<=t} g_i
+    return torch.tril(C.transpose(-1, -2))  # [t, s]
+
+
+# ----------------------------------------------------------------------------- the mixer
+
+
+@register_mixer("titans")
+class Titans(Mixer):
+    """Titans neural long-term memory: an MLP trained online by momentum SGD with decay (Behrouz et al. 2024).
+
+    ``x (B, T, D) -> y (B, T, D)``; see the module docstring for the equations and the state count.
+
+    Args:
+        d_model: width D.
+        n_heads: heads H, each with its own memory of width d = D / H; must divide D.
+        memory_depth: layers of the memory MLP (2; 1 is a linear memory).
+        memory_expansion: hidden width E * d of the MLP (4); unused when ``memory_depth == 1``.
+        chunk_size: b, tokens whose gradients share the chunk-start weights (16).
+        max_lr: upper bound of the data-dependent inner learning rate lr_t (0.1).
+        output_gate: multiply the normalised read-out by SiLU(x W_g) before out_proj (True).
+        value_norm: L2-normalise v like q and k (True; the paper does not). The MLP memory's
+            curvature grows with its weights, which grow with the targets' scale, so without it the
+            stable range of lr depends on the activation scale; False is the paper's v = SiLU(x W_V).
+    """
+
+    state_growth = "constant"
+    contract_kwargs = {"chunk_size": 4, "memory_expansion": 2}
+
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        n_heads: int = 2,
+        memory_depth: int = 2,
+        memory_expansion: int | float = 4,
+        chunk_size: int = 16,
+        max_lr: float = 0.1,
+        output_gate: bool = True,
+        value_norm: bool = True,
+    ):
+        super().__init__(d_model)
+        for name, value in (("n_heads", n_heads), ("memory_depth", memory_depth), ("chunk_size", chunk_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_positive(memory_expansion=memory_expansion, max_lr=max_lr)
+        for name, flag in (("output_gate", output_gate), ("value_norm", value_norm)):
+            if not isinstance(flag, bool):
+                raise ValueError(f"{name} must be a bool, got {flag!r}")
+        if self.d_model % n_heads:
+            raise ValueError(f"n_heads must divide d_model={self.d_model}, got n_heads={n_heads}")
+        self.n_heads, self.head_dim = n_heads, self.d_model // n_heads
+        hidden = int(memory_expansion * self.head_dim)
+        if memory_depth > 1 and hidden < 1:
+            raise ValueError(f"memory_expansion * d_model / n_heads must be >= 1, "
+                             f"got memory_expansion={memory_expansion!r}")
+        self.memory_depth, self.memory_expansion, self.hidden = memory_depth, memory_expansion, hidden
+        self.chunk_size, self.max_lr = chunk_size, float(max_lr)
+        self.output_gate, self.value_norm = output_gate, value_norm
+
+        D, H, d = self.d_model, n_heads, self.head_dim
+        self.qkv = nn.Linear(D, 3 * D, bias=False)
+        self.gates = nn.Linear(D, 3 * H, bias=True)  # eta, alpha, lr logits per head
+        with torch.no_grad():  # start at eta ~ 0.88, alpha ~ 0.0025 (half-life ~280 tokens), lr ~ 0.12 max_lr
+            self.gates.bias.copy_(torch.tensor([2.0, -6.0, -2.0]).repeat_interleave(H))
+        dims = [d] + [hidden] * (memory_depth - 1) + [d]
+        self.memory_init = nn.ParameterList()  # theta before the first token, learned; per layer (H, in, out)
+        for d_in, d_out in zip(dims[:-1], dims[1:]):
+            W = torch.empty(H, d_in, d_out)
+            for h in range(H):
+                nn.init.xavier_uniform_(W[h])
+            self.memory_init.append(nn.Parameter(W))
+        self.norm_weight = nn.Parameter(torch.ones(D))
+        self.gate_proj = nn.Linear(D, D, bias=False) if output_gate else None
+        self.out_proj = nn.Linear(D, D, bias=False)
+
+    # ----------------------------------------------------------------------------- state
+
+    def init_state(self, batch_size: int, *, device=None, dtype=None) -> TitansState:
+        check_positive(batch_size=batch_size)
+        dtype = state_dtype(self.qkv.weight.dtype if dtype is None else dtype)
+        device = self.qkv.weight.device if device is None else device
+
+        def expanded(W: Tensor) -> Tensor:  # (B, H, in, out); a copy: the state owns its memory
+            W = W.to(device=device, dtype=dtype).unsqueeze(0).expand(batch_size, *W.shape)
+            return W.clone(memory_format=torch.contiguous_format)
+
+        return TitansState(
+            start=tuple(expanded(W) for W in self.memory_init),
+            weights=tuple(expanded(W) for W in self.memory_init),
+            momentum=tuple(torch.zeros(batch_size, *W.shape, device=device, dtype=dtype) for W in self.memory_init),
+            position=torch.zeros(batch_size, device=device, dtype=torch.int64),
+        )
+
+    # ----------------------------------------------------------------------------- shared pieces
+
+    def project(self, x: Tensor) -> tuple[Tensor, ...]:
+        """q, k, v (B, H, T, d) and eta, lr, alpha (B, H, T) for ``x (B, T, D)``, in the state dtype."""
+        dtype = state_dtype(x.dtype)
+        qkv = F.silu(self.qkv(x).to(dtype))
+        q, k, v = rearrange(qkv, "b t (three h d) -> three b h t d", three=3, h=self.n_heads)
+        q, k = F.normalize(q, dim=-1, eps=1e-6), F.normalize(k, dim=-1, eps=1e-6)
+        if self.value_norm:
+            v = F.normalize(v, dim=-1, eps=1e-6)
+        gates = torch.sigmoid(self.gates(x).to(dtype))
+        eta, alpha, lr = rearrange(gates, "b t (three h) -> three b h t", three=3)
+        return q, k, v, eta, self.max_lr * lr, alpha
+
+    def output(self, o: Tensor, x: Tensor) -> Tensor:
+        """Per-head RMSNorm of the read-out ``o (B, H, T, d)``, optional gate, out_proj -> (B, T, D)."""
+        o = o * torch.rsqrt(o.square().mean(-1, keepdim=True) + 1e-6)
+        o = rearrange(o, "b h t d -> b t (h d)").to(x.dtype) * self.norm_weight
+        if self.gate_proj is not None:
+            o = o * F.silu(self.gate_proj(x))
+        return self.out_proj(o)
+
+    def _chunk(self, q, k, v, eta, lr, alpha, start: Weights, weights: Weights, momentum: Weights):
+        """n <= b tokens of one chunk (matmul form): read-out (B, H, n, d), weights and momentum after."""
+        inputs, deltas = memory_backward(start, k, v)  # gradients at the chunk-start weights
+        E = _segment_products(eta)  # (B, H, n+1, n+1): momentum carried from s to t
+        P = _segment_products(1 - alpha)  # weights carried from j to t
+        A = P[..., 1:, 1:] @ E[..., 1:, :]  # (B, H, n, n+1): A[t, s] = sum_j P[t, j] E[j, s]
+        c_w, c_m = P[..., 1:, 0, None], A[..., 0, None]  # (B, H, n, 1): shares of theta_cur and S_cur
+        A_lr = A[..., 1:] * lr.unsqueeze(-2)  # (B, H, n, n) lower triangular: share of token s's gradient
+        h = q
+        for i, (W, M, x_s, d_s) in enumerate(zip(weights, momentum, inputs, deltas)):
+            a = c_w * (h @ W) + c_m * (h @ M) - (A_lr * (h @ x_s.transpose(-1, -2))) @ d_s  # h W_t, per t
+            h = F.silu(a) if i < len(weights) - 1 else a
+        E_lr = E[..., -1, 1:] * lr  # (B, H, n): share of token s's gradient in the final momentum
+        new_w, new_m = [], []
+        for W, M, x_s, d_s in zip(weights, momentum, inputs, deltas):
+            new_w.append(c_w[..., -1, :, None] * W + c_m[..., -1, :, None] * M
+                         - torch.einsum("bhs,bhsi,bhso->bhio", A_lr[..., -1, :], x_s, d_s))
+            new_m.append(E[..., -1, 0, None, None] * M - torch.einsum("bhs,bhsi,bhso->bhio", E_lr, x_s, d_s))
+        return h, tuple(new_w), tuple(new_m)
+
+    # ----------------------------------------------------------------------------- forward / step
+
+    def forward(self, x: Tensor, state: TitansState | None = None) -> tuple[Tensor, TitansState]:
+        """Whole sequence ``x (B, T, D) -> (y (B, T, D), new state)``: a loop over chunks."""
+        self.check_input(x)
+        if state is None:
+            state = self.init_state(x.shape[0], device=x.device, dtype=x.dtype)
+        T = x.shape[1]
+        if T == 0:
+            return x.new_zeros(x.shape), state
+        if not bool((state.position == state.position[0]).all()):
+            return self.step_loop(x, state)  # rows at different chunk positions: the recurrent form
+        q, k, v, eta, lr, alpha = self.project(x)
+        start, weights, momentum = state.start, state.weights, state.momentum
+        pos, b = int(state.position[0]), self.chunk_size
+        outs, t0 = [], 0
+        while t0 < T:
+            t1 = min(T, t0 + b - pos)  # finish the current chunk first (pos > 0 for a carried state)
+            sl = slice(t0, t1)
+            o, weights, momentum = self._chunk(q[:, :, sl], k[:, :, sl], v[:, :, sl], eta[:, :, sl],
+                                               lr[:, :, sl], alpha[:, :, sl], start, weights, momentum)
+            outs.append(o)
+            pos += t1 - t0
+            if pos == b:  # chunk complete: its final weights are where the next chunk's gradients go
+                start, pos = tuple(W.clone() for W in weights), 0
+            t0 = t1
+        position = torch.full_like(state.position, pos)
+        return self.output(torch.cat(outs, dim=2), x), TitansState(start, weights, momentum, position)
+
+    def step(self, x: Tensor, state: TitansState) -> tuple[Tensor, TitansState]:
+        """One token ``x (B, D)``: gradient at the chunk-start weights, momentum, decay, read."""
+        self.check_input(x, step=True)
+        q, k, v, eta, lr, alpha = self.project(x.unsqueeze(1))  # (B, H, 1, d), (B, H, 1)
+        grads = memory_grads(state.start, k, v)  # per layer (B, H, 1, in, out)
+        eta, lr, alpha = (g[..., None, None] for g in (eta[..., 0], lr[..., 0], alpha[..., 0]))  # (B, H, 1, 1)
+        momentum = tuple(eta * M - lr * G[:, :, 0] for M, G in zip(state.momentum, grads))
+        weights = tuple((1 - alpha) * W + M for W, M in zip(state.weights, momentum))
+        o = memory_apply(weights, q)  # (B, H, 1, d)
+        position = state.position + 1
+        done = position == self.chunk_size  # (B,): this token closed the chunk
+        start = tuple(torch.where(done[:, None, None, None], W, S) for W, S in zip(weights, state.start))
+        position = torch.where(done, torch.zeros_like(position), position)
+        return self.output(o, x.unsqueeze(1))[:, 0], TitansState(start, weights, momentum, position)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{super().extra_repr()}, n_heads={self.n_heads}, memory_depth={self.memory_depth}, "
+            f"hidden={self.hidden}, chunk_size={self.chunk_size}, max_lr={self.max_lr}, output_gate={self.output_gate}"
+        )

@@ -1,0 +1,214 @@
+"""Titans long-term memory: the hand-written gradient, chunk-start gradients, the delta-rule limit,
+forgetting, carried mid-chunk states, state bytes and arguments."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from longrecall.mixers.titans import Titans, TitansState, memory_apply, memory_grads
+from longrecall.ops.linear_attn import delta_rule_naive
+from longrecall.protocol import state_leaves, state_map
+from longrecall.registry import get_mixer
+
+D_MODEL, N_HEADS = 8, 2
+
+
+def make(dtype=torch.float64, seed=0, **kwargs):
+    torch.manual_seed(seed)
+    kwargs = {"n_heads": N_HEADS, "memory_expansion": 2, "chunk_size": 4, **kwargs}
+    return Titans(D_MODEL, **kwargs).to(dtype)
+
+
+def rand_x(batch=2, T=13, dtype=torch.float64, seed=1):
+    return torch.randn(batch, T, D_MODEL, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def force_gate(model: Titans, which: str, logit: float):
+    """Make one gate (eta, alpha or lr) a constant: zero its weights, set its bias."""
+    H = model.n_heads
+    rows = slice(*{"eta": (0, H), "alpha": (H, 2 * H), "lr": (2 * H, 3 * H)}[which])
+    with torch.no_grad():
+        model.gates.weight[rows] = 0
+        model.gates.bias[rows] = logit
+
+
+def test_registered():
+    assert get_mixer("titans") is Titans
+    assert Titans.state_growth == "constant"
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_hand_written_gradient_equals_autograd(depth):
+    g = torch.Generator().manual_seed(depth)
+    B, H, n, d, hidden = 2, 3, 5, 4, 6
+    dims = [d] + [hidden] * (depth - 1) + [d]
+    weights = tuple(torch.randn(B, H, i, o, generator=g, dtype=torch.float64).requires_grad_(True)
+                    for i, o in zip(dims[:-1], dims[1:]))
+    k, v = (torch.randn(B, H, n, d, generator=g, dtype=torch.float64) for _ in range(2))
+    grads = memory_grads(weights, k, v)  # per layer (B, H, n, in, out)
+    for s in range(n):
+        loss = (memory_apply(weights, k[:, :, s : s + 1]) - v[:, :, s : s + 1]).square().sum()  # rows/heads independent
+        expected = torch.autograd.grad(loss, weights)
+        for mine, ref in zip(grads, expected):
+            torch.testing.assert_close(mine[:, :, s], ref, rtol=1e-12, atol=1e-12)
+
+
+def test_gradients_of_a_chunk_are_taken_at_its_start_weights():
+    model, x = make(chunk_size=16), rand_x(T=9)  # one (partial) chunk
+    q, k, v, eta, lr, alpha = model.project(x)
+    state = model.init_state(2)
+    theta0 = state.start
+    grads = memory_grads(theta0, k, v)  # every token at theta_0
+    W, S = list(state.weights), list(state.momentum)
+    outs = []
+    for t in range(9):
+        for l in range(len(W)):
+            S[l] = eta[:, :, t, None, None] * S[l] - lr[:, :, t, None, None] * grads[l][:, :, t]
+            W[l] = (1 - alpha[:, :, t, None, None]) * W[l] + S[l]
+        outs.append(memory_apply(tuple(W), q[:, :, t : t + 1])[:, :, 0])
+    y, final = model(x)
+    torch.testing.assert_close(y, model.output(torch.stack(outs, 2), x), rtol=1e-10, atol=1e-12)
+    for mine, ref in zip(final.weights + final.momentum, tuple(W) + tuple(S)):
+        torch.testing.assert_close(mine, ref, rtol=1e-10, atol=1e-12)
+    assert all(torch.equal(a, b) for a, b in zip(final.start, theta0))  # chunk not finished: start kept
+    assert final.position.tolist() == [9, 9]
+
+
+def test_linear_memory_without_momentum_is_a_delta_rule():
+    model = make(memory_depth=1, chunk_size=1)
+    force_gate(model, "eta", -1000.0)  # eta = 0 exactly
+    x = rand_x()
+    q, k, v, eta, lr, alpha = model.project(x)
+    assert eta.abs().max() == 0
+    W = model.init_state(2).weights[0]  # (B, H, d, d)
+    outs = []
+    for t in range(x.shape[1]):  # W_t = (1 - alpha_t) W_{t-1} - 2 lr_t k_t^T (k_t W_{t-1} - v_t)
+        k_t, v_t, a_t, lr_t = k[:, :, t], v[:, :, t], alpha[:, :, t, None, None], lr[:, :, t, None, None]
+        err = torch.einsum("bhi,bhio->bho", k_t, W) - v_t
+        W = (1 - a_t) * W - 2 * lr_t * k_t.unsqueeze(-1) * err.unsqueeze(-2)
+        outs.append(torch.einsum("bhi,bhio->bho", q[:, :, t], W))
+    y, state = model(x)
+    torch.testing.assert_close(y, model.output(torch.stack(outs, 2), x), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(state.weights[0], W, rtol=1e-10, atol=1e-12)
+
+
+def test_linear_memory_without_momentum_or_decay_is_deltanet():
+    model = make(memory_depth=1, chunk_size=1)
+    force_gate(model, "eta", -1000.0)
+    force_gate(model, "alpha", -1000.0)  # alpha = 0: no forgetting
+    x = rand_x()
+    q, k, v, _, lr, _ = model.project(x)
+    o_ref, S_ref = delta_rule_naive(q, k, v, 2 * lr, initial_state=model.init_state(2).weights[0])
+    y, state = model(x)
+    torch.testing.assert_close(y, model.output(o_ref, x), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(state.weights[0], S_ref, rtol=1e-10, atol=1e-12)
+
+
+def test_alpha_one_forgets_everything():
+    model, x = make(chunk_size=16), rand_x()
+    force_gate(model, "alpha", 1000.0)  # alpha = 1 exactly: theta_t = S_t
+    _, state = model(x)
+    for W, S in zip(state.weights, state.momentum):
+        torch.testing.assert_close(W, S, rtol=0, atol=0)
+    force_gate(model, "eta", -1000.0)  # and no momentum: theta_t = -lr_t grad(theta_0; x_t)
+    y, _ = model(x)
+    x2 = x.clone()
+    x2[:, :6] += torch.randn(2, 6, D_MODEL, dtype=torch.float64)
+    y2, _ = model(x2)
+    torch.testing.assert_close(y2[:, 6:], y[:, 6:], rtol=1e-12, atol=1e-12)  # earlier tokens forgotten
+    assert not torch.allclose(y2[:, :6], y[:, :6])
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+@pytest.mark.parametrize("k", [1, 3, 6, 9])
+def test_split_forward_mid_chunk_equals_whole_and_step_loop(depth, k):
+    model, x = make(memory_depth=depth), rand_x()
+    y, state = model(x)
+    y1, s1 = model(x[:, :k])
+    assert s1.position.tolist() == [k % 4] * 2
+    y2, s2 = model(x[:, k:], s1)
+    torch.testing.assert_close(torch.cat([y1, y2], 1), y, rtol=1e-10, atol=1e-10)
+    y_loop, s_loop = model.step_loop(x, model.init_state(2))
+    torch.testing.assert_close(y_loop, y, rtol=1e-10, atol=1e-10)
+    for a, b, c in zip(state_leaves(s2), state_leaves(state), state_leaves(s_loop)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(c, b, rtol=1e-10, atol=1e-10)
+
+
+def cat_states(a: TitansState, b: TitansState) -> TitansState:
+    def cat(x, y):
+        return tuple(torch.cat([u, w]) for u, w in zip(x, y))
+
+    return TitansState(cat(a.start, b.start), cat(a.weights, b.weights), cat(a.momentum, b.momentum),
+                       torch.cat([a.position, b.position]))
+
+
+def test_rows_at_different_chunk_positions():
+    model, x = make(), rand_x()
+    _, s_a = model(x[:1, :1])  # row 0: 1 token into its chunk
+    _, s_b = model(x[1:, :3])  # row 1: 3 tokens into its chunk
+    state = cat_states(s_a, s_b)
+    assert state.position.tolist() == [1, 3]
+    y, s = model(x, state)  # falls back to the step loop
+    y_loop, s_loop = model.step_loop(x, state)
+    torch.testing.assert_close(y, y_loop, rtol=0, atol=0)
+    y0, _ = model(x[:1], state_map(lambda t: t[:1], state))  # row 0 alone takes the chunked path
+    torch.testing.assert_close(y0, y[:1], rtol=1e-10, atol=1e-10)
+
+
+def state_bytes_from_shapes(batch, d_model, n_heads=2, depth=2, expansion=4, elem=4):
+    d = d_model // n_heads
+    dims = [d] + [int(expansion * d)] * (depth - 1) + [d]
+    per_copy = n_heads * sum(i * o for i, o in zip(dims[:-1], dims[1:]))
+    return batch * (3 * per_copy * elem + 8)  # start, weights, momentum + int64 position
+
+
+@pytest.mark.parametrize("d_model", [32, 64, 128, 256])
+def test_defaults_valid_and_state_bytes_from_shapes(d_model):
+    torch.manual_seed(0)
+    model = Titans(d_model)
+    state = model.init_state(2)
+    assert state.weights[0].dtype == torch.float32 and state.position.dtype == torch.int64
+    assert model.state_bytes(state) == state_bytes_from_shapes(2, d_model)
+    with torch.no_grad():
+        y, state = model(torch.randn(2, 40, d_model))
+    assert y.shape == (2, 40, d_model) and torch.isfinite(y).all()
+    assert model.state_bytes(state) == state_bytes_from_shapes(2, d_model)
+    assert state.position.tolist() == [40 % 16] * 2
+
+
+def test_state_bytes_other_shapes():
+    model = make(memory_depth=3, memory_expansion=1.5)
+    assert model.state_bytes(model.init_state(3)) == state_bytes_from_shapes(3, D_MODEL, 2, 3, 1.5, elem=8)
+    lin = make(memory_depth=1, dtype=torch.float32)
+    assert lin.state_bytes(lin.init_state(1)) == state_bytes_from_shapes(1, D_MODEL, 2, 1)
+
+
+def test_output_gate_optional():
+    model = make(output_gate=False)
+    assert model.gate_proj is None
+    y, _ = model(rand_x())
+    assert torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"n_heads": 0}, "n_heads"),
+        ({"n_heads": 3}, "n_heads"),
+        ({"memory_depth": 0}, "memory_depth"),
+        ({"memory_depth": 2.0}, "memory_depth"),
+        ({"memory_expansion": 0}, "memory_expansion"),
+        ({"memory_expansion": 0.01}, "memory_expansion"),
+        ({"chunk_size": 0}, "chunk_size"),
+        ({"chunk_size": True}, "chunk_size"),
+        ({"max_lr": 0.0}, "max_lr"),
+        ({"max_lr": -1}, "max_lr"),
+        ({"output_gate": 1}, "output_gate"),
+        ({"value_norm": "yes"}, "value_norm"),
+    ],
+)
+def test_bad_arguments_name_the_argument(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        Titans(8, **kwargs)
