@@ -20,6 +20,20 @@ def test_ls_lists_every_kind_and_json():
     assert growth["attention"] == "linear" and growth["sliding_window"] == "bounded" and growth["s4d"] == "constant"
 
 
+def test_ls_state_bytes_measures_the_state_at_a_length():
+    out = cli("ls", "mixers", "--state-bytes", "--widths", "16,32", "--length", "40", "--mixers", "attention,s4d,gla", "--json")
+    assert out.returncode == 0, out.stderr
+    rows = {row["name"]: row for row in json.loads(out.stdout)["rows"]}
+    # attention's cache after 40 tokens: keys and values (2 * 40 * D float32) + int32 positions per head
+    # + one int64 length; the constant states do not depend on the length
+    assert rows["attention"]["D=16"] == 2 * 40 * 16 * 4 + 40 * 2 * 4 + 8
+    assert rows["s4d"]["D=32"] == 2 * rows["s4d"]["D=16"] and rows["gla"]["state_growth"] == "constant"
+    table = cli("ls", "mixers", "--state-bytes", "--widths", "16", "--length", "8", "--mixers", "gla")
+    assert "| `gla` | constant |" in table.stdout
+    bad = cli("ls", "mixers", "--state-bytes", "--widths", "16,x")
+    assert bad.returncode != 0 and "--widths" in bad.stderr + bad.stdout
+
+
 def test_check_passes_and_unknown_mixer_is_named():
     out = cli("check", "sliding_window", "--json")
     assert out.returncode == 0, out.stdout + out.stderr
