@@ -31,7 +31,7 @@ PRESETS: dict[str, dict] = {
         },
     },
     "zoology-mqar": {
-        "description": "CPU-scale Zoology MQAR sweep: 4 memories x widths 32-128 x (T, kv pairs) = (64, 4), (128, 8), (256, 16) (36 runs, about 2 h with 2 workers)",
+        "description": "CPU-scale Zoology MQAR sweep: 4 memories x widths 32-128 x (T, kv pairs) = (64, 4), (128, 8), (256, 16) (36 runs, 1,500 steps each; hours on 2 cores, see docs/results.md)",
         # Zoology (Arora et al. 2023, Figure 2) ties the number of kv pairs to the length:
         # (64, 4), (128, 8), (256, 16), (512, 64); widths 64-512; vocab 8192. CPU scale: the first
         # three lengths, widths 32-128, vocab 512 and a short conv as in Zoology's BaseConv layer.
@@ -85,6 +85,33 @@ PRESETS["probes"] = {
         "train": {
             "steps": 400, "batch_size": 32, "lr": 3e-3, "warmup_steps": 40, "short_conv": 4,
             "eval_every": 200, "eval_examples": 256, "threads": 1,
+        },
+    },
+}
+
+
+# every mixer whose memory does not grow with the sequence (constant, or bounded by a window),
+# plus full attention as the reference point of the frontier
+FRONTIER_MIXERS = [
+    "attention", {"name": "sliding_window", "kwargs": {"window": 32}}, "s4d", "mamba", "mamba2",
+    "linear_attention", "retnet", "gla", "deltanet", "gated_deltanet", "rwkv6", "mlstm",
+    {"name": "based", "kwargs": {"window": 16}}, "titans", "mom",
+]
+
+PRESETS["frontier"] = {
+    "description": "MQAR accuracy vs state bytes: attention + 14 fixed-state memories x widths 32/64/128 (45 runs, T=64, 8 pairs)",
+    # windows are set below the 64 tokens so the window alone cannot hold the whole context
+    "spec": {
+        "name": "frontier",
+        "mixers": FRONTIER_MIXERS,
+        "tasks": [{"task": "mqar", "kwargs": {"vocab_size": 256, "num_kv_pairs": 8}}],
+        "lengths": [64],
+        "widths": [32, 64, 128],
+        "seeds": [0],
+        "n_layers": 2,
+        "train": {
+            "steps": 800, "batch_size": 32, "lr": 3e-3, "warmup_steps": 40, "short_conv": 4,
+            "eval_every": 200, "eval_examples": 256, "early_stop_accuracy": 0.99, "threads": 1,
         },
     },
 }
