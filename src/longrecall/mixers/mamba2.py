@@ -85,7 +85,9 @@ class Mamba2(Mixer):
         dt_min, dt_max: range of the initial step sizes, sampled log-uniformly (0.001, 0.1).
         dt_init_floor: lower bound of the initial step sizes (1e-4).
         norm_eps: epsilon of the gated RMSNorm (1e-5).
-        chunk_size: chunk length of the chunked kernel (64).
+        chunk_size: chunk length of the chunked kernel (32: with 16 heads of N = P = 16 the (C x C)
+            decay masks, not the matmuls, dominate; C = 32 measured 2x faster than 64 at T=4096,
+            D=128, batch 1).
         impl: "chunked" (the parallel kernel) or "naive" (the sequential spec).
 
     State (:class:`Mamba2State`): constant in T.  Per batch row it holds
@@ -110,7 +112,7 @@ class Mamba2(Mixer):
         dt_max: float = 0.1,
         dt_init_floor: float = 1e-4,
         norm_eps: float = 1e-5,
-        chunk_size: int = 64,
+        chunk_size: int = 32,
         impl: str = "chunked",
     ):
         super().__init__(d_model)
