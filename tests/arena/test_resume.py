@@ -99,3 +99,30 @@ def test_sigkill_at_any_moment_then_restart_runs_everything_exactly_once(tmp_pat
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0 and "0 new, 4 already finished" in output
     assert [(r["id"], r["finished_at"]) for r in rows(store)] == [(r["id"], r["finished_at"]) for r in final]
+
+
+def test_process_workers_stop_when_the_arena_is_killed(tmp_path):
+    """Killing the arena must not leave its pool workers training on their own."""
+    spec, store = tmp_path / "spec.toml", tmp_path / "arena.db"
+    spec.write_text(SPEC)
+    proc = subprocess.Popen([sys.executable, "-m", "longrecall", "arena", str(spec), "--store", str(store),
+                             "--no-progress", "--executor", "process", "--workers", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for(lambda: any(r["status"] == "running" for r in rows(store)))
+    workers = {int(r["owner"].rsplit(":", 1)[1]) for r in rows(store) if r["status"] == "running"}
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+    def gone(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().split(")")[-1].split()[0] == "Z"  # a zombie has exited
+        except FileNotFoundError:
+            return True
+
+    wait_for(lambda: all(gone(pid) for pid in workers), timeout=5)  # a run takes longer than that
+    # the interrupted runs are left `running` under a dead owner; a new arena reclaims and finishes them
+    proc = start(spec, store)
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output
+    assert all(r["status"] == "done" for r in rows(store))

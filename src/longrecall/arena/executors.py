@@ -7,6 +7,9 @@ one executor can be resumed by another.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
+import signal
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -22,8 +25,30 @@ def run_local(store_path: str | Path, *, progress: bool = True, on_done: Callabl
     return work_loop(store_path, progress=progress, on_done=on_done)
 
 
-def _process_worker(store_path: str, threads: int | None) -> int:
-    return work_loop(store_path, threads=threads)
+def _die_with_parent() -> None:
+    """Linux: have the kernel send SIGTERM to this worker when the arena process dies.
+
+    Without it, killing the arena left its workers claiming and training runs on their own. A
+    worker killed mid-run leaves its run ``running`` under a dead owner, which the next arena
+    reclaims and resumes from its checkpoint (the same path as a SIGKILL of the whole arena).
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # no libc.so.6: fall back to the check before each claim
+        pass
+
+
+def _process_worker(store_path: str, threads: int | None, parent_pid: int | None = None) -> int:
+    _die_with_parent()
+    if parent_pid is not None and os.getppid() != parent_pid:
+        return 0  # the arena died before this worker got going
+    return work_loop(store_path, threads=threads,
+                     keep_going=None if parent_pid is None else (lambda: os.getppid() == parent_pid))
 
 
 def run_process(store_path: str | Path, *, workers: int = 2, threads_per_worker: int | None = None,
@@ -37,7 +62,8 @@ def run_process(store_path: str | Path, *, workers: int = 2, threads_per_worker:
     ctx = mp.get_context("spawn")
     with Store.open(store_path, create=False) as store:
         seen_done = {r["id"] for r in store.runs() if r["status"] in ("done", "failed")}
-        processes = [ctx.Process(target=_process_worker, args=(str(store_path), threads)) for _ in range(workers)]
+        processes = [ctx.Process(target=_process_worker, args=(str(store_path), threads, os.getpid()))
+                     for _ in range(workers)]
         for process in processes:
             process.start()
         executed = 0
