@@ -133,6 +133,20 @@ def test_next_pending_then_stale(store):
     assert again["id"] == runs[0].id and again["attempts"] == 2 and again["config"] == runs[0].config_dict
 
 
+def test_next_pending_only_among_the_given_ids(store):
+    """An arena claims only its own spec's runs, never another spec's (or an edited spec's old) rows."""
+    runs = specs(1)[:3]
+    store.add_runs(runs)
+    mine = {runs[1].id, runs[2].id}
+    assert [store.next_pending(ids=mine)["id"] for _ in range(2)] == [runs[1].id, runs[2].id]
+    assert store.next_pending(ids=mine) is None
+    assert store.get(runs[0].id)["status"] == "pending"
+    dead = f"{socket.gethostname()}:{dead_pid()}"
+    assert store.next_pending(owner=dead, ids={runs[0].id})["id"] == runs[0].id
+    assert store.next_pending(ids=mine) is None  # runs[0] (dead owner) is not among them
+    assert store.next_pending()["id"] == runs[0].id
+
+
 def test_finish_is_refused_for_done_pending_and_foreign_runs(store):
     a, b = specs(1)[:2]
     store.add_runs([a, b])

@@ -40,7 +40,9 @@ def run_arena(
     """Add the spec's runs to the store, run every unfinished one, and optionally write the report.
 
     Finished runs are skipped; runs left ``running`` by a dead process are resumed from their last
-    checkpoint; failed runs are retried only with ``retry_failed``.
+    checkpoint; failed runs are retried only with ``retry_failed``. Only this spec's runs are
+    executed: other rows of the store (another spec's, or an earlier version of this spec's) are
+    left as they are.
     """
     console = console or Console()
     arena_spec = resolve_spec(spec)
@@ -67,7 +69,7 @@ def run_arena(
                                               f"D={labels.get('d_model')} {outcome}")
 
         executors.run(executor, store, progress=bar if progress else False, on_done=on_done, workers=workers,
-                      ray_address=ray_address)
+                      ray_address=ray_address, run_ids=ids)
 
     with Store.open(store, create=False) as db:
         records = [r for r in db.runs() if r["id"] in ids]

@@ -20,9 +20,10 @@ from .store import Store, default_owner
 EXECUTORS = ("local", "process", "ray")
 
 
-def run_local(store_path: str | Path, *, progress: bool = True, on_done: Callable | None = None, **_) -> int:
+def run_local(store_path: str | Path, *, progress: bool = True, on_done: Callable | None = None,
+              run_ids=None, **_) -> int:
     """In this process, one run after another, with the training progress bar of the current run."""
-    return work_loop(store_path, progress=progress, on_done=on_done)
+    return work_loop(store_path, progress=progress, on_done=on_done, run_ids=run_ids)
 
 
 def _die_with_parent() -> None:
@@ -43,16 +44,16 @@ def _die_with_parent() -> None:
         pass
 
 
-def _process_worker(store_path: str, threads: int | None, parent_pid: int | None = None) -> int:
+def _process_worker(store_path: str, threads: int | None, parent_pid: int | None = None, run_ids=None) -> int:
     _die_with_parent()
     if parent_pid is not None and os.getppid() != parent_pid:
         return 0  # the arena died before this worker got going
-    return work_loop(store_path, threads=threads,
+    return work_loop(store_path, threads=threads, run_ids=run_ids,
                      keep_going=None if parent_pid is None else (lambda: os.getppid() == parent_pid))
 
 
 def run_process(store_path: str | Path, *, workers: int = 2, threads_per_worker: int | None = None,
-                on_done: Callable | None = None, poll_seconds: float = 1.0, **_) -> int:
+                on_done: Callable | None = None, poll_seconds: float = 1.0, run_ids=None, **_) -> int:
     """A pool of worker processes, each claiming runs until none is left.
 
     On a 2-core machine, 2 workers at 1 thread each beat 1 worker at 2 threads for small models
@@ -62,7 +63,8 @@ def run_process(store_path: str | Path, *, workers: int = 2, threads_per_worker:
     ctx = mp.get_context("spawn")
     with Store.open(store_path, create=False) as store:
         seen_done = {r["id"] for r in store.runs() if r["status"] in ("done", "failed")}
-        processes = [ctx.Process(target=_process_worker, args=(str(store_path), threads, os.getpid()))
+        run_ids = None if run_ids is None else sorted(run_ids)
+        processes = [ctx.Process(target=_process_worker, args=(str(store_path), threads, os.getpid(), run_ids))
                      for _ in range(workers)]
         for process in processes:
             process.start()
@@ -97,7 +99,7 @@ def _ray_train(config_dict: dict, out_dir: str | None) -> dict:
 
 
 def run_ray(store_path: str | Path, *, ray_address: str | None = None, workers: int | None = None,
-            threads_per_worker: int | None = None, on_done: Callable | None = None, **_) -> int:
+            threads_per_worker: int | None = None, on_done: Callable | None = None, run_ids=None, **_) -> int:
     """One Ray task per run on an existing cluster (``ray_address``) or a local one.
 
     The driver claims every pending run, submits it, and records each result through the store as it
@@ -121,7 +123,7 @@ def run_ray(store_path: str | Path, *, ray_address: str | None = None, workers: 
     try:
         with Store.open(store_path, create=False) as store:
             pending = {}
-            while (claimed := store.next_pending(owner)) is not None:
+            while (claimed := store.next_pending(owner, ids=run_ids)) is not None:
                 config = dict(claimed["config"], threads=threads)
                 out_dir = None if ray_address else str(checkpoint_root(store.path) / claimed["id"])
                 pending[remote.remote(config, out_dir)] = claimed["id"]

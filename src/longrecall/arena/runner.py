@@ -46,11 +46,12 @@ def execute(store: Store, claimed: dict, *, owner: str, progress: bool = False, 
 
 
 def work_loop(store_path: str | Path, *, owner: str | None = None, progress: bool = False,
-              threads: int | None = None, max_runs: int | None = None, on_done=None, keep_going=None) -> int:
+              threads: int | None = None, max_runs: int | None = None, on_done=None, keep_going=None,
+              run_ids=None) -> int:
     """Claim and execute runs until none is left; returns how many this worker executed.
 
     ``keep_going()`` (optional) is asked before each claim; a process-pool worker uses it to stop
-    when the arena that started it has gone.
+    when the arena that started it has gone. ``run_ids`` restricts the claims to those runs.
     """
     owner = owner or default_owner()
     done = 0
@@ -58,7 +59,7 @@ def work_loop(store_path: str | Path, *, owner: str | None = None, progress: boo
         while max_runs is None or done < max_runs:
             if keep_going is not None and not keep_going():
                 break
-            claimed = store.next_pending(owner)
+            claimed = store.next_pending(owner, ids=run_ids)
             if claimed is None:
                 break
             row = execute(store, claimed, owner=owner, progress=progress, threads=threads)

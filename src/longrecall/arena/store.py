@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Collection, Iterable, Iterator
 
 __all__ = ["Store", "StoreError", "SCHEMA_VERSION", "APP", "STATUSES", "code_version", "default_owner"]
 
@@ -334,15 +334,22 @@ class Store:
             self._take(conn, run_id, owner)
             return True
 
-    def next_pending(self, owner: str | None = None) -> dict | None:
+    def next_pending(self, owner: str | None = None, ids: Collection[str] | None = None) -> dict | None:
         """Claim the next claimable run (pending first, in insertion order, then runs left by dead
-        processes); returns ``{"id", "config", "labels", "spec_name", "attempts"}`` or None."""
+        processes), among ``ids`` when given (the runs of the spec being run: a store may also hold
+        other specs' runs, or runs of an edited spec that no longer exist in it); returns
+        ``{"id", "config", "labels", "spec_name", "attempts"}`` or None."""
         owner = owner or default_owner()
+        wanted = None if ids is None else set(ids)
         with self._write() as conn:
-            row = conn.execute("SELECT id, status, owner FROM runs WHERE status = 'pending' ORDER BY rowid LIMIT 1").fetchone()
+            row = None
+            for candidate in conn.execute("SELECT id, status, owner FROM runs WHERE status = 'pending' ORDER BY rowid"):
+                if wanted is None or candidate["id"] in wanted:
+                    row = candidate
+                    break
             if row is None:
                 for candidate in conn.execute("SELECT id, status, owner FROM runs WHERE status = 'running' ORDER BY rowid"):
-                    if self._claimable(candidate):
+                    if (wanted is None or candidate["id"] in wanted) and self._claimable(candidate):
                         row = candidate
                         break
             if row is None:
