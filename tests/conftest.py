@@ -2,6 +2,7 @@ import pytest
 import torch
 
 import longrecall.mixers  # noqa: F401  registers every mixer
+import longrecall.policies  # noqa: F401  registers every KV-cache policy
 import longrecall.tasks  # noqa: F401  registers every task
 
 

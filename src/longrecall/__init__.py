@@ -5,7 +5,7 @@
 
 __version__ = "0.1.0"
 
-from . import mixers, tasks  # noqa: E402,F401  (importing registers every mixer and task)
+from . import mixers, policies, tasks  # noqa: E402,F401  (importing registers every mixer, policy and task)
 from .contract import run_contract  # noqa: E402
 from .models import LanguageModel, ModelState  # noqa: E402
 from .protocol import Mixer, state_nbytes  # noqa: E402

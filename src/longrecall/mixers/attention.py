@@ -13,6 +13,12 @@ State (``KVState``):
     length: (B,) int64 number of tokens seen so far (the next token's position)
 
 ``state_bytes`` therefore counts ``S * H * (2K * elem + 4) + 8`` bytes per sequence.
+
+KV-cache policies (``longrecall.policies``): ``set_policy(policy, layer=i, n_layers=L,
+context_len=T)`` (or ``LanguageModel.set_kv_policy``) makes this layer's cache a ``PolicyKVState``
+managed by the policy: step mode appends, attends over the cache plus the new token, updates the
+policy's statistics and evicts back to the budget; prefill mode compresses once at the end of each
+``forward``.  Without a policy (the default) nothing above changes.  See ``policies/base.py``.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from ..ops.rotary import apply_rotary, rotary_angles
+from ..policies.base import BoundPolicy, Observation, Policy, PolicyKVState, attention_probs
 from ..protocol import Mixer, check_positive
 from ..registry import register_mixer
 
@@ -48,6 +55,7 @@ class Attention(Mixer):
     """
 
     state_growth = "linear"
+    kv_policy: BoundPolicy | None = None  # set with set_policy(); configuration, not a parameter
 
     def __init__(self, d_model: int, *, n_heads: int = 2, rope_base: float = 10000.0, bias: bool = False):
         super().__init__(d_model)
@@ -70,12 +78,15 @@ class Attention(Mixer):
         check_positive(batch_size=batch_size)
         dtype = dtype or self.qkv.weight.dtype
         empty = torch.zeros(batch_size, self.n_heads, 0, self.head_dim, device=device, dtype=dtype)
-        return KVState(
+        state = KVState(
             k=empty,
             v=empty.clone(),
             pos=torch.zeros(batch_size, self.n_heads, 0, device=device, dtype=torch.int32),
             length=torch.zeros(batch_size, device=device, dtype=torch.int64),
         )
+        if self.kv_policy is not None:
+            return self.kv_policy.policy.adopt(state)
+        return state
 
     # -- shared pieces ----------------------------------------------------------------------
 
@@ -105,6 +116,9 @@ class Attention(Mixer):
 
     def forward(self, x: Tensor, state: KVState | None = None) -> tuple[Tensor, KVState]:
         self.check_input(x)
+        if self.kv_policy is not None:
+            return self._policy_forward(x, state)
+        self._check_plain(state)
         if state is None:
             state = self.init_state(x.shape[0], device=x.device, dtype=x.dtype)
         q, k, v, positions = self.project(x, state.length)
@@ -119,10 +133,115 @@ class Attention(Mixer):
 
     def step(self, x: Tensor, state: KVState) -> tuple[Tensor, KVState]:
         self.check_input(x, step=True)
+        if self.kv_policy is not None:
+            return self._policy_step(x, state)
+        self._check_plain(state)
         q, k, v, positions = self.project(x[:, None], state.length)  # (B, H, 1, K)
         new_state = self.append(state, k, v, positions)
         y = F.scaled_dot_product_attention(q, new_state.k, new_state.v)  # one query sees all cached
         return self.merge_heads(y)[:, 0], new_state
 
+    # -- KV-cache policies (policies/base.py) ------------------------------------------------
+
+    @property
+    def supports_policy(self) -> bool:
+        """Policies drive this class's forward/step; subclasses that override them opt out."""
+        return type(self).forward is Attention.forward and type(self).step is Attention.step
+
+    def set_policy(
+        self, policy: Policy | None, *, layer: int = 0, n_layers: int = 1, context_len: int | None = None
+    ) -> None:
+        """Manage this layer's cache with ``policy`` (None: plain attention again).
+
+        ``layer`` / ``n_layers`` place the layer among the model's attention layers (per-layer
+        budgets); ``context_len`` resolves ratio budgets.  Stored as ``kv_policy`` (a
+        ``BoundPolicy``), outside the parameters and the state dict.
+        """
+        if policy is None:
+            self.kv_policy = None
+            return
+        if not isinstance(policy, Policy):
+            raise TypeError(f"policy must be a longrecall Policy instance or None, got {type(policy).__name__}")
+        if not self.supports_policy:
+            raise TypeError(
+                f"{type(self).__name__} overrides attention's forward/step; KV-cache policies apply to `attention` layers"
+            )
+        self.kv_policy = policy.bind(n_heads=self.n_heads, layer=layer, n_layers=n_layers, context_len=context_len)
+
+    def _check_plain(self, state) -> None:
+        if isinstance(state, PolicyKVState):
+            raise ValueError("state is a PolicyKVState (built under a KV-cache policy) but this layer has no policy; "
+                             "set the policy again or start from init_state()")
+
+    def _policy_state(self, state, x: Tensor) -> PolicyKVState:
+        if state is None:
+            return self.init_state(x.shape[0], device=x.device, dtype=x.dtype)
+        return self.kv_policy.policy.adopt(state)
+
+    def _policy_append(self, state: PolicyKVState, k: Tensor, v: Tensor, positions: Tensor) -> PolicyKVState:
+        return self.kv_policy.policy.append(state, self.append(state, k, v, positions))
+
+    def _policy_attend(
+        self, q: Tensor, q_pos: Tensor, state: PolicyKVState, fresh: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
+        """Attention of queries q (B, H, Tq, K) over the cache; probabilities when the policy needs them.
+
+        ``fresh``: the cache holds exactly these Tq tokens (nothing carried), so a plain causal
+        kernel applies when the policy neither restricts attention nor needs its probabilities.
+        """
+        policy = self.kv_policy.policy
+        k, v, pos = policy.attend_view(state)
+        mask = policy.attend_mask(state, q, q_pos)
+        if policy.needs_attention:
+            probs = attention_probs(q, q_pos, k, pos, mask)
+            return probs @ v.to(probs.dtype), probs
+        if fresh and mask is None and k.shape[2] == q.shape[2]:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True), None
+        visible = (pos >= 0)[:, :, None, :] & (pos[:, :, None, :] <= q_pos[:, None, :, None])  # (B, H, Tq, S)
+        if mask is not None:
+            visible = visible & mask
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=visible), None
+
+    def _policy_step(self, x: Tensor, state) -> tuple[Tensor, PolicyKVState]:
+        bound = self.kv_policy
+        state = self._policy_state(state, x)
+        q, k, v, positions = self.project(x[:, None], state.length)  # (B, H, 1, K)
+        state = self._policy_append(state, k, v, positions)
+        y, probs = self._policy_attend(q, positions, state)  # the new token sees the cache and itself
+        obs = Observation(q, positions, probs)
+        state = bound.policy.observe(state, obs)
+        if bound.policy.mode == "step":
+            state = bound.compress(state, obs)  # back to at most budget tokens per head
+        return self.merge_heads(y)[:, 0], state
+
+    def _policy_forward(self, x: Tensor, state) -> tuple[Tensor, PolicyKVState]:
+        bound = self.kv_policy
+        policy = bound.policy
+        state = self._policy_state(state, x)
+        if policy.mode == "step" and not (policy.closed_form and bound.within_rule(state)):
+            return self.step_loop(x, state)  # score-based eviction: the step loop is the exact form
+        q, k, v, positions = self.project(x, state.length)
+        full = self._policy_append(state, k, v, positions)
+        if policy.mode == "prefill":
+            # the whole prompt with full causal attention, then one compression
+            y, probs = self._policy_attend(q, positions, full, fresh=state.pos.shape[2] == 0)
+            obs = Observation(q, positions, probs)
+            return self.merge_heads(y), bound.compress(policy.observe(full, obs), obs)
+        # step mode, position-only rule: query t sees itself and what the rule keeps at length t
+        if bound.budgets is None:
+            y, _ = self._policy_attend(q, positions, full, fresh=state.pos.shape[2] == 0)
+            return self.merge_heads(y), full
+        key_pos, query_pos = full.pos[:, :, None, :], positions[:, None, :, None]  # (B,H,1,S), (B,1,T,1)
+        budget = bound.budget_tensor(x.device)[..., None]  # (1, H, 1, 1)
+        kept = policy.keep_position(key_pos, query_pos, budget)
+        visible = (key_pos >= 0) & ((key_pos == query_pos) | ((key_pos < query_pos) & kept))
+        mask = policy.attend_mask(full, q, positions)
+        if mask is not None:
+            visible = visible & mask
+        y = F.scaled_dot_product_attention(q, full.k, full.v, attn_mask=visible)
+        return self.merge_heads(y), bound.compress(full, None)
+
     def extra_repr(self) -> str:
+        if self.kv_policy is not None:
+            return f"d_model={self.d_model}, n_heads={self.n_heads}, kv_policy={self.kv_policy.policy!r}"
         return f"d_model={self.d_model}, n_heads={self.n_heads}, state_growth='linear'"

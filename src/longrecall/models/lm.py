@@ -7,9 +7,10 @@ Llama and in the Zoology MQAR models.  ``layers`` names one mixer per block, so 
 ``["mamba", "mamba", "attention"]``.
 
 The model's memory is the tuple of its mixers' states (``ModelState``); ``step`` and ``generate``
-run the recurrent path, and ``state_bytes`` counts the bytes actually held.  ``loss`` applies the
-vocabulary head only where a target is scored: on MQAR this is 5x faster and 3x leaner than a
-head at every position (measured, ../shared/reference/cpu_performance_notes.md section 3).
+run the recurrent path, and ``state_bytes`` counts the bytes actually held.  ``set_kv_policy``
+puts every ``attention`` layer's cache under a KV-cache policy (``longrecall.policies``).
+``loss`` applies the vocabulary head only where a target is scored: on MQAR this is 5x faster and
+3x leaner than a head at every position (measured, ../shared/reference/cpu_performance_notes.md section 3).
 """
 
 from __future__ import annotations
@@ -294,6 +295,32 @@ class LanguageModel(nn.Module):
             out.append(token)
             next_logits, state = self.step(token, state)
         return torch.stack(out, dim=1), state
+
+    # -- KV-cache policies ----------------------------------------------------------------------
+
+    def set_kv_policy(self, policy, *, context_len: int | None = None) -> list[int]:
+        """Manage every ``attention`` layer's cache with a KV-cache policy (None: plain attention).
+
+        Each layer gets its index among the model's attention layers (``layer``, ``n_layers``: the
+        hook for per-layer budgets) and ``context_len`` (ratio budgets).  Every layer's budget is
+        resolved before any is set, so an invalid budget leaves the model unchanged.  Layers whose
+        mixer is not plain attention (``sliding_window``, recurrent mixers) are left alone.
+        Returns the indices of the blocks the policy applies to.
+        """
+        from ..mixers.attention import Attention
+
+        blocks = [i for i, b in enumerate(self.blocks) if isinstance(b.mixer, Attention) and b.mixer.supports_policy]
+        if policy is not None:
+            if not blocks:
+                raise ValueError(
+                    f"the model has no `attention` layer to apply a KV-cache policy to (layers: {self.layer_names})"
+                )
+            for j, i in enumerate(blocks):  # validate every layer first
+                mixer = self.blocks[i].mixer
+                policy.bind(n_heads=mixer.n_heads, layer=j, n_layers=len(blocks), context_len=context_len)
+        for j, i in enumerate(blocks):
+            self.blocks[i].mixer.set_policy(policy, layer=j, n_layers=len(blocks), context_len=context_len)
+        return blocks
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

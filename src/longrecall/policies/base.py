@@ -1,0 +1,457 @@
+"""KV-cache policies: what an attention layer's cache keeps, and for how many bytes.
+
+Design note (read this before writing a policy)
+===============================================
+
+A policy is a registered dataclass (``@register_policy("key")`` on a ``Policy`` subclass) whose
+fields are its configuration.  Every policy has ``budget`` and ``mode``:
+
+* ``budget``: ``None`` = unlimited; an ``int >= 1`` = tokens kept per layer per head; a ``float``
+  in (0, 1] = a ratio of the context length, resolved (floor, at least 1) with the
+  ``context_len`` the caller gives when the policy is applied.
+* ``mode``: ``"step"`` evicts whenever the cache exceeds its budget, so ``forward`` equals the
+  step loop; ``"prefill"`` compresses once at the end of each ``forward`` (the prompt pass), and
+  ``step`` then only appends (kvpress / SnapKV protocol).
+
+Applying a policy: ``LanguageModel.set_kv_policy(policy, context_len=T)`` calls
+``Attention.set_policy(policy, layer=i, n_layers=L, context_len=T)`` on each plain ``attention``
+layer ``i`` of ``L``; that resolves the budget once per layer (``Policy.bind`` -> ``BoundPolicy``).
+The policy is configuration, not a parameter: it is not in the state dict.
+
+The state (``PolicyKVState``)
+-----------------------------
+``KVState``'s four fields, then two tuples::
+
+    k, v:   (B, H, S, K) keys (rotated at their absolute positions) and values, position order
+    pos:    (B, H, S) int32 absolute positions; -1 marks an empty slot
+    length: (B,) int64 tokens seen (the next token's position)
+    extra:  per-token statistics, each (B, H, S, ...), gathered with the tokens on eviction
+            (H2O's accumulated attention)
+    aux:    policy-managed tensors not aligned with the token axis (page summaries, packed
+            quantised blocks); leading dimension B so ``state_select`` works; not gathered
+
+Empty slots exist when heads (per-head budgets) or batch rows (``cat_states`` of sequences of
+different lengths) hold different numbers of tokens: the tensors have the largest count, the others
+are padded with ``pos = -1`` and zero k, v, extra.  Those slots occupy memory, so ``state_bytes``
+(the sum over all tensors, ``state_nbytes``) counts them: it is honest about allocated bytes.
+Plain ``attention`` without a policy keeps its ``KVState`` unchanged.
+
+The cycle (run by ``mixers/attention.py``)
+------------------------------------------
+step:    append the new token (``new_extra`` gives its statistics) -> attend over cache + itself
+         (``attend_view``, ``attend_mask``) -> ``observe`` (update statistics) -> in step mode
+         ``compress`` back to at most ``budget`` tokens.  So the state between steps never
+         exceeds the budget and each query sees at most ``budget + 1`` tokens.
+forward: step mode: position-only policies (``keep_position``, no statistics: ``closed_form``)
+         use a closed-form mask, token t seeing itself and what the rule keeps at length t; the
+         others run the step loop (exact by construction).  Prefill mode: full causal attention over
+         the prompt (and the carried cache), ``observe`` with all the prompt's queries (and their
+         attention probabilities when ``needs_attention``), then one ``compress``.
+
+In prefill mode every ``forward`` call is a prompt pass and compresses at its end, so a prompt
+fed in chunks is compressed after each chunk (``forward`` in two pieces then differs from one
+``forward``); step mode keeps the chunked-carry property of the Mixer contract.
+
+``compress`` by default either keeps the tokens ``keep_position`` says (position-only policies),
+or scores tokens with ``score(state, obs) -> (B, H, S)`` (higher = keep), forces ``protected``
+tokens (sinks, a recent window) in, and keeps the top ``budget`` per head with ``keep_topk``.
+``keep_mask`` is the one gather: it keeps any boolean selection in position order and allocates
+tensors of exactly the kept size, so dropped tokens' memory is really released.
+
+A whole score-based policy (cf. ``knorm.py``)::
+
+    @register_policy("knorm")
+    @dataclass
+    class KNorm(Policy):
+        # class docstring: its first line is what `longrecall ls policies` shows
+        recent: int = 0
+
+        def score(self, state, obs):
+            return -state.k.norm(dim=-1)  # (B, H, S)
+
+        def protected(self, state, budget):
+            return recent_mask(state, self.recent) if self.recent else None
+
+Budgets are resolved when the policy is applied: mutating a policy afterwards changes nothing
+until ``set_policy`` / ``set_kv_policy`` is called again.
+
+Extension points for the policies still to come
+-----------------------------------------------
+* SnapKV: ``mode="prefill"``; ``score`` reads the prompt's queries ``obs.q[:, :, -w:]`` and calls
+  ``attention_probs`` on them (no need for ``needs_attention``, which materialises all T x S).
+* PyramidKV: override ``layer_budget(budget, layer, n_layers)`` (depth-decreasing budgets).
+* Per-head budgets (AdaKV, DuoAttention): static ones override ``head_budgets``; dynamic ones
+  override ``compress`` and build any (B, H, S) mask for ``keep_mask`` (variable per head).
+* Quest / InfLLM (keep everything, attend to a subset): budget ``None`` for storage (or an own
+  ``compress`` that offloads to ``aux``), ``attend_mask(state, q, q_pos) -> (B, H, Tq, S)``
+  selects pages per query; ``resident_bytes`` reports what stays on device next to the total
+  ``state_bytes``.
+* KIVI / ThinK (compressed representation): keep packed codes and scales in ``aux`` (uint8, so
+  ``state_bytes`` counts packed bytes) and override ``attend_view(state) -> (k, v, pos)`` to
+  dequantise them next to the full-precision residual window (``obs.probs`` is then aligned with
+  the view's slots, not the state's).
+* SirLLM / SCOPE (token entropy, decode-only budgets): per-token statistics in ``extra``; the
+  model-level signal (logits) needs a model hook that is not here yet.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import ClassVar, NamedTuple
+
+import torch
+from torch import Tensor
+
+from ..protocol import check_choice, state_nbytes
+
+MODES: tuple[str, ...] = ("step", "prefill")
+
+__all__ = [
+    "MODES",
+    "BoundPolicy",
+    "Observation",
+    "Policy",
+    "PolicyKVState",
+    "attention_probs",
+    "cat_states",
+    "keep_mask",
+    "keep_topk",
+    "kept_positions",
+    "pad_state",
+    "recent_mask",
+    "sink_mask",
+]
+
+
+class PolicyKVState(NamedTuple):
+    """The attention cache under a policy: ``KVState``'s fields, then ``extra`` and ``aux``."""
+
+    k: Tensor  # (B, H, S, K)
+    v: Tensor  # (B, H, S, K)
+    pos: Tensor  # (B, H, S) int32, -1 = empty slot
+    length: Tensor  # (B,) int64
+    extra: tuple = ()  # per-token statistics, each (B, H, S, ...)
+    aux: tuple = ()  # policy-managed, not aligned with the token axis, leading dim B
+
+
+class Observation(NamedTuple):
+    """What the policy may look at after attention: this call's queries and, if asked, attention."""
+
+    q: Tensor  # (B, H, Tq, K) rotated queries of this call (Tq = 1 in step, T in a prefill forward)
+    q_pos: Tensor  # (B, Tq) their absolute positions
+    probs: Tensor | None  # (B, H, Tq, S) attention over the state's slots; only when needs_attention
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _expand_index(index: Tensor, like: Tensor) -> Tensor:
+    """(B, H, S') slot index broadcast over the trailing dims of a (B, H, S, ...) tensor."""
+    return index.reshape(*index.shape, *([1] * (like.dim() - 3))).expand(*index.shape, *like.shape[3:])
+
+
+def _gather(t: Tensor, index: Tensor, ok: Tensor, fill: int = 0) -> Tensor:
+    out = torch.gather(t, 2, _expand_index(index, t))  # a new tensor of exactly the kept size
+    return out.masked_fill(~_expand_index(ok, t), fill)
+
+
+def keep_mask(state: PolicyKVState, keep: Tensor) -> PolicyKVState:
+    """A new state with the slots where ``keep`` (B, H, S) is True, in cache (= position) order.
+
+    The token axis becomes the largest kept count over batch rows and heads; (row, head) pairs
+    keeping fewer are padded with empty slots (pos -1, zero k, v and statistics).  ``aux`` and
+    ``length`` pass through.
+    """
+    keep = keep & (state.pos >= 0)
+    counts = keep.sum(-1)  # (B, H)
+    n = int(counts.max()) if counts.numel() else 0
+    order = torch.sort((~keep).to(torch.int8), dim=-1, stable=True).indices[..., :n]  # kept first
+    ok = torch.arange(n, device=keep.device) < counts[..., None]  # (B, H, n)
+    return PolicyKVState(
+        k=_gather(state.k, order, ok),
+        v=_gather(state.v, order, ok),
+        pos=_gather(state.pos, order, ok, fill=-1),
+        length=state.length,
+        extra=tuple(_gather(t, order, ok) for t in state.extra),
+        aux=state.aux,
+    )
+
+
+def keep_topk(
+    state: PolicyKVState, scores: Tensor, budget: Tensor | int, protected: Tensor | None = None
+) -> PolicyKVState:
+    """Keep, per (row, head), the ``budget`` highest-scoring tokens; ``protected`` ones first.
+
+    scores: (B, H, S), higher = keep.  budget: an int or a tensor broadcastable to (B, H, 1) (per-head
+    budgets).  Ties go to the earlier slot (a stable sort), so the selection is deterministic.
+    """
+    valid = state.pos >= 0
+    scores = scores.masked_fill(~valid, -math.inf)
+    if protected is not None:
+        scores = scores.masked_fill(protected & valid, math.inf)
+    rank = torch.sort(scores, dim=-1, descending=True, stable=True).indices.argsort(dim=-1)
+    return keep_mask(state, valid & (rank < budget))
+
+
+def sink_mask(state: PolicyKVState, n_sink: int | Tensor) -> Tensor:
+    """(B, H, S) True for the first ``n_sink`` positions of the sequence (attention sinks)."""
+    return (state.pos >= 0) & (state.pos < n_sink)
+
+
+def recent_mask(state: PolicyKVState, n_recent: int | Tensor) -> Tensor:
+    """(B, H, S) True for the ``n_recent`` most recent positions (``n_recent`` may be (1, H, 1))."""
+    return (state.pos >= 0) & (state.pos >= state.length[:, None, None] - n_recent)
+
+
+def attention_probs(q: Tensor, q_pos: Tensor, k: Tensor, pos: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Softmax attention probabilities (B, H, Tq, S) of queries at ``q_pos`` over cached keys.
+
+    Causal by position (a key is visible when ``0 <= pos <= q_pos``), scale 1/sqrt(K) as in SDPA,
+    softmax in float32 for half-precision inputs.  ``mask`` (B, H, Tq, S) restricts further.
+    """
+    visible = (pos >= 0)[:, :, None, :] & (pos[:, :, None, :] <= q_pos[:, None, :, None])
+    if mask is not None:
+        visible = visible & mask
+    scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+    if scores.dtype in (torch.float16, torch.bfloat16):
+        scores = scores.float()
+    return torch.softmax(scores.masked_fill(~visible, -math.inf), dim=-1).to(q.dtype)
+
+
+def pad_state(state: PolicyKVState, n_slots: int) -> PolicyKVState:
+    """The same cache with empty slots appended up to ``n_slots`` on the token axis."""
+    missing = n_slots - state.pos.shape[2]
+    if missing < 0:
+        raise ValueError(f"n_slots={n_slots} is smaller than the state's {state.pos.shape[2]} slots")
+    if missing == 0:
+        return state
+
+    def pad(t: Tensor, fill: int = 0) -> Tensor:
+        filler = torch.full((*t.shape[:2], missing, *t.shape[3:]), fill, dtype=t.dtype, device=t.device)
+        return torch.cat([t, filler], dim=2)
+
+    return PolicyKVState(pad(state.k), pad(state.v), pad(state.pos, -1), state.length,
+                         tuple(pad(t) for t in state.extra), state.aux)
+
+
+def cat_states(states: list[PolicyKVState]) -> PolicyKVState:
+    """Stack caches of separate sequences (possibly of different lengths) into one batch."""
+    if not states:
+        raise ValueError("states must be a non-empty list of PolicyKVState")
+    n = max(s.pos.shape[2] for s in states)
+    padded = [pad_state(s, n) for s in states]
+
+    def cat(items):
+        if isinstance(items[0], tuple):
+            return tuple(cat(list(group)) for group in zip(*items))
+        return torch.cat(items, dim=0)
+
+    return PolicyKVState(*(cat([p[i] for p in padded]) for i in range(len(PolicyKVState._fields))))
+
+
+def kept_positions(state: PolicyKVState, row: int = 0, head: int = 0) -> list[int]:
+    """The absolute positions a (row, head) holds, in cache order (empty slots skipped)."""
+    pos = state.pos[row, head]
+    return pos[pos >= 0].tolist()
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# ----------------------------------------------------------------------------- the policy
+
+
+@dataclass
+class Policy:
+    """Base class of KV-cache policies (see the module's design note).
+
+    Args:
+        budget: None (unlimited), an int >= 1 (tokens kept per layer per head) or a float in
+            (0, 1] (a ratio of the context length given when the policy is applied).
+        mode: "step" (evict whenever the cache exceeds its budget) or "prefill" (compress once
+            at the end of each forward pass, then decode by appending).
+    """
+
+    budget: int | float | None = None
+    mode: str = "step"
+
+    # what the mixer must provide / may do
+    needs_attention: ClassVar[bool] = False  # obs.probs is materialised for observe/score
+    position_only: ClassVar[bool] = False  # keep_position defines the rule: closed-form forward
+    bounded: ClassVar[bool] = True  # False only for `full`, which keeps everything
+
+    def __post_init__(self):
+        self.validate()
+
+    @property
+    def closed_form(self) -> bool:
+        """Whether step-mode ``forward`` may use the closed-form mask instead of the step loop:
+        a position-only rule with no statistics to update."""
+        return self.position_only and not self.needs_attention and type(self).observe is Policy.observe
+
+    # -- configuration ---------------------------------------------------------------------
+
+    def validate(self) -> None:
+        """Raise ValueError naming the field and its accepted values; subclasses extend it."""
+        b = self.budget
+        ok = b is None or (_is_int(b) and b >= 1) or (isinstance(b, float) and 0.0 < b <= 1.0)
+        if not ok:
+            raise ValueError(
+                "budget must be None (unlimited), an int >= 1 (tokens per layer per head) or a float "
+                f"in (0, 1] (a ratio of the context length); got {b!r}"
+            )
+        check_choice("mode", self.mode, MODES)
+
+    def check_int(self, name: str, minimum: int = 0, allow_none: bool = False) -> None:
+        value = getattr(self, name)
+        if allow_none and value is None:
+            return
+        if not _is_int(value) or value < minimum:
+            none = "None or " if allow_none else ""
+            raise ValueError(f"{name} must be {none}an int >= {minimum}; got {value!r}")
+
+    def resolve_budget(self, context_len: int | None = None) -> int | None:
+        """Tokens per layer per head before layer/head allocation (None: unlimited)."""
+        if self.budget is None or _is_int(self.budget):
+            return self.budget
+        if not _is_int(context_len) or context_len < 1:
+            raise ValueError(
+                f"context_len must be a positive int to resolve the ratio budget={self.budget!r}; got {context_len!r}"
+            )
+        return max(1, math.floor(self.budget * context_len + 1e-9))
+
+    def layer_budget(self, budget: int, layer: int, n_layers: int) -> int:
+        """This layer's budget (PyramidKV overrides this); the average over layers should stay ``budget``."""
+        return budget
+
+    def head_budgets(self, budget: int, n_heads: int, layer: int, n_layers: int) -> tuple[int, ...]:
+        """Per-head budgets of a layer (static head-wise allocations override this)."""
+        return (budget,) * n_heads
+
+    def check_budget(self, budget: int) -> None:
+        """Raise ValueError when a resolved budget cannot hold the protected tokens (sinks, window)."""
+
+    def bind(self, *, n_heads: int, layer: int = 0, n_layers: int = 1, context_len: int | None = None) -> "BoundPolicy":
+        """Resolve the budget for one layer: what ``Attention.set_policy`` stores."""
+        if not _is_int(n_layers) or n_layers < 1 or not _is_int(layer) or not 0 <= layer < n_layers:
+            raise ValueError(
+                f"layer must be an int in [0, n_layers) and n_layers >= 1; got layer={layer!r}, n_layers={n_layers!r}"
+            )
+        budget = self.resolve_budget(context_len)
+        budgets = None
+        if budget is not None:
+            per_layer = self.layer_budget(budget, layer, n_layers)
+            budgets = tuple(int(b) for b in self.head_budgets(per_layer, n_heads, layer, n_layers))
+            if len(budgets) != n_heads or min(budgets) < 1:
+                raise ValueError(f"head budgets must be {n_heads} ints >= 1, got {budgets}")
+            for b in set(budgets):
+                self.check_budget(b)
+        return BoundPolicy(self, n_heads, layer, n_layers, context_len, budgets)
+
+    # -- state -----------------------------------------------------------------------------
+
+    def new_extra(self, batch: int, n_heads: int, n_tokens: int, *, device=None, dtype=None) -> tuple:
+        """Per-token statistics of ``n_tokens`` new tokens, each (B, H, n_tokens, ...); none by default."""
+        return ()
+
+    def adopt(self, state) -> PolicyKVState:
+        """A ``PolicyKVState`` from a state (a plain ``KVState`` gets fresh statistics: zeros)."""
+        if isinstance(state, PolicyKVState):
+            B, H, S = state.pos.shape
+            if len(state.extra) != len(self.new_extra(B, H, 0, device=state.pos.device, dtype=state.k.dtype)):
+                raise ValueError(f"this state holds {len(state.extra)} per-token statistics, not the ones of {self!r}")
+            return state
+        B, H, S = state.pos.shape
+        extra = self.new_extra(B, H, S, device=state.pos.device, dtype=state.k.dtype)
+        return PolicyKVState(state.k, state.v, state.pos, state.length, tuple(extra), ())
+
+    def append(self, state: PolicyKVState, kv) -> PolicyKVState:
+        """``kv`` is the ``KVState`` of ``state`` with T tokens appended; extend the statistics."""
+        T = kv.pos.shape[2] - state.pos.shape[2]
+        B, H = kv.pos.shape[:2]
+        new = self.new_extra(B, H, T, device=kv.pos.device, dtype=kv.k.dtype)
+        extra = tuple(torch.cat([old, fresh], dim=2) for old, fresh in zip(state.extra, new))
+        return PolicyKVState(kv.k, kv.v, kv.pos, kv.length, extra, state.aux)
+
+    def observe(self, state: PolicyKVState, obs: Observation) -> PolicyKVState:
+        """Update per-token statistics after attention (H2O accumulates ``obs.probs``)."""
+        return state
+
+    def attend_view(self, state: PolicyKVState) -> tuple[Tensor, Tensor, Tensor]:
+        """The (k, v, pos) attention reads; compressed representations dequantise here."""
+        return state.k, state.v, state.pos
+
+    def attend_mask(self, state: PolicyKVState, q: Tensor, q_pos: Tensor) -> Tensor | None:
+        """Optional (B, H, Tq, S) restriction of what each query attends to (Quest pages)."""
+        return None
+
+    # -- selection -------------------------------------------------------------------------
+
+    def keep_position(self, pos: Tensor, length: Tensor, budget: Tensor) -> Tensor:
+        """Position-only policies: is the token at ``pos`` cached once ``length`` tokens were seen?
+
+        Elementwise over broadcastable tensors.  Must keep at most ``budget`` tokens and never
+        re-admit an evicted one, so that the closed-form parallel mask equals the step loop.
+        """
+        raise NotImplementedError
+
+    def score(self, state: PolicyKVState, obs: Observation | None) -> Tensor:
+        """(B, H, S) importance of each cached token, higher = keep."""
+        raise NotImplementedError(f"{type(self).__name__} must define score() or keep_position()")
+
+    def protected(self, state: PolicyKVState, budget: Tensor) -> Tensor | None:
+        """(B, H, S) tokens that are always kept (sinks, recent window); None: none."""
+        return None
+
+    def compress(self, state: PolicyKVState, obs: Observation | None, budget: Tensor) -> PolicyKVState:
+        """Bring every head back to at most ``budget`` tokens (``budget``: (1, H, 1) int64)."""
+        if state.pos.shape[2] <= int(budget.min()):
+            return state
+        if self.position_only:
+            return keep_mask(state, self.keep_position(state.pos, state.length[:, None, None], budget))
+        return keep_topk(state, self.score(state, obs), budget, self.protected(state, budget))
+
+    # -- accounting ------------------------------------------------------------------------
+
+    def resident_bytes(self, state: PolicyKVState) -> int:
+        """Bytes an attention step needs on device; retrieval policies (offloading) override it."""
+        return state_nbytes(state)
+
+    def config(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class BoundPolicy:
+    """A policy applied to one attention layer: its resolved per-head budgets."""
+
+    policy: Policy
+    n_heads: int
+    layer: int
+    n_layers: int
+    context_len: int | None
+    budgets: tuple[int, ...] | None  # per head; None = unlimited
+
+    @property
+    def budget(self) -> int | None:
+        """The largest head budget: the token axis of the state never exceeds it between steps."""
+        return None if self.budgets is None else max(self.budgets)
+
+    def budget_tensor(self, device=None) -> Tensor:
+        """(1, H, 1) int64 per-head budgets, broadcastable against (B, H, S)."""
+        return torch.tensor(self.budgets, dtype=torch.int64, device=device)[None, :, None]
+
+    def compress(self, state: PolicyKVState, obs: Observation | None) -> PolicyKVState:
+        if self.budgets is None:
+            return state
+        return self.policy.compress(state, obs, self.budget_tensor(state.pos.device))
+
+    def within_rule(self, state: PolicyKVState) -> bool:
+        """Position-only policies: does the cache hold only what the rule keeps at its length?"""
+        if self.budgets is None:
+            return True
+        budget = self.budget_tensor(state.pos.device)
+        keep = self.policy.keep_position(state.pos, state.length[:, None, None], budget)
+        return bool((keep | (state.pos < 0)).all())

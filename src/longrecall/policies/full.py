@@ -1,0 +1,37 @@
+"""``full``: keep every token, the reference every other policy is measured against.
+
+With ``full`` an attention layer computes exactly what plain ``attention`` computes (the registry
+suite checks it); only its state type differs (``PolicyKVState`` with no statistics), and it holds
+the same bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from ..registry import register_policy
+from .base import Policy
+
+
+@register_policy("full")
+@dataclass
+class Full(Policy):
+    """Full attention: keep every token (no eviction), the reference for every other policy.
+
+    Args:
+        budget: must be None (the cache is unlimited).
+        mode: "step" or "prefill"; both keep everything.
+    """
+
+    position_only = True
+    bounded = False
+
+    def validate(self) -> None:
+        super().validate()
+        if self.budget is not None:
+            raise ValueError(f"budget must be None for the full policy (it keeps every token); got {self.budget!r}")
+
+    def keep_position(self, pos: Tensor, length: Tensor, budget: Tensor) -> Tensor:
+        return pos >= 0

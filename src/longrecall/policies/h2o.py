@@ -1,0 +1,78 @@
+"""``h2o``: Heavy-Hitter Oracle, the accumulated attention each token received, plus a recent window.
+
+Zhang et al. 2023, "H2O: Heavy-Hitter Oracle for Efficient Generative Inference of Large Language
+Models" (arXiv 2306.14048, NeurIPS 2023); reference ``FMInference/H2O:h2o_hf/utils_real_drop/
+modify_llama.py`` (``H2OKVCache_LayerWise(hh_size, recent_size)``).
+
+Score: per layer, batch row and head, ``acc[j] = sum over every query t so far of A[t, j]``, the
+attention probability query t gave token j.  It travels with the cache (``extra[0]``, (B, H, S),
+gathered on eviction); a new token starts at 0 and receives its own query's attention first.
+
+Rule (step mode, at every token once the cache exceeds ``budget``): keep the ``recent`` most
+recent tokens and the ``budget - recent`` tokens with the largest ``acc`` among the others, per
+head.  The paper's setting is half heavy hitters, half recent (``--heavy_ratio 0.1 --recent_ratio
+0.1``, a 20% budget), hence ``recent_ratio=0.5`` of the budget by default.  In prefill mode the
+scores are the column sums of the prompt's attention matrix (kvpress's ``ObservedAttentionPress``
+without its ``n - i`` normalisation) and the recent window still applies.
+
+Differences from the reference: scores are per batch row (the reference sums over the batch,
+which is only right at batch 1), and attention probabilities are computed explicitly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..registry import register_policy
+from .base import Observation, Policy, PolicyKVState, recent_mask
+
+
+@register_policy("h2o")
+@dataclass
+class H2O(Policy):
+    """H2O (Zhang et al. 2023): keep heavy hitters of accumulated attention plus a recent window.
+
+    Args:
+        budget: tokens kept per layer per head (heavy hitters + recent); None: unlimited.
+        mode: "step" (evict at every token, as the paper) or "prefill".
+        recent: recent-window size in tokens; None: ``floor(recent_ratio * budget)``.
+        recent_ratio: share of the budget given to the recent window when ``recent`` is None
+            (paper: 0.5, i.e. equal heavy-hitter and recent budgets).
+    """
+
+    recent: int | None = None
+    recent_ratio: float = 0.5
+
+    needs_attention = True
+
+    def validate(self) -> None:
+        super().validate()
+        self.check_int("recent", minimum=0, allow_none=True)
+        r = self.recent_ratio
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0.0 <= r <= 1.0:
+            raise ValueError(f"recent_ratio must be a number in [0, 1]; got {r!r}")
+
+    def check_budget(self, budget: int) -> None:
+        if self.recent is not None and self.recent > budget:
+            raise ValueError(f"recent must be <= budget; got recent={self.recent}, budget={budget}")
+
+    def n_recent(self, budget: Tensor) -> Tensor:
+        if self.recent is not None:
+            return torch.full_like(budget, self.recent)
+        return torch.floor(budget * self.recent_ratio + 1e-9).to(budget.dtype)
+
+    def new_extra(self, batch: int, n_heads: int, n_tokens: int, *, device=None, dtype=None) -> tuple:
+        return (torch.zeros(batch, n_heads, n_tokens, device=device, dtype=dtype),)
+
+    def observe(self, state: PolicyKVState, obs: Observation) -> PolicyKVState:
+        received = obs.probs.sum(dim=2).to(state.extra[0].dtype)  # (B, H, S): summed over this call's queries
+        return state._replace(extra=(state.extra[0] + received,))
+
+    def score(self, state: PolicyKVState, obs: Observation | None) -> Tensor:
+        return state.extra[0]
+
+    def protected(self, state: PolicyKVState, budget: Tensor) -> Tensor:
+        return recent_mask(state, self.n_recent(budget))
