@@ -11,10 +11,22 @@ run the recurrent path, and ``state_bytes`` counts the bytes actually held.  ``s
 puts every ``attention`` layer's cache under a KV-cache policy (``longrecall.policies``).
 ``loss`` applies the vocabulary head only where a target is scored: on MQAR this is 5x faster and
 3x leaner than a head at every position (measured, ../shared/reference/cpu_performance_notes.md section 3).
+
+Surprisal for KV-cache policies (SirLLM, EM-LLM): a policy with ``needs_surprisal = True`` scores
+tokens by ``-log p(x_t | x_<t)``, which only the model knows.  Before each call the model hands
+the layer's state the surprisal of the tokens it is about to read (``policy.with_surprisal(state,
+s)``, s (B, T); the policy stores it with each token).  Token t's surprisal comes from the prediction
+made at t - 1: the final hidden state of the last token read is kept in ``ModelState.last_hidden``
+(counted in ``state_bytes``); a sequence's first token, with no prediction, gets ``log V``.  In a
+parallel pass the prompt's surprisal exists only once its logits do: the model hands NaN for
+tokens 1.., then fills them in (``policy.fill_surprisal``) and runs the layer's ``compress`` (a
+prefill-mode policy waits for it).  Step-mode eviction needs token t's surprisal before token t
+is processed, so ``forward`` then runs the exact token-by-token loop of ``step``.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple, Sequence
 
 import torch
@@ -30,6 +42,7 @@ IGNORE_INDEX = -100
 class ModelState(NamedTuple):
     layers: tuple  # one mixer state per block
     convs: tuple = ()  # one ShortConv state per block when the model has short convolutions
+    last_hidden: tuple = ()  # ((B, D),) last token's final hidden state, when a policy needs surprisal
 
 
 class ShortConv(nn.Module):
@@ -207,7 +220,8 @@ class LanguageModel(nn.Module):
 
     def state_bytes(self, state: ModelState) -> int:
         """Bytes held by every mixer's state (and short-conv buffers), counted from the tensors."""
-        return sum(block.mixer.state_bytes(s) for block, s in zip(self.blocks, state.layers)) + state_nbytes(state.convs)
+        layers = sum(block.mixer.state_bytes(s) for block, s in zip(self.blocks, state.layers))
+        return layers + state_nbytes(state.convs) + state_nbytes(state.last_hidden)
 
     @torch.no_grad()
     def state_bytes_at(self, seq_len: int, batch_size: int = 1) -> int:
@@ -231,9 +245,28 @@ class LanguageModel(nn.Module):
         self._check_tokens(input_ids, 2)
         if state is None:
             state = self.init_state(input_ids.shape[0])
+        signal = self._surprisal_layers()
+        if any(bound.policy.mode == "step" and bound.budgets is not None for _, bound in signal):
+            # eviction by surprisal at every token: token t's surprisal needs the output at t - 1
+            hs = []
+            for t in range(input_ids.shape[1]):
+                h, state = self._step_hidden(input_ids[:, t], state, signal)
+                hs.append(h)
+            return torch.stack(hs, dim=1), state
+        if signal:
+            first = self._first_surprisal(state, input_ids[:, 0])  # (B,)
+            later = first.new_full((input_ids.shape[0], input_ids.shape[1] - 1), math.nan)  # known after the pass
+            state = self._hand_surprisal(state, signal, torch.cat([first[:, None], later], dim=1))
         x = self.embedding(input_ids)  # (B, T, D)
         x, state = self._run_blocks(x, state, "forward")
-        return self.norm(x), state
+        h = self.norm(x)
+        if signal:
+            surprisal = torch.cat([first[:, None], self._surprisal(h[:, :-1], input_ids[:, 1:])], dim=1)
+            layers = list(state.layers)
+            for i, bound in signal:
+                layers[i] = bound.compress(bound.policy.fill_surprisal(layers[i], surprisal), None)
+            state = ModelState(tuple(layers), state.convs, (h[:, -1],))
+        return h, state
 
     def _run_blocks(self, x: Tensor, state: ModelState, how: str) -> tuple[Tensor, ModelState]:
         convs = state.convs or (None,) * len(self.blocks)
@@ -243,7 +276,7 @@ class LanguageModel(nn.Module):
             new_layers.append(layer_state)
             if conv_state is not None:
                 new_convs.append(conv_state)
-        return x, ModelState(tuple(new_layers), tuple(new_convs))
+        return x, ModelState(tuple(new_layers), tuple(new_convs), state.last_hidden)
 
     def forward(self, input_ids: Tensor, state: ModelState | None = None) -> tuple[Tensor, ModelState]:
         """Logits (B, T, V) at every position and the new state."""
@@ -263,9 +296,47 @@ class LanguageModel(nn.Module):
     def step(self, token: Tensor, state: ModelState) -> tuple[Tensor, ModelState]:
         """One token per sequence: token (B,) -> logits (B, V), new state."""
         self._check_tokens(token, 1)
-        x = self.embedding(token)  # (B, D)
-        x, state = self._run_blocks(x, state, "step")
-        return self.head(self.norm(x)), state
+        h, state = self._step_hidden(token, state, self._surprisal_layers())
+        return self.head(h), state
+
+    def _step_hidden(self, token: Tensor, state: ModelState, signal: list) -> tuple[Tensor, ModelState]:
+        """One token's final hidden state (B, D); hands its surprisal to the ``signal`` layers first."""
+        if signal:
+            state = self._hand_surprisal(state, signal, self._first_surprisal(state, token)[:, None])
+        x, state = self._run_blocks(self.embedding(token), state, "step")  # (B, D)
+        h = self.norm(x)
+        return h, (state._replace(last_hidden=(h,)) if signal else state)
+
+    # -- surprisal for KV-cache policies (module docstring) -------------------------------------
+
+    def _surprisal_layers(self) -> list:
+        """(block index, BoundPolicy) of the layers whose KV-cache policy reads the model's surprisal."""
+        out = []
+        for i, block in enumerate(self.blocks):
+            bound = getattr(block.mixer, "kv_policy", None)
+            if bound is not None and getattr(bound.policy, "needs_surprisal", False):
+                out.append((i, bound))
+        return out
+
+    @torch.no_grad()
+    def _surprisal(self, h: Tensor, tokens: Tensor) -> Tensor:
+        """-log p(tokens | h): final hidden states h (B, T, D) predicting tokens (B, T)."""
+        logits = self.head(h)
+        if logits.dtype in (torch.float16, torch.bfloat16):
+            logits = logits.float()
+        return -torch.log_softmax(logits, dim=-1).gather(-1, tokens[..., None])[..., 0]
+
+    def _first_surprisal(self, state: ModelState, token: Tensor) -> Tensor:
+        """(B,) surprisal of the next token read: from the last prediction, else log V (no prediction)."""
+        if state.last_hidden:
+            return self._surprisal(state.last_hidden[0][:, None], token[:, None])[:, 0]
+        return torch.full(token.shape, math.log(self.vocab_size), device=token.device, dtype=self.head.weight.dtype)
+
+    def _hand_surprisal(self, state: ModelState, signal: list, surprisal: Tensor) -> ModelState:
+        layers = list(state.layers)
+        for i, bound in signal:
+            layers[i] = bound.policy.with_surprisal(layers[i], surprisal)
+        return state._replace(layers=tuple(layers))
 
     @torch.no_grad()
     def generate(

@@ -10,4 +10,4 @@ from . import base  # noqa: F401
 from . import full, streaming, window  # noqa: F401
 
 # score-based eviction
-from . import h2o, knorm, random, tova  # noqa: F401
+from . import em_llm, h2o, infllm, kivi, knorm, pyramidkv, quest, random, sirllm, snapkv, think, tova  # noqa: F401

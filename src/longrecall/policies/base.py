@@ -236,7 +236,12 @@ def pad_state(state: PolicyKVState, n_slots: int) -> PolicyKVState:
 
 
 def cat_states(states: list[PolicyKVState]) -> PolicyKVState:
-    """Stack caches of separate sequences (possibly of different lengths) into one batch."""
+    """Stack caches of separate sequences (possibly of different lengths) into one batch.
+
+    ``aux`` tensors of 3 or more dims whose dim 2 (their slot axis: KIVI's quantised groups,
+    ThinK's pruned tokens) differs are padded at its end like the token axis: -1 for signed
+    integer tensors (positions), 0 otherwise.
+    """
     if not states:
         raise ValueError("states must be a non-empty list of PolicyKVState")
     n = max(s.pos.shape[2] for s in states)
@@ -245,6 +250,11 @@ def cat_states(states: list[PolicyKVState]) -> PolicyKVState:
     def cat(items):
         if isinstance(items[0], tuple):
             return tuple(cat(list(group)) for group in zip(*items))
+        if items[0].dim() >= 3 and len({t.shape[2] for t in items}) > 1:
+            m = max(t.shape[2] for t in items)
+            fill = -1 if items[0].dtype in (torch.int8, torch.int16, torch.int32, torch.int64) else 0
+            items = [torch.cat([t, t.new_full((*t.shape[:2], m - t.shape[2], *t.shape[3:]), fill)], dim=2)
+                     for t in items]
         return torch.cat(items, dim=0)
 
     return PolicyKVState(*(cat([p[i] for p in padded]) for i in range(len(PolicyKVState._fields))))
@@ -280,7 +290,10 @@ class Policy:
     # what the mixer must provide / may do
     needs_attention: ClassVar[bool] = False  # obs.probs is materialised for observe/score
     position_only: ClassVar[bool] = False  # keep_position defines the rule: closed-form forward
-    bounded: ClassVar[bool] = True  # False only for `full`, which keeps everything
+    bounded: ClassVar[bool] = True  # False for policies that keep every token (full; ThinK, KIVI)
+    # compress also runs with an unlimited budget (then ``budget`` is None): compressed
+    # representations that evict no token (ThinK's key-channel pruning)
+    compress_unbounded: ClassVar[bool] = False
 
     def __post_init__(self):
         self.validate()
@@ -406,7 +419,8 @@ class Policy:
         return None
 
     def compress(self, state: PolicyKVState, obs: Observation | None, budget: Tensor) -> PolicyKVState:
-        """Bring every head back to at most ``budget`` tokens (``budget``: (1, H, 1) int64)."""
+        """Bring every head back to at most ``budget`` tokens (``budget``: (1, H, 1) int64; None
+        only for ``compress_unbounded`` policies under an unlimited budget)."""
         if state.pos.shape[2] <= int(budget.min()):
             return state
         if self.position_only:
@@ -445,7 +459,7 @@ class BoundPolicy:
 
     def compress(self, state: PolicyKVState, obs: Observation | None) -> PolicyKVState:
         if self.budgets is None:
-            return state
+            return self.policy.compress(state, obs, None) if self.policy.compress_unbounded else state
         return self.policy.compress(state, obs, self.budget_tensor(state.pos.device))
 
     def within_rule(self, state: PolicyKVState) -> bool:
