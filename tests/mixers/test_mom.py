@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from longrecall.mixers.gated_deltanet import GatedDeltaNet
-from longrecall.mixers.mom import MoM, MoMState, routed_short_conv, routed_short_conv_step
+from longrecall.mixers.mom import (MoM, MoMState, gathered_short_conv, route_index, routed_short_conv,
+                                   routed_short_conv_step)
 from longrecall.protocol import state_clone
 from longrecall.registry import get_mixer
 
@@ -215,3 +216,75 @@ def test_defaults_valid(d_model):
 def test_bad_arguments_name_the_argument(kwargs, name):
     with pytest.raises(ValueError, match=name):
         MoM(16, **kwargs)
+
+
+# --------------------------------------------------------------------------- gathered forward vs masked reference
+
+
+def test_route_index_lists_each_memorys_tokens_in_order():
+    g = torch.Generator().manual_seed(3)
+    mask = torch.rand(2, 3, 11, generator=g) < 0.5
+    mask[1, 2] = False  # no token for this memory in this row
+    index, count = route_index(mask)  # (G, B, L), (G, B)
+    assert index.shape == (3, 2, int(mask.sum(-1).max())) and torch.equal(count, mask.sum(-1).T)
+    for b in range(2):
+        for m in range(3):
+            n = int(count[m, b])
+            assert torch.equal(index[m, b, :n], mask[b, m].nonzero()[:, 0]) and (index[m, b, n:] == 0).all()
+
+
+def test_gathered_short_conv_equals_routed_short_conv():
+    g = torch.Generator().manual_seed(4)
+    B, M, T, C, W = 2, 3, 10, 5, 4
+    u = torch.randn(B, M, T, C, generator=g, dtype=F64)
+    mask = torch.rand(B, M, T, generator=g) < 0.4
+    mask[1, 0] = False
+    buffer = torch.randn(B, M, C, W - 1, generator=g, dtype=F64)
+    conv = torch.nn.Conv1d(C, C, W, groups=C, bias=True).double()
+    y_ref, buffer_ref = routed_short_conv(u, mask, buffer, conv)
+    index, count = route_index(mask)  # (M, B, L)
+    gathered = u.transpose(0, 1).gather(2, index[..., None].expand(-1, -1, -1, C))  # (M, B, L, C)
+    y, new_buffer = gathered_short_conv(gathered, count, buffer, conv)
+    for b in range(B):
+        for m in range(M):
+            n = int(count[m, b])
+            torch.testing.assert_close(y[m, b, :n], y_ref[b, m][mask[b, m]], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(new_buffer, buffer_ref, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("impl", ["chunked", "naive"])
+@pytest.mark.parametrize("kwargs", [{}, {"shared_memory": False, "use_gate": False}, {"num_memories": 3, "topk": 3},
+                                    {"num_memories": 6, "topk": 1, "chunk_size": 3}])
+def test_gathered_forward_equals_masked_formulation(impl, kwargs):
+    """forward (each memory over its gathered tokens) == forward_masked (every memory everywhere, masked)."""
+    model, x = make(impl, **kwargs), rand_x(batch=3, T=17)  # rows route different counts to each memory
+    for start in (None, random_state(model, batch=3)):
+        y, state = model(x, start)
+        y_ref, state_ref = model.forward_masked(x, start)
+        torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
+        assert_states_close(state, state_ref, rtol=1e-12, atol=1e-12)
+    grads = []
+    for fn in (model, model.forward_masked):
+        xg = x.clone().requires_grad_(True)
+        y, state = fn(xg, random_state(model, batch=3))
+        params = [xg, *model.parameters()]
+        grads.append(torch.autograd.grad(y.square().sum() + state.memory.sum(), params))
+    for name, a, b in zip(["x"] + [n for n, _ in model.named_parameters()], *grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("impl", ["naive", "chunked"])
+def test_memory_unrouted_in_one_row_only_is_left_exactly(impl):
+    """Row 0 never routes to memory 0, row 1 always does: row 0's memory 0 runs only pads (beta = g = 0,
+    k = v = 0), which leave it bit for bit."""
+    model = make(impl)
+    never_route_memory_zero(model)
+    x = rand_x(T=11)
+    x[0, :, 0] = 3 + x[0, :, 0].abs()
+    x[1, :, 0] = -3 - x[1, :, 0].abs()  # x_0 < 0: memory 0 has the highest logit
+    mask = model.route(x).mask
+    assert not mask[0, :, 0].any() and mask[1, :, 0].all()
+    state = random_state(model)
+    _, new = model(x, state)
+    for i in (1, 2, 3):  # conv_k, conv_v, memory
+        assert torch.equal(new[i][0, 0], state[i][0, 0]) and not torch.equal(new[i][1, 0], state[i][1, 0])

@@ -17,11 +17,14 @@ Per token, with M routed memories and one shared memory, per head (row vectors, 
 
 Each memory's short convolutions run over the tokens routed to it only (as fla gathers each memory's
 tokens before its convolution), so a memory's conv buffers hold its last ``conv_size - 1`` routed
-inputs; the query's convolution runs over every token.  The parallel form computes every memory's
-k, v, beta and g at every token and runs the shared delta-rule kernel once, the memories stacked
-into the head dimension, with ``beta = 0`` and ``g = 0`` where a memory is not selected: exactly
-"unchanged" (fla instead gathers each memory's tokens, which does M / top_k times less projection
-work but gives the same memories).
+inputs; the query's convolution runs over every token.  The parallel form gathers, as fla does, each
+routed memory's tokens in order (about top_k / M of them; per batch row the counts differ, so each
+memory's sequences are padded to its longest with beta = 0, g = 0, k = v = 0 tokens, which leave it
+exactly as it is), projects and convolves them, runs the shared delta-rule kernel once per memory over
+its own length, and adds the outputs back at their tokens weighted by the router; the shared memory
+runs over every token.  ``forward_masked`` is the simple form it is tested against: every memory at
+every token, masked with beta = 0 and g = 0 where not selected (M / top_k times the projection and
+about (M + 1) / (top_k + 1) times the kernel work).
 
 Where this differs from fla's code: the query is convolved once over every token and read against
 the mixed memory, as the paper's equations (fla convolves ``q_proj(x)`` separately over each
@@ -108,6 +111,38 @@ def routed_short_conv_step(u: Tensor, mask: Tensor, buffer: Tensor, conv: nn.Con
     if conv.bias is not None:
         y = y + conv.bias
     return F.silu(y), torch.where(mask[..., None, None], window[..., 1:], buffer.to(u.dtype))
+
+
+def route_index(mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Each memory's routed tokens, in order: mask (B, G, T) bool -> index (G, B, L), count (G, B).
+
+    L is the largest count; ``index[m, b, :count[m, b]]`` are the positions of the tokens routed to
+    memory m in row b, the rest (pads) are 0.
+    """
+    B, G, T = mask.shape
+    count = mask.sum(-1)  # (B, G)
+    L = int(count.max())
+    slot = torch.where(mask, mask.long().cumsum(-1) - 1, L)  # unrouted tokens -> spare slot L, dropped
+    index = mask.new_zeros(B, G, L + 1, dtype=torch.long)
+    index = index.scatter(-1, slot, torch.arange(T, device=mask.device).expand(B, G, T))[..., :L]
+    return index.transpose(0, 1), count.transpose(0, 1)
+
+
+def gathered_short_conv(u: Tensor, count: Tensor, buffer: Tensor, conv: nn.Conv1d) -> tuple[Tensor, Tensor]:
+    """:func:`routed_short_conv` on gathered inputs: u (G, B, L, C), each memory's routed tokens first,
+    count (G, B) of them real; buffer (B, G, C, W-1).  Returns (G, B, L, C) (garbage past the count)
+    and the new buffer (B, G, C, W-1).  Channels last, as a sum of shifted products (no transposes)."""
+    G, B, L, C = u.shape
+    W1 = buffer.shape[-1]
+    padded = torch.cat([buffer.permute(1, 0, 3, 2).to(u.dtype), u], dim=2)  # (G, B, W1+L, C)
+    w = conv.weight[:, 0]  # (C, W)
+    y = padded[:, :, W1:] * w[:, W1]
+    for i in range(W1):
+        y = y + padded[:, :, i:i + L] * w[:, i]
+    if conv.bias is not None:
+        y = y + conv.bias
+    last = (count[..., None] + torch.arange(W1, device=u.device))[..., None]  # (G, B, W1, 1)
+    return F.silu(y), padded.gather(2, last.expand(-1, -1, -1, C)).permute(1, 0, 3, 2)
 
 
 @register_mixer("mom")
@@ -230,8 +265,84 @@ class MoM(Mixer):
 
     # ----------------------------------------------------------------------------- forward / step
 
+    def _projections(self) -> Tensor:
+        """Each memory's k, v, beta and decay projections stacked: (Mt, H*K + H*V + 2H, D)."""
+        return torch.cat([p.weight.view(self.n_mem, -1, self.d_model)
+                          for p in (self.k_proj, self.v_proj, self.b_proj, self.a_proj)], dim=1)
+
+    def _memories(self, out: Tensor, x: Tensor, q: Tensor, index: Tensor | None, count: Tensor, weights: Tensor | None,
+                  W: Tensor, conv_k: Tensor, conv_v: Tensor, memory: Tensor) -> tuple[Tensor, ...]:
+        """G memories, each run over only the tokens routed to it; their weighted outputs added to ``out``.
+
+        out (B*T, H*V): the mixed read-out so far.  x (B*T, D), q (B*T, H, K): every token.  index (G, B, L):
+        positions in B*T of each memory's routed tokens, in order, the first count (G, B) real, the rest
+        pads (None: every token, L = T); weights (G, B, L): router weights, 0 at pads (None: 1); W (G,
+        H*K + H*V + 2H, D): their projections; conv_k, conv_v (B, G, C, W-1), memory (B, G, H, K, V).  A
+        pad has beta = 0, g = 0 and k = v = 0, so it leaves its memory exactly as it is.  Returns out and
+        the G memories' new conv_k, conv_v and memory.
+        """
+        G, B = count.shape
+        H, K, V = self.n_heads, self.head_k_dim, self.head_v_dim
+        if index is not None:  # each memory's routed tokens, (G*B*L, .)
+            x, q = x.index_select(0, index.flatten()), q.index_select(0, index.flatten())
+        L = x.shape[0] // (G * B)
+        proj = torch.bmm(x.reshape(G, B * L, -1), W.transpose(1, 2)).view(G, B, L, -1)  # projections at once
+        k, v, beta, g = proj.split([H * K, H * V, H, H], dim=-1)
+        k, conv_k = gathered_short_conv(k, count, conv_k, self.k_conv1d)  # (G, B, L, H*K)
+        v, conv_v = gathered_short_conv(v, count, conv_v, self.v_conv1d)  # (G, B, L, H*V)
+        beta, g = torch.sigmoid(beta), gated_log_decay(g, self.A_log, self.dt_bias)  # (G, B, L, H)
+        if index is not None:
+            valid = (torch.arange(L, device=x.device) < count[..., None])[..., None]  # (G, B, L, 1)
+            k, v, beta, g = k * valid, v * valid, beta * valid, g * valid
+        k = l2norm(k.unflatten(-1, (H, K)))
+        q, k, v, beta, g = (t.reshape(G, B, L, H, -1).transpose(2, 3) for t in (q, k, v, beta, g))  # (G, B, H, L, .)
+        lengths = [L] * G if index is None else count.amax(1).tolist()
+        memories = []
+        for i, n in enumerate(lengths):  # a call per memory over its own length (small tensors stay in cache)
+            o, S = delta_rule(q[i, :, :, :n], k[i, :, :, :n], v[i, :, :, :n], beta[i, :, :, :n, 0],
+                              g[i, :, :, :n, 0], memory[:, i], impl=self.impl, chunk_size=self.chunk_size)
+            o = o.transpose(1, 2).reshape(B * n, H * V)  # (B*n, H*V)
+            if index is None:
+                out = out + o
+            else:
+                out = out.index_add(0, index[i, :, :n].flatten(), o * weights[i, :, :n].reshape(-1, 1).to(o.dtype))
+            memories.append(S)
+        return out, conv_k, conv_v, torch.stack(memories, dim=1)
+
     def forward(self, x: Tensor, state: MoMState | None = None) -> tuple[Tensor, MoMState]:
-        """Whole sequence ``x (B, T, D) -> (y (B, T, D), new state)``; continues from ``state``."""
+        """Whole sequence ``x (B, T, D) -> (y (B, T, D), new state)``; continues from ``state``.
+
+        Each routed memory runs over only its routed tokens (gathered, padded to the longest), the
+        shared memory over every token; the same numbers as :meth:`forward_masked`.
+        """
+        self.check_input(x)
+        B, T, D = x.shape
+        if state is None:
+            state = self.init_state(B, device=x.device, dtype=x.dtype)
+        if T == 0:
+            return x.new_zeros(x.shape), state
+        M, H, K, V = self.num_memories, self.n_heads, self.head_k_dim, self.head_v_dim
+        route = self.route(x)  # weights, mask (B, T, Mt)
+        q, conv_q = short_conv(self.q_proj(x), state.conv_q, self.q_conv1d)  # (B, T, H*K), every token
+        q, x_flat, W = self._query(q).reshape(B * T, H, K), x.reshape(B * T, D), self._projections()
+        index, count = route_index(route.mask[..., :M].transpose(1, 2))  # (M, B, L), (M, B)
+        L = index.shape[-1]
+        index = index + torch.arange(B, device=x.device)[:, None] * T  # positions in B*T
+        weights = route.weights[..., :M].reshape(B * T, M).T.gather(1, index.reshape(M, B * L)).view(M, B, L)
+        weights = weights * (torch.arange(L, device=x.device) < count[..., None])  # pads: 0
+        o, *routed = self._memories(x.new_zeros(B * T, H * V), x_flat, q, index, count, weights, W[:M],
+                                    state.conv_k[:, :M], state.conv_v[:, :M], state.memory[:, :M])
+        states = [routed]
+        if self.shared_memory:
+            o, *shared = self._memories(o, x_flat, q, None, count.new_full((1, B), T), None, W[M:],
+                                        state.conv_k[:, M:], state.conv_v[:, M:], state.memory[:, M:])
+            states.append(shared)
+        conv_k, conv_v, memory = (torch.cat(s, dim=1) for s in zip(*states))
+        return self.read_out(o.view(B, T, H, V), x), MoMState(conv_q, conv_k, conv_v, memory)
+
+    def forward_masked(self, x: Tensor, state: MoMState | None = None) -> tuple[Tensor, MoMState]:
+        """:meth:`forward` the simple way (the reference it is tested against): every memory at every token,
+        masked with beta = 0, g = 0 where it is not selected (see the module notes)."""
         self.check_input(x)
         B, T, _ = x.shape
         if state is None:
