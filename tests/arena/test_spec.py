@@ -124,8 +124,24 @@ def test_duplicates_collapse():
         ({"train": {"eval_task_kwargs": [{"num_kv_pairs": 100}]}}, "train.eval_task_kwargs[0]"),
         ({"train": {"eval_task_kwargs": [{"bogus": 1}]}}, "train.eval_task_kwargs[0].bogus"),
         ({"train": []}, "train"),
-        ({"policies": ["h2o"]}, "policies"),
-        ({"budgets": [64]}, "budgets"),
+        ({"policies": ["h2o"]}, "budgets"),  # a bounded policy needs budgets
+        ({"budgets": [64]}, "budgets"),  # budgets without policies
+        ({"policies": ["window", {"name": "h20"}], "budgets": [8]}, "policies[1].name"),
+        ({"policies": ["window", "windw"], "budgets": [8]}, "policies[1]"),
+        ({"policies": [{"name": "h2o", "kwargs": {"recnt": 2}}], "budgets": [8]}, "policies[0].kwargs.recnt"),
+        ({"policies": [{"name": "h2o", "kwargs": {"recent_ratio": 2.0}}], "budgets": [8]}, "policies[0].kwargs.recent_ratio"),
+        ({"policies": [{"name": "h2o", "kwargs": {"budget": 2}}], "budgets": [8]}, "policies[0].kwargs.budget"),
+        ({"policies": [{"name": "h2o", "mode": "eager"}], "budgets": [8]}, "policies[0].mode"),
+        ({"policies": [{"name": "h2o", "nmae": "x"}], "budgets": [8]}, "policies[0].nmae"),
+        ({"policies": [{"name": "h2o", "budgets": [0.5, 2.0]}]}, "policies[0].budgets[1]"),
+        ({"policies": [{"name": "full", "budgets": [8]}]}, "policies[0].budgets"),
+        ({"policies": ["window"], "budgets": [0]}, "budgets[0]"),
+        ({"policies": ["window"], "budgets": [0.5, 1.5]}, "budgets[1]"),
+        ({"policies": ["window"], "budgets": [True]}, "budgets[0]"),
+        ({"policies": ["window"], "budgets": ["1/8"]}, "budgets[0]"),
+        ({"policies": ["window"], "budgets": 8}, "budgets"),
+        ({"policies": "some", "budgets": [8]}, "policies"),
+        ({"policies": ["window"], "budgets": [8], "mixers": ["s4d"]}, "policies"),  # no attention layer
         ({"name": ""}, "name"),
         ({"tasks": [{"task": "mqar", "lengths": []}]}, "tasks[0].lengths"),
         ({"tasks": [{"task": "mqar", "lengths": [64, 0]}]}, "tasks[0].lengths[1]"),
@@ -151,8 +167,12 @@ def test_error_messages_list_accepted_values():
     with pytest.raises(ConfigError, match="Did you mean: steps") as info:
         load_spec(grid(train={"stpes": 3}))
     assert "batch_size" in str(info.value) and "d_model" not in str(info.value).split("Accepted keys:")[1]
-    with pytest.raises(ConfigError, match="not supported"):
-        load_spec(grid(policies=["h2o"]))
+    with pytest.raises(ConfigError, match="Did you mean: window") as info:
+        load_spec(grid(policies=[{"name": "windw"}], budgets=[8]))
+    assert "h2o" in str(info.value)  # the available policies are listed
+    with pytest.raises(ConfigError, match="Did you mean: recent") as info:
+        load_spec(grid(policies=[{"name": "h2o", "kwargs": {"recnt": 2}}], budgets=[8]))
+    assert "recent_ratio" in str(info.value)
 
 
 def test_toml_loading(tmp_path):

@@ -1,7 +1,12 @@
 """Executors run the claimed runs of a store: in this process, in a process pool, or on Ray.
 
 All three write through the same ``Store`` API (claim, then finish or fail), so a store filled by
-one executor can be resumed by another.
+one executor can be resumed by another. KV-cache policy evaluations (``policies``, a spec's
+``policy_plan``) run where the checkpoints are: in the local and process executors each worker
+evaluates the runs it finishes, then any done run still missing evaluations (a per-run claim keeps
+two workers off the same run); with Ray the driver evaluates them after the training tasks, from
+the store's run folders (so a remote cluster's runs, whose checkpoints stay remote, are reported
+as skipped).
 """
 
 from __future__ import annotations
@@ -14,16 +19,17 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .runner import execute, work_loop
+from .runner import evaluate_pending_policies, execute, work_loop
 from .store import Store, default_owner
 
 EXECUTORS = ("local", "process", "ray")
 
 
 def run_local(store_path: str | Path, *, progress: bool = True, on_done: Callable | None = None,
-              run_ids=None, **_) -> int:
+              run_ids=None, policies: list[dict] | None = None, on_policy: Callable | None = None, **_) -> int:
     """In this process, one run after another, with the training progress bar of the current run."""
-    return work_loop(store_path, progress=progress, on_done=on_done, run_ids=run_ids)
+    return work_loop(store_path, progress=progress, on_done=on_done, run_ids=run_ids, policies=policies,
+                     on_policy=on_policy)
 
 
 def _die_with_parent() -> None:
@@ -44,16 +50,18 @@ def _die_with_parent() -> None:
         pass
 
 
-def _process_worker(store_path: str, threads: int | None, parent_pid: int | None = None, run_ids=None) -> int:
+def _process_worker(store_path: str, threads: int | None, parent_pid: int | None = None, run_ids=None,
+                    policies: list[dict] | None = None) -> int:
     _die_with_parent()
     if parent_pid is not None and os.getppid() != parent_pid:
         return 0  # the arena died before this worker got going
-    return work_loop(store_path, threads=threads, run_ids=run_ids,
+    return work_loop(store_path, threads=threads, run_ids=run_ids, policies=policies,
                      keep_going=None if parent_pid is None else (lambda: os.getppid() == parent_pid))
 
 
 def run_process(store_path: str | Path, *, workers: int = 2, threads_per_worker: int | None = None,
-                on_done: Callable | None = None, poll_seconds: float = 1.0, run_ids=None, **_) -> int:
+                on_done: Callable | None = None, poll_seconds: float = 1.0, run_ids=None,
+                policies: list[dict] | None = None, on_policy: Callable | None = None, **_) -> int:
     """A pool of worker processes, each claiming runs until none is left.
 
     On a 2-core machine, 2 workers at 1 thread each beat 1 worker at 2 threads for small models
@@ -63,8 +71,10 @@ def run_process(store_path: str | Path, *, workers: int = 2, threads_per_worker:
     ctx = mp.get_context("spawn")
     with Store.open(store_path, create=False) as store:
         seen_done = {r["id"] for r in store.runs() if r["status"] in ("done", "failed")}
+        seen_policy = {(r["run_id"], r["policy_key"], r["budget_key"]) for r in store.policy_evals()}
         run_ids = None if run_ids is None else sorted(run_ids)
-        processes = [ctx.Process(target=_process_worker, args=(str(store_path), threads, os.getpid(), run_ids))
+        processes = [ctx.Process(target=_process_worker,
+                                 args=(str(store_path), threads, os.getpid(), run_ids, policies or None))
                      for _ in range(workers)]
         for process in processes:
             process.start()
@@ -77,6 +87,13 @@ def run_process(store_path: str | Path, *, workers: int = 2, threads_per_worker:
                     executed += 1
                     if on_done is not None:
                         on_done(row)
+            if policies:
+                for row in store.policy_evals():
+                    key = (row["run_id"], row["policy_key"], row["budget_key"])
+                    if key not in seen_policy:
+                        seen_policy.add(key)
+                        if on_policy is not None:
+                            on_policy(row)
             if not alive:
                 break
             time.sleep(poll_seconds)
@@ -99,7 +116,8 @@ def _ray_train(config_dict: dict, out_dir: str | None) -> dict:
 
 
 def run_ray(store_path: str | Path, *, ray_address: str | None = None, workers: int | None = None,
-            threads_per_worker: int | None = None, on_done: Callable | None = None, run_ids=None, **_) -> int:
+            threads_per_worker: int | None = None, on_done: Callable | None = None, run_ids=None,
+            policies: list[dict] | None = None, on_policy: Callable | None = None, **_) -> int:
     """One Ray task per run on an existing cluster (``ray_address``) or a local one.
 
     The driver claims every pending run, submits it, and records each result through the store as it
@@ -138,6 +156,9 @@ def run_ray(store_path: str | Path, *, ray_address: str | None = None, workers: 
                 executed += 1
                 if on_done is not None:
                     on_done(store.get(run_id))
+            if policies:  # driver-side, from the checkpoints in the store's run folders
+                evaluate_pending_policies(store, policies, run_ids=run_ids, owner=owner,
+                                          threads=threads_per_worker, on_policy=on_policy)
     finally:
         if started_here:
             ray.shutdown()

@@ -117,6 +117,31 @@ PRESETS["frontier"] = {
 }
 
 
+# KV-cache policies x budgets: train once, evaluate many. Attention models (the probes' settings, so
+# the runs are shared with `probes` in one store) on the three retrieval probes, each then evaluated
+# under every registered policy at budgets from 1/64 to 1/2 of the context (query-agnostic protocol,
+# evaluate.evaluate_policy). Some policies reject the smallest budgets (streaming keeps 4 sinks:
+# 1/64 of 128 tokens is 2): those evaluations are stored as skipped.
+KV_BUDGET_TASKS = [t for t in PROBE_TASKS if t["task"] in ("passkey", "niah", "mqar")]
+
+PRESETS["kv-budget"] = {
+    "description": "KV-cache policies x budgets: 3 attention runs (passkey, niah, mqar; T=128, width 64) each evaluated "
+                   "under every registered policy at 1/64-1/2 of the context (about 10 min on 2 cores)",
+    "spec": {
+        "name": "kv-budget",
+        "mixers": ["attention"],
+        "tasks": KV_BUDGET_TASKS,
+        "lengths": [128],
+        "widths": [64],
+        "seeds": [0],
+        "n_layers": 2,
+        "train": dict(PRESETS["probes"]["spec"]["train"]),
+        "policies": "all",
+        "budgets": [1 / 64, 1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2],
+    },
+}
+
+
 def get_preset(name: str) -> dict:
     if name not in PRESETS:
         raise KeyError(f"Unknown preset {name!r}. Available presets: {', '.join(PRESETS)}")

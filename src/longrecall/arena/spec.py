@@ -32,6 +32,23 @@ task, else from the task's own defaults; the spec's ``kwargs`` override them and
 lengths = [64] }``); that task then runs at those lengths instead of the spec's, which is how a
 sweep ties a difficulty knob to the length (Zoology's MQAR uses 4 kv pairs at T=64, 8 at 128, ...).
 The spec's ``lengths`` may then be left out when every task sets its own.
+
+KV-cache policies ("train once, evaluate many")::
+
+    policies = ["window", { name = "h2o", kwargs = { recent_ratio = 0.5 }, mode = "prefill" }, "full"]
+    budgets = [0.5, 0.25, 16]    # floats in (0, 1]: fractions of the sequence length; ints: tokens
+
+Every run whose model has a plain ``attention`` layer is evaluated, after training, under each
+(policy, budget) pair (``evaluate.evaluate_policy``, from the run's final checkpoint); runs
+without one get no policy evaluations (a spec where no run has one is an error). An entry is a
+policy name or a table with ``name``, ``kwargs`` (the policy dataclass's fields, defaults
+resolved; ``budget`` and ``mode`` are not kwargs), ``mode`` (``step`` or ``prefill``; default: the
+policy's own) and its own ``budgets`` (instead of the spec's). ``policies = "all"`` lists every
+registered policy. Policies that take no budget (``full``; ``kivi`` and ``think``, which keep every
+token in a compressed form) are evaluated once, without one; retrieval policies (``quest``,
+``infllm``) keep every token but take budgets (what a query reads).
+Errors name the key path (``policies[1].name``, ``policies[0].kwargs.recnt``, ``budgets[2]``).
+Policies never enter a run's config or id: adding them to a spec retrains nothing.
 """
 
 from __future__ import annotations
@@ -54,9 +71,10 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from ..config import ConfigError, TrainConfig, _type_ok, apply_overrides
-from ..registry import MIXERS, TASKS
+from ..registry import MIXERS, POLICIES, TASKS
 
-__all__ = ["ArenaSpec", "RunSpec", "load_spec", "run_id", "GRID_KEYS", "SPEC_KEYS", "RESULT_NEUTRAL_KEYS"]
+__all__ = ["ArenaSpec", "RunSpec", "load_spec", "run_id", "GRID_KEYS", "SPEC_KEYS", "RESULT_NEUTRAL_KEYS",
+           "POLICY_ENTRY_KEYS", "policy_applies", "policy_pairs", "budget_key"]
 
 # keys of a spec (TOML top level / dict / ArenaSpec fields)
 SPEC_KEYS = ("name", "mixers", "tasks", "lengths", "widths", "seeds", "n_layers", "train", "policies", "budgets", "configs")
@@ -262,6 +280,148 @@ def resolve_task_kwargs(task_obj, kwargs: dict) -> dict:
     return dict(kwargs)
 
 
+# ----------------------------------------------------------------------------- KV-cache policies
+
+# keys of a policy entry: policies = ["window", { name = "h2o", kwargs = {...}, mode = "prefill", budgets = [...] }]
+POLICY_ENTRY_KEYS = ("name", "kwargs", "mode", "budgets")
+# Policy fields an entry's kwargs may not set
+_POLICY_RESERVED = {"budget": "set by budgets (or the entry's own budgets)", "mode": "set by the entry's mode key"}
+
+
+def check_budget(value: Any, key: str) -> int | float:
+    """A budget: an int >= 1 (tokens per layer per head) or a float in (0, 1] (a fraction of the length)."""
+    if (_is_int(value) and value >= 1) or (isinstance(value, float) and 0.0 < value <= 1.0):
+        return value
+    raise ConfigError(f"{key} must be a positive int (tokens kept per layer per head) or a float in (0, 1] "
+                      f"(a fraction of the evaluated sequence length), got {value!r}")
+
+
+def check_budgets(value: Any, key: str) -> list:
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{key} must be a list of budgets (positive ints: tokens; floats in (0, 1]: fractions of "
+                          f"the sequence length), got {value!r}")
+    checked = [check_budget(b, f"{key}[{i}]") for i, b in enumerate(value)]
+    out, seen = [], set()
+    for b in checked:  # duplicates collapse (16 and 16.0 are not duplicates: tokens vs a fraction)
+        if budget_key(b) not in seen:
+            seen.add(budget_key(b))
+            out.append(b)
+    return out
+
+
+def budget_key(budget: int | float | None) -> str:
+    """The stored key of a budget: ``"16"`` (tokens), ``"0.25"`` (a fraction), ``"null"`` (unlimited)."""
+    return json.dumps(budget)
+
+
+def policy_applies(config: TrainConfig | dict) -> bool:
+    """Whether a run's model has a plain ``attention`` layer (the layers KV-cache policies manage)."""
+    layers = config.layers if isinstance(config, TrainConfig) else config.get("layers", [])
+    return "attention" in layers
+
+
+def policy_pairs(plan: list[dict]) -> list[tuple[dict, int | float | None]]:
+    """Every (policy entry, budget) of a policy plan, in plan order."""
+    return [(entry, budget) for entry in plan for budget in entry["budgets"]]
+
+
+def _policy_fields(cls) -> dict:
+    return {f.name: f for f in dataclasses.fields(cls) if f.init and f.name not in _POLICY_RESERVED}
+
+
+def _policy_label(name: str, kwargs: dict, mode: str, default_mode: str) -> str:
+    label = name
+    if kwargs:
+        label += "(" + ", ".join(f"{k}={kwargs[k]}" for k in sorted(kwargs)) + ")"
+    return label if mode == default_mode else f"{label}/{mode}"
+
+
+def takes_budget(cls, mode: str, kwargs: dict) -> bool:
+    """Whether a policy takes a budget. False for the policies that keep every token and accept only
+    ``budget=None`` (``full``; lossy ones like ``kivi`` and ``think`` compress the representation);
+    True for evicting policies and for retrieval policies (``quest``, ``infllm``), which store every
+    token but take a budget on what a query reads (``bounded`` is False for both kinds, so it
+    cannot tell them apart: a fraction-of-the-context budget of 1.0 is tried instead)."""
+    try:
+        cls(budget=1.0, mode=mode, **kwargs)
+        return True
+    except (TypeError, ValueError):
+        pass
+    try:
+        cls(budget=None, mode=mode, **kwargs)
+    except (TypeError, ValueError):
+        return True  # the kwargs are at fault: the checks below name them
+    return False
+
+
+def check_policy_entry(i: int, entry: Any, spec_budgets: list) -> dict:
+    """One validated entry of ``policies``: name, resolved kwargs, mode, budgets, key and label."""
+    from ..policies.base import MODES
+
+    key = f"policies[{i}]"
+    name, kwargs = ArenaSpec._entry(key, entry, "name", POLICIES, "policy", extra=("mode", "budgets"))
+    cls = POLICIES.get(name)
+    if not isinstance(kwargs, dict):
+        raise ConfigError(f"{key}.kwargs must be a table of policy {name!r}'s fields, got {kwargs!r}")
+    params = _policy_fields(cls)
+    accepted = ", ".join(params) or "(none)"
+    for arg, value in kwargs.items():
+        if arg in _POLICY_RESERVED:
+            raise ConfigError(f"{key}.kwargs.{arg} is {_POLICY_RESERVED[arg]}, not by the policy's kwargs")
+        if arg not in params:
+            raise ConfigError(f"{key}.kwargs.{arg}: policy {name!r} does not accept {arg!r}.{_close(arg, params)} "
+                              f"Accepted arguments: {accepted}")
+        if not _plain(value):
+            raise ConfigError(f"{key}.kwargs.{arg} must be a plain value (number, string, bool, list, table), got {value!r}")
+    kwargs = {arg: _floatify(v, params[arg].type) for arg, v in kwargs.items()}
+    mode_field = next(f for f in dataclasses.fields(cls) if f.name == "mode")
+    default_mode = mode_field.default
+    mode = entry.get("mode", default_mode) if isinstance(entry, dict) else default_mode
+    if mode not in MODES:
+        raise ConfigError(f"{key}.mode must be one of {', '.join(MODES)}, got {mode!r}")
+    own = isinstance(entry, dict) and "budgets" in entry
+    if not takes_budget(cls, mode, kwargs):  # `full`, `kivi`, `think`: evaluated once, without a budget
+        if own:
+            raise ConfigError(f"{key}.budgets: policy {name!r} keeps every token and takes no budget; remove them")
+        budgets, budget_keys = [None], [None]
+    elif own:
+        budgets = check_budgets(entry["budgets"], f"{key}.budgets")
+        if not budgets:
+            raise ConfigError(f"{key}.budgets must be a non-empty list of budgets")
+        budget_keys = [f"{key}.budgets[{j}]" for j in range(len(budgets))]
+    else:
+        if not spec_budgets:
+            raise ConfigError(f"budgets: policy {name!r} ({key}) needs budgets; give budgets = [0.5, 0.25, 64] "
+                              f"(fractions of the sequence length or tokens) or {key}.budgets")
+        budgets, budget_keys = list(spec_budgets), [f"budgets[{j}]" for j in range(len(spec_budgets))]
+    resolved = None
+    for budget, bkey in zip(budgets, budget_keys):
+        try:
+            obj = cls(budget=budget, mode=mode, **kwargs)
+        except (TypeError, ValueError) as error:
+            message = str(error)
+            arg = _error_key(message, list(kwargs) + ["budget"])
+            if arg == "budget" and bkey:
+                where = bkey
+            elif arg:
+                where = f"{key}.kwargs.{arg}"
+            else:
+                where = key
+            raise ConfigError(f"{where}: policy {name!r} rejects it: {message}") from None
+        resolved = {k: v for k, v in obj.config().items() if k not in _POLICY_RESERVED}
+    if not _plain(resolved):
+        resolved = {k: v for k, v in resolved.items() if _plain(v)} | kwargs
+    return {
+        "name": name,
+        "kwargs": resolved,
+        "user_kwargs": dict(kwargs),
+        "mode": mode,
+        "budgets": budgets,
+        "key": canonical_json({"name": name, "kwargs": resolved, "mode": mode}),
+        "label": _policy_label(name, kwargs, mode, default_mode),
+    }
+
+
 # ----------------------------------------------------------------------------- train section
 
 
@@ -305,7 +465,8 @@ class ArenaSpec:
 
     ``configs`` is the alternative to a grid (a Python spec exporting ``configs``): a list of
     ``TrainConfig`` (or dicts of its keys), each its own run; the grid keys must then be empty.
-    ``policies`` and ``budgets`` are reserved for KV-cache policies and must be empty for now.
+    ``policies`` and ``budgets`` name KV-cache policy evaluations of the trained runs (see
+    ``policy_plan``); they never change the runs themselves.
     """
 
     name: str
@@ -359,13 +520,7 @@ class ArenaSpec:
     def _resolve(self) -> list[RunSpec]:
         if not isinstance(self.name, str) or not self.name.strip():
             raise ConfigError(f"name must be a non-empty string, got {self.name!r}")
-        for key in ("policies", "budgets"):
-            value = getattr(self, key)
-            if not isinstance(value, (list, tuple)):
-                raise ConfigError(f"{key} must be a list, got {value!r}")
-            if value:
-                raise ConfigError(f"{key}: KV-cache policies and budgets are not supported by the arena yet "
-                                  f"(reserved for the KV-cache policies work); remove {key} or leave it empty")
+        plan = self._policy_plan_unchecked()
         if not isinstance(self.configs, (list, tuple)):
             raise ConfigError(f"configs must be a list of TrainConfig, got {self.configs!r}")
         runs = self._from_configs() if self.configs else self._from_grid()
@@ -374,7 +529,47 @@ class ArenaSpec:
             unique.setdefault(run.id, run)
         if not unique:
             raise ConfigError("the spec expands to no runs (empty grid)")
+        if plan and not any(policy_applies(run.config) for run in unique.values()):
+            layers = sorted({"+".join(run.config.layers) for run in unique.values()})
+            raise ConfigError(f"policies: KV-cache policies manage `attention` layers and no run of this spec has one "
+                              f"(models: {', '.join(layers)}); add an attention mixer or remove policies")
+        self._plan = plan
         return list(unique.values())
+
+    @property
+    def policy_plan(self) -> list[dict]:
+        """The validated KV-cache policy evaluations, one dict per distinct policy entry: ``name``,
+        ``kwargs`` (every field but budget and mode, defaults resolved), ``user_kwargs``, ``mode``,
+        ``budgets`` (``[None]`` for ``full``), ``key`` (canonical JSON of name, kwargs and mode)
+        and ``label``. Each run with an ``attention`` layer is evaluated under every (entry,
+        budget) pair; the plan never changes a run's id."""
+        return [dict(entry, budgets=list(entry["budgets"])) for entry in self._plan]
+
+    def _policy_plan_unchecked(self) -> list[dict]:
+        policies, budgets = self.policies, self.budgets
+        if isinstance(policies, str):
+            if policies != "all":
+                raise ConfigError(f"policies must be a list of policy names or {{ name = ..., kwargs = {{...}}, "
+                                  f"mode = ... }} tables, or \"all\" (every registered policy); got {policies!r}")
+            policies = POLICIES.names()
+        if not isinstance(policies, (list, tuple)):
+            raise ConfigError(f"policies must be a list of policy names or {{ name = ..., kwargs = {{...}}, mode = ... }} "
+                              f"tables, or \"all\"; got {policies!r}. Available policies: {', '.join(POLICIES.names())}")
+        spec_budgets = check_budgets(budgets, "budgets")
+        if not policies:
+            if spec_budgets:
+                raise ConfigError("budgets: given without policies; add policies = [...] (or \"all\")")
+            return []
+        plan: dict[str, dict] = {}
+        for i, entry in enumerate(policies):
+            checked = check_policy_entry(i, entry, spec_budgets)
+            if checked["key"] in plan:  # the same policy twice: one entry, the budgets of both
+                known = plan[checked["key"]]
+                keys = {budget_key(b) for b in known["budgets"]}
+                known["budgets"] += [b for b in checked["budgets"] if budget_key(b) not in keys]
+            else:
+                plan[checked["key"]] = checked
+        return list(plan.values())
 
     def _from_grid(self) -> list[RunSpec]:
         if not _is_int(self.n_layers) or self.n_layers <= 0:

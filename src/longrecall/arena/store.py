@@ -17,7 +17,20 @@ Guarantees:
   never gets a second result, so a killed arena resumes without losing or duplicating results.
 * A file that is not SQLite, a SQLite file that is not a longrecall store, or a store written by a
   newer schema is refused with ``StoreError`` and left byte-for-byte untouched (it is inspected
-  read-only before anything is written).
+  read-only before anything is written). An older store is migrated in place when opened
+  (schema 1 -> 2 adds the policy tables; its runs are untouched).
+
+KV-cache policy evaluations (schema 2) live in ``policy_evals``, one row per (run, policy,
+budget): primary key ``(run_id, policy_key, budget_key)`` where ``policy_key`` is the canonical
+JSON of the policy's name, resolved kwargs and mode, and ``budget_key`` the JSON of the budget as
+given (``0.25``, ``16``, ``null`` for none). Columns: ``policy``, ``policy_label``,
+``policy_kwargs`` (JSON), ``mode``, ``budget`` (JSON), ``budget_tokens`` (resolved),
+``context_len``, ``status`` (done / skipped / failed), ``metrics`` (JSON: accuracy, loss, scored,
+reference_accuracy, protocol details), ``by_distance``, ``by_slice``, ``state_bytes`` (after the
+context), ``state_bytes_end`` (after the sequence), ``resident_bytes(_end)`` (retrieval
+policies), ``eval_seconds``, ``checkpoint_step``, ``protocol``, versions, ``owner``, ``error``,
+``created_at``. ``add_policy_eval`` writes a row once (a failed one may be replaced);
+``policy_claims`` keeps two workers from evaluating the same run at once.
 """
 
 from __future__ import annotations
@@ -35,11 +48,16 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Collection, Iterable, Iterator
 
-__all__ = ["Store", "StoreError", "SCHEMA_VERSION", "APP", "STATUSES", "code_version", "default_owner"]
+__all__ = ["Store", "StoreError", "SCHEMA_VERSION", "APP", "STATUSES", "POLICY_STATUSES", "code_version",
+           "default_owner"]
 
 APP = "longrecall"
-SCHEMA_VERSION = 1
+# 1: runs; 2: + policy_evals (KV-cache policy x budget evaluations of finished runs) and policy_claims
+SCHEMA_VERSION = 2
 STATUSES = ("pending", "running", "done", "failed")
+# done: evaluated; skipped: the policy rejects the budget at this length (e.g. fewer tokens than
+# its sinks), stored so it is not retried; failed: the evaluation raised (retried with retry_failed)
+POLICY_STATUSES = ("done", "skipped", "failed")
 SQLITE_HEADER = b"SQLite format 3\x00"
 BUSY_TIMEOUT_S = 60.0
 
@@ -76,6 +94,48 @@ _SCHEMA = [
     )""",
     "CREATE INDEX IF NOT EXISTS runs_status ON runs (status)",
 ]
+# schema 2: tables added to a version-1 store by the migration, and created with every new store
+_SCHEMA_V2 = [
+    """CREATE TABLE IF NOT EXISTS policy_evals (
+        run_id TEXT NOT NULL REFERENCES runs (id),
+        policy_key TEXT NOT NULL,
+        budget_key TEXT NOT NULL,
+        policy TEXT NOT NULL,
+        policy_label TEXT NOT NULL,
+        policy_kwargs TEXT NOT NULL,
+        mode TEXT NOT NULL,
+        budget TEXT,
+        budget_tokens INTEGER,
+        context_len INTEGER,
+        status TEXT NOT NULL CHECK (status IN ('done', 'skipped', 'failed')),
+        metrics TEXT,
+        by_distance TEXT,
+        by_slice TEXT,
+        state_bytes INTEGER,
+        state_bytes_end INTEGER,
+        resident_bytes INTEGER,
+        resident_bytes_end INTEGER,
+        eval_seconds REAL,
+        checkpoint_step INTEGER,
+        protocol TEXT,
+        code_version TEXT,
+        torch_version TEXT,
+        owner TEXT,
+        error TEXT,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (run_id, policy_key, budget_key)
+    )""",
+    """CREATE TABLE IF NOT EXISTS policy_claims (
+        run_id TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        claimed_at TEXT NOT NULL
+    )""",
+]
+POLICY_JSON_COLUMNS = ("policy_kwargs", "budget", "metrics", "by_distance", "by_slice")
+POLICY_COLUMNS = ("run_id", "policy_key", "budget_key", "policy", "policy_label", "policy_kwargs", "mode", "budget",
+                  "budget_tokens", "context_len", "status", "metrics", "by_distance", "by_slice", "state_bytes",
+                  "state_bytes_end", "resident_bytes", "resident_bytes_end", "eval_seconds", "checkpoint_step",
+                  "protocol", "code_version", "torch_version", "owner", "error", "created_at")
 JSON_COLUMNS = ("config", "labels", "metrics", "by_distance", "by_slice", "state_bytes", "history", "evals", "task_config")
 # final_eval keys that get their own columns (the rest of final_eval goes to ``metrics``)
 _SPLIT_EVAL_KEYS = ("by_distance", "by_slice", "state_bytes")
@@ -140,9 +200,9 @@ def _dumps(value: Any) -> str | None:
     return None if value is None else json.dumps(value, sort_keys=True)
 
 
-def _decode(row: sqlite3.Row) -> dict:
+def _decode(row: sqlite3.Row, columns: tuple = JSON_COLUMNS) -> dict:
     record = dict(row)
-    for key in JSON_COLUMNS:
+    for key in columns:
         if record.get(key) is not None:
             record[key] = json.loads(record[key])
     return record
@@ -211,7 +271,8 @@ class Store:
             conn.close()
 
     def _validate(self, conn: sqlite3.Connection) -> bool:
-        """True if ``conn`` holds our schema, False if it holds no tables; StoreError otherwise."""
+        """True if ``conn`` holds our schema (this version or an older one we migrate), False if it
+        holds no tables; StoreError otherwise."""
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if not tables:
             return False
@@ -247,15 +308,31 @@ class Store:
                 conn.execute("PRAGMA journal_mode = WAL")  # the file was checked to be ours or new
                 with self._transaction(conn):
                     if not self._validate(conn):  # re-checked under the write lock
-                        for statement in _SCHEMA:
+                        for statement in _SCHEMA + _SCHEMA_V2:
                             conn.execute(statement)
                         conn.executemany("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
                                          [("app", APP), ("schema_version", str(SCHEMA_VERSION)), ("created_at", now())])
+                    else:
+                        self._migrate(conn)
             except BaseException:
                 conn.close()
                 raise
         self._conn, self._pid = conn, os.getpid()
         return conn
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        """Bring an older store up to this schema, inside the caller's write transaction.
+
+        1 -> 2: add the ``policy_evals`` and ``policy_claims`` tables (the runs are untouched).
+        """
+        version = int(conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
+        if version >= SCHEMA_VERSION:
+            return
+        for statement in _SCHEMA_V2:
+            conn.execute(statement)
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+        conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (f"migrated_from_{version}_at", now()))
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -453,6 +530,95 @@ class Store:
     def meta(self) -> dict:
         return dict(self.conn.execute("SELECT key, value FROM meta").fetchall())
 
+    # -- KV-cache policy evaluations ------------------------------------------------------------
+
+    def claim_policy_job(self, run_id: str, owner: str | None = None) -> bool:
+        """Claim the policy evaluations of one run (so two workers do not compute the same ones):
+        succeeds when nobody holds them, or their holder is a dead process on this host. The
+        results' exactly-once guarantee rests on ``add_policy_eval``, not on this claim."""
+        owner = owner or default_owner()
+        with self._write() as conn:
+            row = conn.execute("SELECT owner FROM policy_claims WHERE run_id = ?", (run_id,)).fetchone()
+            if row is not None and row["owner"] != owner and owner_alive(row["owner"]):
+                return False
+            conn.execute("INSERT OR REPLACE INTO policy_claims (run_id, owner, claimed_at) VALUES (?, ?, ?)",
+                         (run_id, owner, now()))
+            return True
+
+    def release_policy_job(self, run_id: str, owner: str | None = None) -> None:
+        owner = owner or default_owner()
+        with self._write() as conn:
+            conn.execute("DELETE FROM policy_claims WHERE run_id = ? AND owner = ?", (run_id, owner))
+
+    def add_policy_eval(self, record: dict) -> bool:
+        """Store one (run, policy, budget) evaluation in one transaction; returns whether it was
+        written. Refused (False) when that evaluation is already stored, unless the stored one
+        failed: a done or skipped evaluation is never written twice. The run must exist and be done.
+
+        ``record`` holds ``run_id``, ``policy_key``, ``budget_key``, ``policy``, ``policy_label``,
+        ``policy_kwargs``, ``mode``, ``budget``, ``status`` and optionally every other column of
+        ``policy_evals`` (JSON columns as Python values)."""
+        values = {key: record.get(key) for key in POLICY_COLUMNS}
+        values["created_at"] = values["created_at"] or now()
+        values["code_version"] = values["code_version"] or code_version()
+        values["torch_version"] = values["torch_version"] or _torch_version()
+        if values["status"] not in POLICY_STATUSES:
+            raise ValueError(f"status must be one of {', '.join(POLICY_STATUSES)}, got {values['status']!r}")
+        for key in POLICY_JSON_COLUMNS:
+            values[key] = _dumps(values[key]) if key != "budget" else json.dumps(values[key])
+        with self._write() as conn:
+            run = conn.execute("SELECT status FROM runs WHERE id = ?", (values["run_id"],)).fetchone()
+            if run is None:
+                raise StoreError(f"cannot store a policy evaluation of run {values['run_id']}: no such run in {self.path}")
+            if run["status"] != "done":
+                raise StoreError(f"cannot store a policy evaluation of run {values['run_id']}: it is {run['status']}, not done")
+            old = conn.execute("SELECT status FROM policy_evals WHERE run_id = ? AND policy_key = ? AND budget_key = ?",
+                               (values["run_id"], values["policy_key"], values["budget_key"])).fetchone()
+            if old is not None and old["status"] != "failed":
+                return False
+            columns = ", ".join(POLICY_COLUMNS)
+            conn.execute(f"INSERT OR REPLACE INTO policy_evals ({columns}) VALUES ({', '.join('?' * len(POLICY_COLUMNS))})",
+                         tuple(values[key] for key in POLICY_COLUMNS))
+            return True
+
+    def policy_evals(self, run_ids: Collection[str] | None = None, status: str | None = None) -> list[dict]:
+        """Decoded policy evaluations (JSON columns parsed), in insertion order, optionally of some runs
+        and of one status."""
+        if status is not None and status not in POLICY_STATUSES:
+            raise ValueError(f"status must be one of {', '.join(POLICY_STATUSES)} or None, got {status!r}")
+        query, args = "SELECT * FROM policy_evals", ()
+        if status is not None:
+            query, args = query + " WHERE status = ?", (status,)
+        rows = [_decode(r, POLICY_JSON_COLUMNS) for r in self.conn.execute(query + " ORDER BY rowid", args)]
+        if run_ids is not None:
+            wanted = set(run_ids)
+            rows = [r for r in rows if r["run_id"] in wanted]
+        return rows
+
+    def policy_eval_keys(self, run_id: str) -> dict[tuple[str, str], str]:
+        """``{(policy_key, budget_key): status}`` of one run's stored evaluations."""
+        return {(r["policy_key"], r["budget_key"]): r["status"] for r in self.conn.execute(
+            "SELECT policy_key, budget_key, status FROM policy_evals WHERE run_id = ?", (run_id,))}
+
+    def policy_counts(self, run_ids: Collection[str] | None = None) -> dict:
+        """``{"done": n, "skipped": n, "failed": n}`` over the stored policy evaluations."""
+        counts = dict.fromkeys(POLICY_STATUSES, 0)
+        wanted = None if run_ids is None else set(run_ids)
+        for run_id, status in self.conn.execute("SELECT run_id, status FROM policy_evals"):
+            if wanted is None or run_id in wanted:
+                counts[status] += 1
+        return counts
+
+    def requeue_failed_policy_evals(self, run_ids: Collection[str] | None = None) -> int:
+        """Delete failed and skipped policy evaluations (of ``run_ids``) so they run again; returns how many."""
+        with self._write() as conn:
+            rows = conn.execute("SELECT run_id, policy_key, budget_key FROM policy_evals "
+                                "WHERE status IN ('failed', 'skipped')").fetchall()
+            wanted = None if run_ids is None else set(run_ids)
+            doomed = [tuple(r) for r in rows if wanted is None or r["run_id"] in wanted]
+            conn.executemany("DELETE FROM policy_evals WHERE run_id = ? AND policy_key = ? AND budget_key = ?", doomed)
+        return len(doomed)
+
     # -- export --------------------------------------------------------------------------------
 
     def export(self, path: str | Path, format: str | None = None) -> Path:
@@ -467,6 +633,26 @@ class Store:
             text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
         elif format == "csv":
             text = _to_csv(records)
+        else:
+            raise ValueError(f"format must be 'csv' or 'jsonl', got {format!r}")
+        atomic_write_bytes(path, text.encode())
+        return path
+
+    def export_policy_evals(self, path: str | Path, format: str | None = None) -> Path:
+        """Write every policy evaluation to ``path`` atomically: ``csv`` (one flat row per
+        (run, policy, budget), with the run's labels) or ``jsonl`` (one decoded row per line, with
+        the run's ``labels``). The format defaults to the file's suffix (csv unless ``.jsonl``)."""
+        from ..checkpoint import atomic_write_bytes
+
+        path = Path(path)
+        format = format or ("jsonl" if path.suffix == ".jsonl" else "csv")
+        labels = {r["id"]: (r.get("labels") or {}, r.get("spec_name")) for r in self.runs()}
+        records = [dict(r, labels=labels.get(r["run_id"], ({}, None))[0], spec=labels.get(r["run_id"], ({}, None))[1])
+                   for r in self.policy_evals()]
+        if format == "jsonl":
+            text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
+        elif format == "csv":
+            text = _policy_csv(records)
         else:
             raise ValueError(f"format must be 'csv' or 'jsonl', got {format!r}")
         atomic_write_bytes(path, text.encode())
@@ -512,5 +698,31 @@ def _to_csv(records: list[dict]) -> str:
         for key in CSV_TAIL:
             if key not in row:
                 row[key] = r.get(key)
+        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    return buffer.getvalue()
+
+
+POLICY_CSV_COLUMNS = (
+    "run_id", "spec", "task", "seq_len", "mixer", "d_model", "seed", "policy", "policy_label", "mode", "policy_kwargs",
+    "budget", "budget_fraction", "budget_tokens", "context_len", "status", "accuracy", "loss", "scored",
+    "reference_accuracy", "state_bytes", "state_bytes_end", "resident_bytes", "resident_bytes_end", "eval_seconds",
+    "checkpoint_step", "protocol", "code_version", "torch_version", "created_at", "error",
+)
+
+
+def _policy_csv(records: list[dict]) -> str:
+    from ..report.tables import budget_fraction
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=POLICY_CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for r in records:
+        labels, metrics = r.get("labels") or {}, r.get("metrics") or {}
+        row = {key: r.get(key) for key in POLICY_CSV_COLUMNS}
+        row.update({key: labels.get(key) for key in ("task", "seq_len", "mixer", "d_model", "seed")})
+        row.update({key: metrics.get(key) for key in ("accuracy", "loss", "scored", "reference_accuracy")})
+        row["policy_kwargs"] = json.dumps(r.get("policy_kwargs"), sort_keys=True)
+        row["budget"] = json.dumps(r.get("budget"))
+        row["budget_fraction"] = budget_fraction(r)
         writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
     return buffer.getvalue()

@@ -43,7 +43,7 @@ def run(args) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     if args.json:
-        print(json.dumps({k: v for k, v in summary.items() if k != "records"}, indent=2))
+        print(json.dumps({k: v for k, v in summary.items() if k not in ("records", "policy_records")}, indent=2))
     return 0 if summary["counts"]["failed"] == 0 else 1
 
 
@@ -52,7 +52,8 @@ def add_parser(sub) -> None:
         "arena",
         help="train and evaluate a grid of mechanisms x tasks x lengths x widths, durably",
         description="Expand a spec into runs, store them in one SQLite file, run every unfinished run "
-        "(resuming killed ones from their checkpoints), print the leaderboard and write the report.",
+        "(resuming killed ones from their checkpoints), evaluate the spec's KV-cache policies x budgets on "
+        "the trained attention runs, print the leaderboards and write the report.",
         epilog=(
             "examples:\n"
             "  longrecall arena --preset quick --store arena.db --report report/\n"
@@ -64,6 +65,11 @@ def add_parser(sub) -> None:
             '  tasks = [{task = "mqar", kwargs = {vocab_size = 256, num_kv_pairs = 8}}]\n'
             "  lengths = [64, 128]\n  widths = [32, 64]\n  seeds = [0, 1]\n"
             "  [train]\n  steps = 300\n  short_conv = 4\n"
+            "\nKV-cache policies (every run with an attention layer is re-evaluated from its checkpoint, never\n"
+            "retrained; a policy x budget leaderboard is printed after the runs' leaderboard):\n"
+            '  policies = ["window", {name = "h2o", kwargs = {recent_ratio = 0.5}}, {name = "snapkv", mode = "prefill"}]\n'
+            "  budgets = [0.5, 0.25, 16]        # fractions of the sequence length, or tokens per layer and head\n"
+            "  longrecall arena --preset kv-budget --report report/\n"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -75,7 +81,8 @@ def add_parser(sub) -> None:
     p.add_argument("--workers", type=int, default=2, help="worker processes (process) or CPUs (local ray)")
     p.add_argument("--ray-address", help="address of an existing Ray cluster (default: start a local one)")
     p.add_argument("--report", metavar="DIR", help="write report.md, report.html and plots to DIR")
-    p.add_argument("--retry-failed", action="store_true", help="run failed runs again")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="run failed runs again (and failed or skipped policy evaluations)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(run=run)

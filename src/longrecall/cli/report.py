@@ -13,10 +13,11 @@ def run(args) -> int:
     try:
         with Store.open(args.store, create=False) as store:
             records = store.runs()
+            policy_evals = store.policy_evals()
     except (StoreError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    paths = write_report(records, args.out, title=args.title)
+    paths = write_report(records, args.out, title=args.title, policy_evals=policy_evals)
     for name, path in paths.items():
         print(f"{name}: {path}")
     return 0
@@ -27,7 +28,9 @@ def add_parser(sub) -> None:
         "report",
         help="write report.md, report.html and plots from a results store",
         description="Leaderboard (mechanism x task x length), accuracy vs length, accuracy vs state bytes "
-        "(the memory frontier), accuracy vs key-query distance and training curves.",
+        "(the memory frontier), accuracy vs key-query distance and training curves; when the store holds "
+        "KV-cache policy evaluations, a policy x budget leaderboard, accuracy vs budget, and the policies' "
+        "points on the frontier.",
         epilog="examples:\n  longrecall report arena.db -o report/\n  longrecall report runs.db -o out --title 'MQAR sweep'",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -11,7 +11,8 @@ from typing import Sequence
 from ..checkpoint import atomic_write_bytes
 from . import plots as _plots
 from .tables import (
-    failed_runs, failed_to_html, failed_to_markdown, labels_of, leaderboard, mixer_name, provenance,
+    failed_runs, failed_to_html, failed_to_markdown, labels_of, leaderboard, mixer_name, pivots_to_html,
+    pivots_to_markdown, policy_leaderboard, policy_pivots, policy_to_html, policy_to_markdown, provenance,
     status_counts, to_html, to_markdown,
 )
 
@@ -31,6 +32,38 @@ FIGURES = (
     ("training_curves", "Training curves",
      "Left, the training loss of every run (lower is better); right, accuracy at the periodic evaluations. "
      "A run that plateaus or spikes points to an optimisation problem rather than a memory limit."),
+)
+# drawn only when the report has KV-cache policy evaluations
+POLICY_FIGURES = (
+    ("accuracy_vs_budget", "Accuracy vs KV-cache budget",
+     "Each line follows one KV-cache policy applied to a trained attention model, from the smallest cache "
+     "budget (left, a fraction of the context on a log2 axis) to the largest; the dashed line is the same "
+     "model with its full cache. Retrieval accuracy typically stays flat and then falls off a cliff: the "
+     "further left a policy's knee, the better it chooses what to keep. Evaluation is query-agnostic: the "
+     "context is compressed before the question is read."),
+)
+FRONTIER_POLICY_NOTE = (
+    " Hollow markers are trained attention models evaluated under a KV-cache policy (labelled "
+    "attention+policy), one point per budget, at the bytes held after the whole sequence; they take part in "
+    "the Pareto front. Retrieval policies (quest, infllm, em_llm) keep every token and sit near the full "
+    "cache's bytes: the part they need on the device (resident bytes) is in the policy detail table."
+)
+POLICY_HOW_TO_READ = (
+    "Trained attention models re-evaluated under each KV-cache policy and budget, without retraining. "
+    "Protocol (query-agnostic, as kvpress): each example's context, the tokens before its first scored "
+    "position, is prefilled with the policy active (prefill mode: full attention, then one compression; step "
+    "mode: eviction at every token); the rest is decoded token by token and scored like the normal evaluation. "
+    "A budget is a fraction of the sequence length (1/8) or a number of tokens per layer and head. One table "
+    "per task, length and model: a row per policy, a column per budget, ranked by the mean accuracy over "
+    "the budgets where every policy ran; 'skipped' marks a budget the policy rejects at that length (e.g. "
+    "fewer tokens than its sinks); policies that take no budget (full, and lossy ones that keep every token) "
+    "come last, unranked."
+)
+POLICY_DETAIL_HOW_TO_READ = (
+    "Every (policy, budget) evaluation, averaged over seeds: tokens is the resolved budget per layer and head; "
+    "Δ vs full is the change from the same runs without a policy; bytes after context is what the model holds "
+    "when the question starts, bytes at end after the whole sequence (what the frontier plots); resident bytes "
+    "is shown for retrieval policies that keep part of the cache off the device."
 )
 
 LEADERBOARD_HOW_TO_READ = (
@@ -105,18 +138,24 @@ def _provenance_lines(prov: dict) -> list[tuple[str, str]]:
     return out
 
 
-def write_report(records: Sequence[dict], out_dir, title: str = "longrecall report") -> dict[str, Path]:
+def write_report(records: Sequence[dict], out_dir, title: str = "longrecall report",
+                 policy_evals: Sequence[dict] | None = None) -> dict[str, Path]:
     """Write ``report.md``, a self-contained ``report.html`` and one PNG per figure to ``out_dir``.
 
     Returns ``{"markdown": path, "html": path, <figure name>: path, ...}``; the figures are
     ``accuracy_vs_length``, ``accuracy_vs_state_bytes``, ``accuracy_vs_distance`` and
-    ``training_curves`` (left out, and stale copies removed, when no run has finished). Every file
-    is written to a temporary file in ``out_dir`` and then renamed into place. Raises
+    ``training_curves`` (left out, and stale copies removed, when no run has finished), and
+    ``accuracy_vs_budget`` when ``policy_evals`` (rows of the store's ``policy_evals`` table) hold
+    an evaluation of one of ``records``; those also add their points to the frontier and a "KV-cache
+    policies" section (one policy x budget table per task, length and model, and the detail). Every
+    file is written to a temporary file in ``out_dir`` and then renamed into place. Raises
     ``PlotDependencyError`` (an ``ImportError``) naming ``pip install 'longrecall[plot]'`` when
     matplotlib is missing.
     """
     _plots.require_matplotlib()
     records = list(records)
+    known = {str(r.get("id")) for r in records}
+    policy_evals = [e for e in (policy_evals or []) if str(e.get("run_id")) in known]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -125,17 +164,31 @@ def write_report(records: Sequence[dict], out_dir, title: str = "longrecall repo
     summary = _summary(records)
     prov = _provenance_lines(provenance(records))
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    policy_rows = policy_leaderboard(records, policy_evals)
+    pivots = policy_pivots(records, policy_evals)
 
     paths: dict[str, Path] = {}
     figures = []
     if rows:
-        style = _plots.style_for(records)
+        style = _plots.style_for(records, policy_evals)
         for name, caption, howto in FIGURES:
-            path = _plots.PLOTS[name](records, out / f"{name}.png", style=style)
+            kwargs = {"policy_evals": policy_evals} if name in _plots.POLICY_PLOTS and policy_evals else {}
+            path = _plots.PLOTS[name](records, out / f"{name}.png", style=style, **kwargs)
+            if kwargs and name == "accuracy_vs_state_bytes":
+                howto += FRONTIER_POLICY_NOTE
             paths[name] = path
             figures.append((name, caption, howto, path))
     else:
         for name, *_ in FIGURES:
+            (out / f"{name}.png").unlink(missing_ok=True)
+    policy_figures = []
+    if rows and policy_rows:
+        for name, caption, howto in POLICY_FIGURES:
+            path = _plots.PLOTS[name](records, out / f"{name}.png", style=style, policy_evals=policy_evals)
+            paths[name] = path
+            policy_figures.append((name, caption, howto, path))
+    else:
+        for name, *_ in POLICY_FIGURES:
             (out / f"{name}.png").unlink(missing_ok=True)
 
     # ---- markdown
@@ -150,6 +203,11 @@ def write_report(records: Sequence[dict], out_dir, title: str = "longrecall repo
         md += ["## Figures", ""]
         for name, caption, howto, path in figures:
             md += [f"### {caption}", "", f"![{caption}]({path.name})", "", f"*How to read:* {howto}", ""]
+    if policy_rows:
+        md += ["## KV-cache policies", "", POLICY_HOW_TO_READ, "", pivots_to_markdown(pivots)]
+        for name, caption, howto, path in policy_figures:
+            md += [f"### {caption}", "", f"![{caption}]({path.name})", "", f"*How to read:* {howto}", ""]
+        md += ["### Policy evaluations (detail)", "", POLICY_DETAIL_HOW_TO_READ, "", policy_to_markdown(policy_rows)]
     md += [f"## Failed runs ({len(failed)})", "", failed_to_markdown(failed)]
     md += ["## Provenance", ""] + [f"- {label}: {text}" for label, text in prov] + [""]
     md_path = out / "report.md"
@@ -175,6 +233,16 @@ def write_report(records: Sequence[dict], out_dir, title: str = "longrecall repo
             h += [f'<figure id="{e(name)}">', f"<h3>{e(caption)}</h3>",
                   f'<img alt="{e(caption)}" src="data:image/png;base64,{data}">',
                   f"<figcaption><strong>How to read:</strong> {e(howto)}</figcaption>", "</figure>"]
+    if policy_rows:
+        h += ['<h2 id="kv-cache-policies">KV-cache policies</h2>', f'<p class="howto">{e(POLICY_HOW_TO_READ)}</p>',
+              pivots_to_html(pivots)]
+        for name, caption, howto, path in policy_figures:
+            data = base64.b64encode(path.read_bytes()).decode("ascii")
+            h += [f'<figure id="{e(name)}">', f"<h3>{e(caption)}</h3>",
+                  f'<img alt="{e(caption)}" src="data:image/png;base64,{data}">',
+                  f"<figcaption><strong>How to read:</strong> {e(howto)}</figcaption>", "</figure>"]
+        h += ["<details><summary>Policy evaluations (detail)</summary>",
+              f'<p class="howto">{e(POLICY_DETAIL_HOW_TO_READ)}</p>', policy_to_html(policy_rows), "</details>"]
     h += [f"<h2>Failed runs ({len(failed)})</h2>", failed_to_html(failed), "<h2>Provenance</h2>", "<ul>"]
     h += [f"<li>{e(label)}: {e(text)}</li>" for label, text in prov]
     h += ["</ul>", "</body>", "</html>", ""]

@@ -22,8 +22,8 @@ from typing import Sequence
 
 from ..checkpoint import atomic_write_bytes
 from .tables import (
-    accuracy_of, bucket_low, by_distance_of, fmt_bytes, is_finite, labels_of, leaderboard, mixer_name,
-    pareto_front, state_bytes_at,
+    accuracy_of, bucket_low, by_distance_of, fmt_budget, fmt_bytes, is_finite, labels_of, leaderboard, mixer_name,
+    pareto_front, policy_leaderboard, state_bytes_at,
 )
 
 DPI = 130
@@ -35,6 +35,11 @@ PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<")
 LINESTYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)))
 KNOWN_MIXERS = ("attention", "sliding_window", "s4d", "mamba")
+# KV-cache policies get their own 16 distinct colours (dark enough for hollow markers), and are drawn
+# with hollow markers wherever they share a figure with the mixers' filled ones
+POLICY_PALETTE = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#17becf", "#f032e6", "#9a6324",
+                  "#469990", "#000075", "#808000", "#800000", "#ffb000", "#7f7f7f", "#e377c2", "#00cc96")
+POLICY_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "h", "<", ">", "p", "*")
 
 
 class PlotDependencyError(ImportError):
@@ -63,6 +68,14 @@ class Style:
     colors: dict = field(default_factory=dict)
     markers: dict = field(default_factory=dict)
     linestyles: dict = field(default_factory=dict)
+    policy_colors: dict = field(default_factory=dict)
+    policy_markers: dict = field(default_factory=dict)
+
+    def policy_color(self, policy: str) -> str:
+        return self.policy_colors.get(policy, "#333333")
+
+    def policy_marker(self, policy: str) -> str:
+        return self.policy_markers.get(policy, "o")
 
     def color(self, mixer: str) -> str:
         return self.colors.get(mixer, "#333333")
@@ -74,9 +87,10 @@ class Style:
         return self.linestyles.get(width, "-")
 
 
-def style_for(records: Sequence[dict]) -> Style:
+def style_for(records: Sequence[dict], policy_evals: Sequence[dict] = ()) -> Style:
     """One colour and marker per mixer (attention, sliding_window, s4d, mamba keep fixed ones),
-    one line style per width, for every mixer and width in ``records``."""
+    one line style per width, for every mixer and width in ``records``; one colour and marker per
+    KV-cache policy label in ``policy_evals``."""
     mixers = sorted({mixer_name(r) for r in records if r.get("labels")})
     style = Style()
     used: set[int] = set()
@@ -95,6 +109,9 @@ def style_for(records: Sequence[dict]) -> Style:
                     key=lambda w: (not is_finite(w), w if is_finite(w) else 0, str(w)))
     for i, w in enumerate(widths):
         style.linestyles[w] = LINESTYLES[i % len(LINESTYLES)]
+    for i, label in enumerate(sorted({str(e.get("policy_label")) for e in policy_evals})):
+        style.policy_colors[label] = POLICY_PALETTE[i % len(POLICY_PALETTE)]
+        style.policy_markers[label] = POLICY_MARKERS[(i + i // len(POLICY_PALETTE)) % len(POLICY_MARKERS)]
     return style
 
 
@@ -269,12 +286,31 @@ def _bytes_ticks(ax, lo: float, hi: float) -> None:
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: fmt_bytes(v)))
 
 
-def plot_accuracy_vs_state_bytes(records: Sequence[dict], path, style: Style | None = None) -> Path:
+def _policy_points(records: Sequence[dict], policy_evals: Sequence[dict]) -> list[dict]:
+    """Frontier points of policy evaluations: seed means of accuracy and of the bytes held at the
+    end of the sequence, one per (task, seq_len, model, policy, budget)."""
+    pts = []
+    for row in policy_leaderboard(records, policy_evals):
+        nbytes = row.get("state_bytes_end")
+        if math.isfinite(row["accuracy"]) and is_finite(nbytes) and nbytes > 0:
+            mixer = row["model"].rsplit(" d=", 1)[0]
+            pts.append({"task": row["task"], "seq_len": row["seq_len"], "mixer": f"{mixer}+{row['policy']}",
+                        "policy": row["policy"], "d_model": None, "acc": row["accuracy"], "bytes": nbytes,
+                        "budget": row["budget"]})
+    return pts
+
+
+def plot_accuracy_vs_state_bytes(records: Sequence[dict], path, style: Style | None = None,
+                                 policy_evals: Sequence[dict] = ()) -> Path:
     """The memory frontier: accuracy vs state bytes per sequence (log x), one point per run
     (marker and colour per mixer, annotated with its width), and the Pareto front (best accuracy
-    for at most that many bytes) as a step line; one panel per (task, seq_len)."""
+    for at most that many bytes) as a step line; one panel per (task, seq_len).
+
+    ``policy_evals`` add a hollow point per (model, KV-cache policy, budget), labelled
+    ``attention+<policy>``, at the bytes its model held after the whole sequence (the same length
+    the mixers' state is measured at); they take part in the Pareto front."""
     title = "Accuracy vs state bytes per sequence: the memory frontier"
-    style = style or style_for(records)
+    style = style or style_for(records, policy_evals)
     pts = []
     for r in _done(records):
         lab = labels_of(r)
@@ -282,21 +318,33 @@ def plot_accuracy_vs_state_bytes(records: Sequence[dict], path, style: Style | N
         if math.isfinite(acc) and nbytes is not None and nbytes > 0:
             pts.append({"task": str(lab.get("task") or "?"), "seq_len": lab.get("seq_len"), "mixer": mixer_name(lab),
                         "d_model": lab.get("d_model"), "acc": acc, "bytes": nbytes})
-    if not pts:
+    ppts = _policy_points(records, policy_evals) if policy_evals else []
+    pts_all = pts + ppts
+    if not pts_all:
         return _empty(path, title, "no finished runs with both an accuracy and state bytes")
-    groups = sorted({(p["task"], p["seq_len"]) for p in pts}, key=lambda g: (g[0], g[1] if is_finite(g[1]) else -1))
+    groups = sorted({(p["task"], p["seq_len"]) for p in pts_all}, key=lambda g: (g[0], g[1] if is_finite(g[1]) else -1))
     ncols = min(3, len(groups))
     nrows = math.ceil(len(groups) / ncols)
-    fig, axes = _figure(nrows, ncols, 4.8, 3.7)
     mixers = sorted({p["mixer"] for p in pts})
+    policy_labels = sorted({p["mixer"] for p in ppts})
+    legend_rows = len(mixers) + (len(policy_labels) + 2 if policy_labels else 0) + 6  # + the front's entry
+    fig, axes = _figure(nrows, ncols, 4.8, max(3.7, 0.2 * legend_rows / nrows))
     for k, (task, seq_len) in enumerate(groups):
         ax = axes[k // ncols][k % ncols]
         panel = [p for p in pts if p["task"] == task and p["seq_len"] == seq_len]
+        ppanel = [p for p in ppts if p["task"] == task and p["seq_len"] == seq_len]
         for m in mixers:
             mine = [p for p in panel if p["mixer"] == m]
             if mine:
                 ax.scatter([p["bytes"] for p in mine], [p["acc"] for p in mine], color=style.color(m),
                            marker=style.marker(m), s=36, alpha=0.85, edgecolors="white", linewidths=0.5, zorder=3)
+        for m in policy_labels:
+            mine = [p for p in ppanel if p["mixer"] == m]
+            if mine:
+                policy = mine[0]["policy"]
+                ax.scatter([p["bytes"] for p in mine], [p["acc"] for p in mine], facecolors="none",
+                           edgecolors=style.policy_color(policy), marker=style.policy_marker(policy), s=30,
+                           linewidths=1.1, alpha=0.9, zorder=3)
         # label each (mixer, width) once, at its best seed; alternate offsets to limit overlaps
         best: dict = {}
         for p in panel:
@@ -306,9 +354,9 @@ def plot_accuracy_vs_state_bytes(records: Sequence[dict], path, style: Style | N
         for n, p in enumerate(sorted(best.values(), key=lambda p: (p["bytes"], p["acc"]))):
             ax.annotate(f"d={p['d_model']}", (p["bytes"], p["acc"]), xytext=(5, 4 if n % 2 == 0 else -10),
                         textcoords="offset points", fontsize=7, color=style.color(p["mixer"]))
-        lo, hi = min(p["bytes"] for p in panel), max(p["bytes"] for p in panel)
+        lo, hi = min(p["bytes"] for p in panel + ppanel), max(p["bytes"] for p in panel + ppanel)
         lo, hi = lo / 1.6, hi * 2.2
-        front = pareto_front((p["bytes"], p["acc"]) for p in panel)
+        front = pareto_front((p["bytes"], p["acc"]) for p in panel + ppanel)
         xs = [x for x, _ in front] + [hi]
         ys = [y for _, y in front] + [front[-1][1]]
         ax.step(xs, ys, where="post", color="black", linewidth=1.2, linestyle="--", alpha=0.8, zorder=2)
@@ -325,8 +373,17 @@ def plot_accuracy_vs_state_bytes(records: Sequence[dict], path, style: Style | N
 
     front_handle = Line2D([], [], color="black", linestyle="--", marker="o", markerfacecolor="none",
                           label="Pareto front\n(best accuracy\nwithin a budget)")
-    _suptitle(fig, title, "one point per run, labelled with its width")
-    _legend(fig, style, mixers, lines=False, extra=[Line2D([], [], linestyle="", label=""), front_handle])
+    extra = []
+    if policy_labels:
+        extra += [Line2D([], [], linestyle="", label=""), Line2D([], [], linestyle="", label="KV-cache policies:")]
+        extra += [Line2D([], [], linestyle="", marker=style.policy_marker(p.split("+", 1)[1]), markerfacecolor="none",
+                         markeredgecolor=style.policy_color(p.split("+", 1)[1]), label=p) for p in policy_labels]
+    extra += [Line2D([], [], linestyle="", label=""), front_handle]
+    detail = "one point per run, labelled with its width"
+    if policy_labels:
+        detail = "filled: one point per run (its width labelled); hollow: attention + KV policy, one per budget"
+    _suptitle(fig, title, detail)
+    _legend(fig, style, mixers, lines=False, extra=extra)
     return _save(fig, path)
 
 
@@ -485,9 +542,90 @@ def plot_training_curves(records: Sequence[dict], path, style: Style | None = No
     return _save(fig, path)
 
 
+# ----------------------------------------------------------------------------------------------
+# 5. accuracy vs KV-cache budget
+# ----------------------------------------------------------------------------------------------
+
+
+def _fraction_formatter():
+    from matplotlib.ticker import FuncFormatter
+
+    return FuncFormatter(lambda v, _pos: fmt_budget(float(v)) if v < 1 else "1")
+
+
+def plot_accuracy_vs_budget(records: Sequence[dict], path, style: Style | None = None,
+                            policy_evals: Sequence[dict] = ()) -> Path:
+    """Accuracy vs KV-cache budget as a fraction of the context (log2 x), one line per policy
+    (mean over seeds), the full-cache accuracy of the same runs as a dashed line, and policies that
+    take no budget (lossy ones that keep every token, e.g. quantised) as dotted levels; one panel
+    per (task, seq_len, model). Token budgets are placed at tokens / length; budgets a policy
+    rejected (skipped) or failed leave gaps."""
+    title = "Accuracy vs KV-cache budget"
+    style = style or style_for(records, policy_evals)
+    rows = [r for r in policy_leaderboard(records, policy_evals) if is_finite(r["fraction"])]
+    bounded = [r for r in rows if not r["unbounded"]]
+    if not any(math.isfinite(r["accuracy"]) for r in bounded):
+        return _empty(path, title, "no KV-cache policy evaluations with a budget")
+    panels = sorted({(r["task"], r["seq_len"], r["model"]) for r in bounded},
+                    key=lambda g: (g[0], g[1] if is_finite(g[1]) else -1, g[2]))
+    ncols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    policies = sorted({r["policy"] for r in bounded if math.isfinite(r["accuracy"])})  # all skipped: no line
+    n_levels = len({r["policy"] for r in rows if r["unbounded"]})
+    fig, axes = _figure(nrows, ncols, 4.8, max(3.6, 0.2 * (len(policies) + n_levels + 5) / nrows))
+    for k, (task, seq_len, model) in enumerate(panels):
+        ax = axes[k // ncols][k % ncols]
+        mine = [r for r in rows if (r["task"], r["seq_len"], r["model"]) == (task, seq_len, model)]
+        fractions = sorted({r["fraction"] for r in mine if not r["unbounded"]})
+        for p in policies:
+            pts = sorted((r for r in mine if r["policy"] == p and not r["unbounded"]), key=lambda r: r["fraction"])
+            if not pts:
+                continue
+            xs = [r["fraction"] for r in pts]
+            ys = [r["accuracy"] if math.isfinite(r["accuracy"]) else float("nan") for r in pts]
+            ax.plot(xs, ys, color=style.policy_color(p), marker=style.policy_marker(p), markersize=4.5,
+                    linewidth=1.5, alpha=0.9)
+        for r in mine:  # policies without a budget (lossy ones keep every token): a dotted level
+            if r["unbounded"] and r["policy_name"] != "full" and math.isfinite(r["accuracy"]):
+                ax.axhline(r["accuracy"], color=style.policy_color(r["policy"]), linestyle=":", linewidth=1.4,
+                           alpha=0.9, zorder=1)
+        refs = [r["reference"] for r in mine if r["reference"] is not None]
+        full = [r["accuracy"] for r in mine if r["unbounded"] and math.isfinite(r["accuracy"])]
+        reference = sum(refs) / len(refs) if refs else (full[0] if full else None)
+        if reference is not None:
+            ax.axhline(reference, color="black", linestyle="--", linewidth=1.1, alpha=0.8, zorder=1)
+        ax.set_xscale("log", base=2)
+        if fractions:
+            from matplotlib.ticker import FixedLocator, NullLocator
+
+            ticks = fractions if len(fractions) <= 8 else fractions[::2]
+            ax.xaxis.set_major_locator(FixedLocator(ticks))
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.xaxis.set_major_formatter(_fraction_formatter())
+            ax.set_xlim(fractions[0] / 1.4, min(1.0, fractions[-1]) * 1.4)
+        ax.set_xlabel("KV budget (fraction of the context, log2)")
+        ax.set_title(f"{task}, seq_len={seq_len}, {model}", fontsize=10)
+        _percent_y(ax, "accuracy (% of scored tokens)" if k % ncols == 0 else None)
+    _hide_unused(axes, len(panels))
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=style.policy_color(p), marker=style.policy_marker(p), label=p) for p in policies]
+    levels = sorted({r["policy"] for r in rows if r["unbounded"] and r["policy_name"] != "full"
+                     and math.isfinite(r["accuracy"])})
+    handles += [Line2D([], [], color=style.policy_color(p), linestyle=":", label=f"{p} (no budget)") for p in levels]
+    handles += [Line2D([], [], linestyle="", label=""),
+                Line2D([], [], color="black", linestyle="--", label="full cache\n(no policy)")]
+    fig.legend(handles=handles, loc="outside right upper", frameon=False, fontsize=9, title="policy")
+    _suptitle(fig, title, "query-agnostic: context compressed before the question; mean over seeds")
+    return _save(fig, path)
+
+
 PLOTS = {
     "accuracy_vs_length": plot_accuracy_vs_length,
     "accuracy_vs_state_bytes": plot_accuracy_vs_state_bytes,
     "accuracy_vs_distance": plot_accuracy_vs_distance,
     "training_curves": plot_training_curves,
+    "accuracy_vs_budget": plot_accuracy_vs_budget,
 }
+# the plots that also draw KV-cache policy evaluations (``policy_evals=``)
+POLICY_PLOTS = ("accuracy_vs_state_bytes", "accuracy_vs_budget")
