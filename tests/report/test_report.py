@@ -178,6 +178,18 @@ def test_style_is_consistent_per_mixer(records):
     assert style.color("attention") == style_for(records[:2]).color("attention")
 
 
+def test_every_registered_mixer_gets_its_own_colour_and_marker():
+    """The frontier preset plots 15 mixers on one figure: no two may share a (colour, marker)."""
+    from longrecall.registry import MIXERS as REGISTRY
+
+    names = list(REGISTRY.names()) + [f"extra{i}" for i in range(12)]
+    records = [{"labels": {"mixer": n, "mixer_kwargs": {}, "d_model": 32}} for n in names]
+    style = style_for(records)
+    pairs = [(style.colors[m], style.markers[m]) for m in style.colors]
+    assert len(pairs) == len(names) and len(set(pairs)) == len(pairs)
+    assert len({style.colors[m] for m in REGISTRY.names()}) == len(REGISTRY.names())  # colours alone suffice
+
+
 # ---------------------------------------------------------------------------------------------- report
 
 

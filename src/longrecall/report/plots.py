@@ -30,8 +30,11 @@ DPI = 130
 INSTALL_HINT = "pip install 'longrecall[plot]'"
 
 # tab10, in order; well-known mixers always get the same slot.
+# tab10, then 10 more distinct colours so a frontier of ~20 mixers needs no repeated colour
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
-           "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+           "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+           "#000075", "#808000", "#800000", "#469990", "#f032e6",
+           "#9a6324", "#ffb000", "#00cc96", "#911eb4", "#aaaa00")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<")
 LINESTYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)))
 KNOWN_MIXERS = ("attention", "sliding_window", "s4d", "mamba")
@@ -101,10 +104,19 @@ def style_for(records: Sequence[dict], policy_evals: Sequence[dict] = ()) -> Sty
             used.add(slot)
             style.colors[m], style.markers[m] = PALETTE[slot], MARKERS[slot]
     free = [i for i in range(len(PALETTE)) if i not in used]
+    taken = {(PALETTE[i], MARKERS[i]) for i in used}
     for k, m in enumerate(m for m in mixers if m not in style.colors):
-        i = free[k] if k < len(free) else k  # past the palette: colours repeat, markers shift
-        style.colors[m] = PALETTE[i % len(PALETTE)]
-        style.markers[m] = MARKERS[(i + i // len(PALETTE)) % len(MARKERS)]
+        # a unique (colour, marker) pair per mixer: free colours first; past the palette the
+        # colours repeat with a shifted marker, never reusing a pair
+        i = free[k] if k < len(free) else k
+        shift = 0
+        while True:
+            pair = (PALETTE[i % len(PALETTE)], MARKERS[(i + shift + i // len(PALETTE)) % len(MARKERS)])
+            if pair not in taken or shift >= len(MARKERS):
+                break
+            shift += 1
+        taken.add(pair)
+        style.colors[m], style.markers[m] = pair
     widths = sorted({w for w in (labels_of(r).get("d_model") for r in records) if w is not None},
                     key=lambda w: (not is_finite(w), w if is_finite(w) else 0, str(w)))
     for i, w in enumerate(widths):
