@@ -161,3 +161,21 @@ def test_invalid_fields_are_named():
         EMLLM(k_sim=1)
     with pytest.raises(ValueError, match="budget=20 cannot hold"):
         make_attention(EMLLM(budget=20))
+
+
+@pytest.mark.parametrize("name", ["em_llm", "sirllm"])
+@pytest.mark.parametrize("mode", ["step", "prefill"])
+def test_unbudgeted_surprisal_policies_equal_the_plain_model(name, mode):
+    """budget=None in step mode: the layer reads the handed surprisal one token at a time (a step
+    loop inside forward); this used to raise a shape error."""
+    from longrecall.registry import POLICIES
+
+    torch.manual_seed(0)
+    model = LanguageModel(vocab_size=40, d_model=16, layers=["attention", "attention"]).double()
+    tokens = torch.randint(0, 40, (2, 21))
+    plain, _ = model.hidden(tokens)
+    model.set_kv_policy(POLICIES.get(name)(budget=None, mode=mode))
+    with_policy, state = model.hidden(tokens)
+    assert_close(with_policy, plain, "hidden states")
+    layer = state.layers[0]
+    assert not torch.isnan(layer.extra[0]).any() and layer.k.shape[2] == 21

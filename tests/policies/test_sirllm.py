@@ -141,6 +141,12 @@ def test_invalid_fields_are_named():
     with pytest.raises(ValueError, match="n_sink \\+ recent = 6"):
         make_attention(SirLLM(budget=5, n_sink=4, recent=2))
     mixer = make_attention(SirLLM(budget=4))
-    state = mixer.kv_policy.policy.with_surprisal(mixer.init_state(2, dtype=torch.float64), torch.zeros(2, 3))
-    with pytest.raises(ValueError, match="surprisal was handed"):
-        mixer.step(inputs(2, 1)[:, 0], state)
+    prefill = make_attention(SirLLM(budget=4, mode="prefill"))  # a prefill pass reads all its tokens at once
+    state = prefill.kv_policy.policy.with_surprisal(prefill.init_state(2, dtype=torch.float64), torch.zeros(2, 1))
+    with pytest.raises(ValueError, match="surprisal was handed"):  # fewer values than tokens read
+        prefill(inputs(2, 2), state)
+    # more values than one step reads: each step consumes its own, the rest stay pending
+    state = mixer.kv_policy.policy.with_surprisal(mixer.init_state(2, dtype=torch.float64),
+                                                  torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]))
+    _, state = mixer.step(inputs(2, 1)[:, 0], state)
+    assert state.aux[0].tolist() == [[2.0, 3.0], [5.0, 6.0]] and state.extra[0][:, 0, -1].tolist() == [1.0, 4.0]

@@ -54,10 +54,14 @@ class SurprisalSignal:
         B, H, T = new.pos.shape[0], new.pos.shape[1], new.pos.shape[2] - state.pos.shape[2]
         if pending is None:
             pending = new.k.new_zeros(B, T)  # no model: no signal (see the module docstring)
-        elif tuple(pending.shape) != (B, T):
+        elif pending.shape[0] != B or pending.shape[1] < T:
             raise ValueError(f"surprisal was handed for {tuple(pending.shape)} (B, T) tokens, the layer read {(B, T)}")
-        fresh = pending.to(new.k.dtype)[:, None, :].expand(B, H, T)
-        return new._replace(extra=(torch.cat([state.extra[0], fresh], 2), *new.extra[1:]))
+        # a layer may read the handed tokens in pieces (an unbudgeted step-mode forward is a step
+        # loop): each append consumes its tokens' values and leaves the rest pending
+        rest = pending[:, T:]
+        fresh = pending[:, :T].to(new.k.dtype)[:, None, :].expand(B, H, T)
+        return new._replace(extra=(torch.cat([state.extra[0], fresh], 2), *new.extra[1:]),
+                            aux=(rest,) if rest.shape[1] else ())
 
     def fill_surprisal(self, state: PolicyKVState, surprisal: Tensor) -> PolicyKVState:
         """Set the surprisal of the last T = ``surprisal.shape[1]`` positions read (a prefill pass)."""
