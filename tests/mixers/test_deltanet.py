@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from longrecall.contract import assert_close
 from longrecall.mixers.deltanet import DeltaNet, DeltaNetState, delta_rule_step, l2norm
 from longrecall.ops.linear_attn import delta_rule, linear_attn
 from longrecall.protocol import state_clone
@@ -22,11 +23,6 @@ def make(impl="chunked", dtype=F64, seed=0, **kwargs):
 
 def rand_x(batch=2, T=13, dtype=F64, seed=1):
     return torch.randn(batch, T, D_MODEL, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-
-
-def assert_states_close(a, b, **tol):
-    for x, y in zip(a, b):
-        torch.testing.assert_close(x, y, **tol)
 
 
 def test_registered():
@@ -100,7 +96,7 @@ def test_step_loop_equals_forward(impl, use_gate):
     y, state = model(x)
     y_loop, state_loop = model.step_loop(x, model.init_state(2, dtype=F64))
     torch.testing.assert_close(y, y_loop, rtol=1e-10, atol=1e-10)
-    assert_states_close(state, state_loop, rtol=1e-10, atol=1e-10)
+    assert_close(state, state_loop, "state", atol=1e-10, rtol=1e-10)
 
 
 @pytest.mark.parametrize("k", [1, 2, 5, 8])  # k < conv_size - 1 checks the conv buffers' carry-over
@@ -110,7 +106,7 @@ def test_split_forward_equals_whole(k):
     y1, s1 = model(x[:, :k])
     y2, s2 = model(x[:, k:], s1)
     torch.testing.assert_close(torch.cat([y1, y2], 1), y, rtol=1e-10, atol=1e-10)
-    assert_states_close(s2, state, rtol=1e-10, atol=1e-10)
+    assert_close(s2, state, "state", atol=1e-10, rtol=1e-10)
 
 
 def test_matches_a_transcription_of_the_reference_layer():
@@ -170,7 +166,7 @@ def test_no_state_mutation_and_state_bytes():
     before = state_clone(state)
     model.step(x[:, 0], state)
     model(x, state)
-    assert_states_close(state, before, rtol=0, atol=0)
+    assert_close(state, before, "state", atol=0, rtol=0)
     assert isinstance(state, DeltaNetState)
     H, K, V, W1 = 2, 8, 8, 3
     assert model.state_bytes(state) == 3 * (H * K * V * 8 + (2 * H * K + H * V) * W1 * 8)

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from longrecall.contract import assert_close
 from longrecall.mixers.deltanet import DeltaNet, delta_rule_step
 from longrecall.mixers.gated_deltanet import GatedDeltaNet, GatedDeltaNetState
 from longrecall.protocol import state_clone
@@ -24,11 +25,6 @@ def make(impl="chunked", dtype=F64, seed=0, **kwargs):
 
 def rand_x(batch=2, T=13, dtype=F64, seed=1):
     return torch.randn(batch, T, D_MODEL, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-
-
-def assert_states_close(a, b, **tol):
-    for x, y in zip(a, b):
-        torch.testing.assert_close(x, y, **tol)
 
 
 def test_registered():
@@ -71,7 +67,7 @@ def test_no_decay_is_deltanet():
     y_g, s_g = gated(x)
     y_p, s_p = plain(x)
     torch.testing.assert_close(y_g, y_p, rtol=1e-12, atol=1e-12)
-    assert_states_close(s_g, s_p, rtol=1e-12, atol=1e-12)
+    assert_close(s_g, s_p, "state", atol=1e-12, rtol=1e-12)
 
 
 def test_strong_decay_forgets():
@@ -94,7 +90,7 @@ def test_step_loop_equals_forward(impl, use_gate):
         y, state = model(x, start)
         y_loop, state_loop = model.step_loop(x, init)
         torch.testing.assert_close(y, y_loop, rtol=1e-10, atol=1e-10)
-        assert_states_close(state, state_loop, rtol=1e-10, atol=1e-10)
+        assert_close(state, state_loop, "state", atol=1e-10, rtol=1e-10)
 
 
 @pytest.mark.parametrize("k", [1, 2, 5, 8])
@@ -104,7 +100,7 @@ def test_split_forward_equals_whole(k):
     y1, s1 = model(x[:, :k])
     y2, s2 = model(x[:, k:], s1)
     torch.testing.assert_close(torch.cat([y1, y2], 1), y, rtol=1e-10, atol=1e-10)
-    assert_states_close(s2, state, rtol=1e-10, atol=1e-10)
+    assert_close(s2, state, "state", atol=1e-10, rtol=1e-10)
 
 
 def test_parameter_layout_is_fla():
@@ -124,7 +120,7 @@ def test_no_state_mutation_and_state_bytes():
     before = state_clone(state)
     model.step(x[:, 0], state)
     model(x, state)
-    assert_states_close(state, before, rtol=0, atol=0)
+    assert_close(state, before, "state", atol=0, rtol=0)
     assert isinstance(state, GatedDeltaNetState)
     H, K, V, W1 = 2, 6, 12, 3  # K = int(0.75 * 16) // 2
     assert model.state_bytes(state) == 3 * (H * K * V * 8 + (2 * H * K + H * V) * W1 * 8)

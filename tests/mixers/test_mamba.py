@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from longrecall.mixers.mamba import Mamba, MambaState
+from longrecall.contract import assert_close
+from longrecall.mixers.mamba import Mamba
 from longrecall.protocol import state_clone
 from longrecall.registry import get_mixer
 
@@ -29,11 +30,6 @@ def rand_x(batch=2, T=13, dtype=torch.float64, seed=1):
     return torch.randn(batch, T, D_MODEL, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
 
-def assert_states_close(a: MambaState, b: MambaState, **tol):
-    torch.testing.assert_close(a.conv, b.conv, **tol)
-    torch.testing.assert_close(a.ssm, b.ssm, **tol)
-
-
 def test_registered():
     assert get_mixer("mamba") is Mamba
     assert Mamba.state_growth == "constant"
@@ -45,7 +41,7 @@ def test_step_loop_equals_forward(scan):
     y, state = model(x)
     y_loop, state_loop = model.step_loop(x, model.init_state(x.shape[0], dtype=x.dtype))
     torch.testing.assert_close(y, y_loop, rtol=1e-10, atol=1e-10)
-    assert_states_close(state, state_loop, rtol=1e-10, atol=1e-10)
+    assert_close(state, state_loop, "state", atol=1e-10, rtol=1e-10)
 
 
 @pytest.mark.parametrize("scan", ["chunked", "naive"])
@@ -56,7 +52,7 @@ def test_split_forward_equals_whole(scan, k):
     y1, s1 = model(x[:, :k])
     y2, s2 = model(x[:, k:], s1)
     torch.testing.assert_close(torch.cat([y1, y2], dim=1), y, rtol=1e-10, atol=1e-10)
-    assert_states_close(s2, state, rtol=1e-10, atol=1e-10)
+    assert_close(s2, state, "state", atol=1e-10, rtol=1e-10)
 
 
 def test_step_does_not_mutate_state_and_state_bytes():
@@ -64,7 +60,7 @@ def test_step_does_not_mutate_state_and_state_bytes():
     _, state = model(x)
     before = state_clone(state)
     model.step(x[:, 0], state)
-    assert_states_close(state, before, rtol=0, atol=0)
+    assert_close(state, before, "state", atol=0, rtol=0)
     E = EXPAND * D_MODEL
     # float64 activations: ssm state float64 too (scan dtype), conv buffer float64
     assert model.state_bytes(state) == 3 * (E * D_STATE * 8 + E * (D_CONV - 1) * 8)

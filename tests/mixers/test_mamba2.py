@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from longrecall.mixers.mamba2 import Mamba2, Mamba2State
+from longrecall.contract import assert_close
+from longrecall.mixers.mamba2 import Mamba2
 from longrecall.protocol import state_clone
 from longrecall.registry import get_mixer
 
@@ -28,11 +29,6 @@ def rand_x(batch=2, T=13, d=D_MODEL, dtype=torch.float64, seed=1):
     return torch.randn(batch, T, d, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
 
-def assert_states_close(a: Mamba2State, b: Mamba2State, **tol):
-    torch.testing.assert_close(a.conv, b.conv, **tol)
-    torch.testing.assert_close(a.ssm, b.ssm, **tol)
-
-
 def test_registered():
     assert get_mixer("mamba2") is Mamba2
     assert Mamba2.state_growth == "constant"
@@ -45,11 +41,11 @@ def test_step_loop_and_split_forward_equal_forward(impl, k):
     y, state = model(x)
     y_loop, state_loop = model.step_loop(x, model.init_state(x.shape[0], dtype=x.dtype))
     torch.testing.assert_close(y, y_loop, rtol=1e-10, atol=1e-10)
-    assert_states_close(state, state_loop, rtol=1e-10, atol=1e-10)
+    assert_close(state, state_loop, "state", atol=1e-10, rtol=1e-10)
     y1, s1 = model(x[:, :k])
     y2, s2 = model(x[:, k:], s1)
     torch.testing.assert_close(torch.cat([y1, y2], dim=1), y, rtol=1e-10, atol=1e-10)
-    assert_states_close(s2, state, rtol=1e-10, atol=1e-10)
+    assert_close(s2, state, "state", atol=1e-10, rtol=1e-10)
 
 
 # ----------------------------------------------------------------------------- reference maths
@@ -182,7 +178,7 @@ def test_step_does_not_mutate_state_and_state_bytes():
     _, state = model(x)
     before = state_clone(state)
     model.step(x[:, 0], state)
-    assert_states_close(state, before, rtol=0, atol=0)
+    assert_close(state, before, "state", atol=0, rtol=0)
     E, H = 2 * D_MODEL, 2 * D_MODEL // HEADDIM
     ssm, conv = H * D_STATE * HEADDIM, (E + 2 * D_STATE) * (D_CONV - 1)
     assert state.ssm.shape == (3, H, D_STATE, HEADDIM)

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from longrecall.contract import assert_close
 from longrecall.mixers.gated_deltanet import GatedDeltaNet
 from longrecall.mixers.mom import (MoM, MoMState, gathered_short_conv, route_index, routed_short_conv,
                                    routed_short_conv_step)
@@ -23,11 +24,6 @@ def make(impl="chunked", dtype=F64, seed=0, **kwargs):
 
 def rand_x(batch=2, T=13, dtype=F64, seed=1):
     return torch.randn(batch, T, D_MODEL, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-
-
-def assert_states_close(a, b, **tol):
-    for x, y in zip(a, b):
-        torch.testing.assert_close(x, y, **tol)
 
 
 def random_state(model, batch=2, seed=7):
@@ -92,7 +88,7 @@ def test_never_routed_memory_survives_a_parallel_segment(impl):
         for i in (1, 2, 3):
             assert torch.equal(new[i][:, 0], state[i][:, 0])
     else:
-        assert_states_close([t[:, 0] for t in new[1:]], [t[:, 0] for t in state[1:]], rtol=1e-12, atol=1e-12)
+        assert_close([t[:, 0] for t in new[1:]], [t[:, 0] for t in state[1:]], "state", atol=1e-12, rtol=1e-12)
     assert not torch.allclose(new.memory[:, 1:], state.memory[:, 1:])
 
 
@@ -133,7 +129,7 @@ def test_step_loop_equals_forward(impl, kwargs):
         y, state = model(x, start)
         y_loop, state_loop = model.step_loop(x, init)
         torch.testing.assert_close(y, y_loop, rtol=1e-10, atol=1e-10)
-        assert_states_close(state, state_loop, rtol=1e-10, atol=1e-10)
+        assert_close(state, state_loop, "state", atol=1e-10, rtol=1e-10)
 
 
 @pytest.mark.parametrize("k", [1, 2, 5, 8])  # short splits: a memory may get fewer than conv_size - 1 tokens
@@ -143,7 +139,7 @@ def test_split_forward_equals_whole(k):
     y1, s1 = model(x[:, :k])
     y2, s2 = model(x[:, k:], s1)
     torch.testing.assert_close(torch.cat([y1, y2], 1), y, rtol=1e-10, atol=1e-10)
-    assert_states_close(s2, state, rtol=1e-10, atol=1e-10)
+    assert_close(s2, state, "state", atol=1e-10, rtol=1e-10)
 
 
 def test_one_memory_is_gated_deltanet():
@@ -177,7 +173,7 @@ def test_no_state_mutation_and_state_bytes():
     before = state_clone(state)
     model.step(x[:, 0], state)
     model(x, state)
-    assert_states_close(state, before, rtol=0, atol=0)
+    assert_close(state, before, "state", atol=0, rtol=0)
     Mt, H, K, V, W1 = 5, 2, 4, 8, 3  # K = (16 // 2) // 2
     assert model.state_bytes(state) == 3 * (Mt * H * K * V * 8 + (H * K + Mt * H * K + Mt * H * V) * W1 * 8)
     m32 = MoM(64)
@@ -262,7 +258,7 @@ def test_gathered_forward_equals_masked_formulation(impl, kwargs):
         y, state = model(x, start)
         y_ref, state_ref = model.forward_masked(x, start)
         torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
-        assert_states_close(state, state_ref, rtol=1e-12, atol=1e-12)
+        assert_close(state, state_ref, "state", atol=1e-12, rtol=1e-12)
     grads = []
     for fn in (model, model.forward_masked):
         xg = x.clone().requires_grad_(True)

@@ -5,11 +5,9 @@ import math
 import pytest
 import torch
 
-from longrecall.contract import assert_close
-from longrecall.policies.base import Observation, PolicyKVState, cat_states, kept_positions
+from longrecall.policies.base import Observation, PolicyKVState, kept_positions
 from longrecall.policies.think import ThinK
-from longrecall.protocol import state_clone, state_nbytes, state_select
-from policy_helpers import inputs, make_attention, run_steps
+from policy_helpers import check_state_properties, inputs, make_attention, run_steps
 
 
 def test_channel_selection_on_a_constructed_example():
@@ -102,36 +100,6 @@ def test_step_mode_prunes_each_token_leaving_the_recent_window():
     q, k, _, _ = mixer.project(x[:, recent : recent + 1], prev.length)
     scores = q[:, :, 0].square() * torch.cat([prev.k, k], 2).square().mean(2)
     assert torch.equal(states[-1].aux[3], scores.topk(6, dim=-1).indices.sort(-1).values)
-
-
-def check_state_properties(make):
-    """The registry suite's state checks, on configurations that really compress at T = 13."""
-    x = inputs(2, 13, seed=1)
-    for mode in ("step", "prefill"):
-        mixer = make(mode)
-        start = run_steps(mixer, inputs(2, 8, seed=5))[1]
-        if mode == "step":
-            for state in (None, start):
-                y, s = mixer(x, state)
-                y_steps, s_steps, _ = run_steps(mixer, x, state)
-                assert_close((y, s), (y_steps, s_steps), f"{mode}: forward vs step loop")
-        y, s = mixer(x)
-        for i in range(2):
-            yi, si = mixer(x[i : i + 1])
-            assert_close((yi, si), (y[i : i + 1], state_select(s, i)), f"{mode}: row {i} alone vs in a batch")
-        # rows of different lengths share a batch (aux padded by cat_states)
-        prefixes, rest = [inputs(1, 3, seed=10), inputs(1, 11, seed=11)], inputs(2, 7, seed=12)
-        alone = [run_steps(mixer, rest[i : i + 1], mixer(p)[1]) for i, p in enumerate(prefixes)]
-        y, s, _ = run_steps(mixer, rest, cat_states([mixer(p)[1] for p in prefixes]))
-        for i, (yi, si, _) in enumerate(alone):
-            assert_close(y[i : i + 1], yi, f"{mode}: row {i} outputs in a padded batch")
-            assert [kept_positions(state_select(s, i), 0, h) for h in range(2)] == [
-                kept_positions(si, 0, h) for h in range(2)]
-        before = state_clone(start)
-        mixer.step(x[:, 0], start)
-        mixer(x, start)
-        assert_close(start, before, f"{mode}: state not mutated", atol=0, rtol=0)
-        assert mixer.state_bytes(start) == state_nbytes(start)
 
 
 def test_registry_state_properties_while_pruning():
