@@ -21,8 +21,6 @@ the same function. Quote the ratio, not the absolute times.
 
 from __future__ import annotations
 
-import statistics
-import time
 import warnings
 from dataclasses import dataclass
 from typing import Callable
@@ -32,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..ops.linear_attn import delta_rule, linear_attn
+from .speed import _median_time
 
 __all__ = ["Case", "fla_available", "fla_cases", "compare", "to_markdown"]
 
@@ -133,16 +132,6 @@ def fla_cases() -> list[Case]:
     ]
 
 
-def _median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def compare(cases: list[Case], lengths: list[int], *, batch: int = 1, heads: int = 2, key_dim: int = 64,
             value_dim: int = 64, repeats: int = 3, threads: int = 1, seed: int = 0) -> list[dict]:
     """Forward time and agreement of ours vs theirs for every case and length (float32, no grad)."""
@@ -156,8 +145,8 @@ def compare(cases: list[Case], lengths: list[int], *, batch: int = 1, heads: int
             with torch.no_grad():
                 o_ours, s_ours = case.ours(x)
                 o_theirs, s_theirs = case.theirs(x)
-                ours = _median_seconds(lambda: case.ours(x), repeats)
-                theirs = _median_seconds(lambda: case.theirs(x), repeats)
+                ours = _median_time(lambda: case.ours(x), repeats)
+                theirs = _median_time(lambda: case.theirs(x), repeats)
             scale = float(o_theirs.abs().max())
             rows.append({
                 "case": case.name, "reference": case.reference, "T": T, "batch": batch, "heads": heads,
