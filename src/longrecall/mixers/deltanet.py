@@ -37,7 +37,7 @@ from ..protocol import Mixer, check_choice, check_positive
 from ..registry import register_mixer
 
 __all__ = ["DeltaNet", "DeltaNetState", "DeltaRuleBlock", "GatedRMSNorm", "check_int", "check_bool", "l2norm",
-           "short_conv", "short_conv_step", "delta_rule_step", "own"]
+           "short_conv", "short_conv_step", "delta_rule_step", "own", "head_dims"]
 
 
 class DeltaNetState(NamedTuple):
@@ -55,6 +55,21 @@ class DeltaNetState(NamedTuple):
 
 
 # ----------------------------------------------------------------------------- shared helpers
+
+
+def head_dims(d_model: int, n_heads: int, head_dim: int | None, default_head_dim: int,
+              expand_v: int | float) -> tuple[int, int]:
+    """(K, V) per head: ``head_dim`` (or the mixer's default) and ``expand_v * head_dim``, checked."""
+    if head_dim is None:
+        head_dim = default_head_dim
+        if head_dim <= 0:
+            raise ValueError(f"head_dim: the default is 0 for d_model={d_model}, n_heads={n_heads}; pass head_dim")
+    check_int(head_dim=head_dim)
+    head_v = head_dim * expand_v
+    if head_v != int(head_v) or int(head_v) <= 0:
+        raise ValueError(f"expand_v * head_dim must be a positive integer, got expand_v={expand_v!r}, "
+                         f"head_dim={head_dim}")
+    return head_dim, int(head_v)
 
 
 def check_int(**values) -> None:
@@ -155,16 +170,8 @@ class DeltaRuleBlock(Mixer):
         check_positive(expand_v=expand_v, norm_eps=norm_eps)
         check_bool(use_gate=use_gate, conv_bias=conv_bias)
         check_choice("impl", impl, IMPLS)
-        if head_dim is None:
-            head_dim = default_head_dim
-            if head_dim <= 0:
-                raise ValueError(f"head_dim: the default is 0 for d_model={d_model}, n_heads={n_heads}; pass head_dim")
-        check_int(head_dim=head_dim)
-        head_v = head_dim * expand_v
-        if head_v != int(head_v) or int(head_v) <= 0:
-            raise ValueError(f"expand_v * head_dim must be a positive integer, got expand_v={expand_v!r}, "
-                             f"head_dim={head_dim}")
-        self.n_heads, self.head_k_dim, self.head_v_dim = n_heads, head_dim, int(head_v)
+        head_dim, head_v = head_dims(d_model, n_heads, head_dim, default_head_dim, expand_v)
+        self.n_heads, self.head_k_dim, self.head_v_dim = n_heads, head_dim, head_v
         self.expand_v, self.use_gate, self.conv_size = expand_v, use_gate, conv_size
         self.chunk_size, self.impl = chunk_size, impl
         H, K, V = n_heads, head_dim, self.head_v_dim

@@ -48,7 +48,7 @@ from torch import Tensor, nn
 from ..ops.linear_attn import IMPLS, delta_rule, state_dtype
 from ..protocol import Mixer, check_choice, check_positive
 from ..registry import register_mixer
-from .deltanet import (GatedRMSNorm, check_bool, check_int, delta_rule_step, l2norm, make_short_conv, own,
+from .deltanet import (GatedRMSNorm, check_bool, check_int, delta_rule_step, head_dims, l2norm, make_short_conv, own,
                        short_conv, short_conv_step)
 from .gated_deltanet import decay_init, gated_log_decay
 
@@ -185,18 +185,10 @@ class MoM(Mixer):
         check_choice("impl", impl, IMPLS)
         if topk > num_memories:
             raise ValueError(f"topk must be <= num_memories={num_memories}, got {topk}")
-        if head_dim is None:
-            head_dim = (self.d_model // 2) // n_heads
-            if head_dim <= 0:
-                raise ValueError(f"head_dim: the default is 0 for d_model={d_model}, n_heads={n_heads}; pass head_dim")
-        check_int(head_dim=head_dim)
-        head_v = head_dim * expand_v
-        if head_v != int(head_v) or int(head_v) <= 0:
-            raise ValueError(f"expand_v * head_dim must be a positive integer, got expand_v={expand_v!r}, "
-                             f"head_dim={head_dim}")
+        head_dim, head_v = head_dims(d_model, n_heads, head_dim, (self.d_model // 2) // n_heads, expand_v)
         self.num_memories, self.topk, self.shared_memory = num_memories, topk, shared_memory
         self.n_mem = num_memories + int(shared_memory)  # Mt, the memories held in the state
-        self.n_heads, self.head_k_dim, self.head_v_dim = n_heads, head_dim, int(head_v)
+        self.n_heads, self.head_k_dim, self.head_v_dim = n_heads, head_dim, head_v
         self.expand_v, self.use_gate, self.conv_size = expand_v, use_gate, conv_size
         self.chunk_size, self.impl = chunk_size, impl
         D, Mt, H, K, V = self.d_model, self.n_mem, n_heads, head_dim, self.head_v_dim
