@@ -624,39 +624,32 @@ class Store:
     def export(self, path: str | Path, format: str | None = None) -> Path:
         """Write every run to ``path`` atomically: ``csv`` (one flat row per run) or ``jsonl`` (one
         decoded row per line). The format defaults to the file's suffix (csv unless ``.jsonl``)."""
-        from ..checkpoint import atomic_write_bytes
-
-        path = Path(path)
-        format = format or ("jsonl" if path.suffix == ".jsonl" else "csv")
-        records = self.runs()
-        if format == "jsonl":
-            text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
-        elif format == "csv":
-            text = _to_csv(records)
-        else:
-            raise ValueError(f"format must be 'csv' or 'jsonl', got {format!r}")
-        atomic_write_bytes(path, text.encode())
-        return path
+        return _write_records(path, format, self.runs(), _to_csv)
 
     def export_policy_evals(self, path: str | Path, format: str | None = None) -> Path:
         """Write every policy evaluation to ``path`` atomically: ``csv`` (one flat row per
         (run, policy, budget), with the run's labels) or ``jsonl`` (one decoded row per line, with
         the run's ``labels``). The format defaults to the file's suffix (csv unless ``.jsonl``)."""
-        from ..checkpoint import atomic_write_bytes
-
-        path = Path(path)
-        format = format or ("jsonl" if path.suffix == ".jsonl" else "csv")
         labels = {r["id"]: (r.get("labels") or {}, r.get("spec_name")) for r in self.runs()}
         records = [dict(r, labels=labels.get(r["run_id"], ({}, None))[0], spec=labels.get(r["run_id"], ({}, None))[1])
                    for r in self.policy_evals()]
-        if format == "jsonl":
-            text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
-        elif format == "csv":
-            text = _policy_csv(records)
-        else:
-            raise ValueError(f"format must be 'csv' or 'jsonl', got {format!r}")
-        atomic_write_bytes(path, text.encode())
-        return path
+        return _write_records(path, format, records, _policy_csv)
+
+
+def _write_records(path: str | Path, format: str | None, records: list[dict], to_csv) -> Path:
+    """``records`` to ``path`` atomically as csv (``to_csv``) or jsonl; the format defaults to the suffix."""
+    from ..checkpoint import atomic_write_bytes
+
+    path = Path(path)
+    format = format or ("jsonl" if path.suffix == ".jsonl" else "csv")
+    if format == "jsonl":
+        text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
+    elif format == "csv":
+        text = to_csv(records)
+    else:
+        raise ValueError(f"format must be 'csv' or 'jsonl', got {format!r}")
+    atomic_write_bytes(path, text.encode())
+    return path
 
 
 def _torch_version() -> str | None:
