@@ -36,6 +36,18 @@ def local_results(tmp_path_factory):
     return accuracies(store)
 
 
+def test_the_arena_queues_the_largest_runs_first(tmp_path, monkeypatch):
+    """Workers claim in insertion order; the arena inserts longest first so no big run starts last."""
+    from longrecall.arena import arena as arena_module
+    monkeypatch.setattr(arena_module.executors, "run", lambda *args, **kwargs: None)  # queue only
+    spec = {**TINY, "lengths": [8, 16], "widths": [8, 16]}
+    run_arena(spec, store=tmp_path / "arena.db", progress=False)
+    with Store.open(tmp_path / "arena.db", create=False) as db:
+        queued = [(r["labels"]["seq_len"], r["labels"]["d_model"]) for r in db.runs()]  # insertion order
+    assert queued[:2] == [(16, 16)] * 2 and queued[-2:] == [(8, 8)] * 2  # 2 mixers each
+    assert sorted(queued[2:4] + queued[4:6]) == [(8, 16), (8, 16), (16, 8), (16, 8)]  # equal work
+
+
 def test_process_executor_matches_local(tmp_path, local_results):
     store = tmp_path / "arena.db"
     run_arena(TINY, store=store, executor="process", workers=2, progress=False)

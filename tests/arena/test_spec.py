@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from longrecall.arena.spec import ArenaSpec, RunSpec, load_spec, run_id
+from longrecall.arena.spec import ArenaSpec, RunSpec, estimated_work, load_spec, longest_first, run_id
 from longrecall.config import ConfigError, TrainConfig
 
 
@@ -81,6 +81,17 @@ def test_task_entries_with_their_own_lengths():
     # when every task sets its lengths, the spec's lengths may be left out
     spec = load_spec(grid(tasks=tasks[:2], lengths=[], mixers=["attention"], seeds=[0]))
     assert len(spec) == 4
+
+
+def test_longest_first_orders_by_work_and_keeps_grid_order_among_equals():
+    runs = load_spec(grid()).expand()  # 2 mixers x T in (32, 64) x widths (16, 32) x 2 seeds
+    ordered = longest_first(runs)
+    work = [estimated_work(r.config) for r in ordered]
+    assert work == sorted(work, reverse=True) and sorted(r.id for r in ordered) == sorted(r.id for r in runs)
+    largest = [r for r in runs if r.config.task_kwargs["seq_len"] == 64 and r.config.d_model == 32]
+    assert ordered[:4] == largest  # grid order among equals: attention before the window, seed 0 before 1
+    assert estimated_work(largest[0].config) == 3 * 4 * 64 * 2 * 32  # steps x batch x T x layers x width
+    assert ordered[-1].config.task_kwargs["seq_len"] == 32 and ordered[-1].config.d_model == 16
 
 
 def test_duplicates_collapse():

@@ -15,7 +15,7 @@ from ..train import progress_columns
 from . import executors
 from .presets import PRESETS, get_preset
 from .runner import policy_status
-from .spec import ArenaSpec, load_spec, policy_applies
+from .spec import ArenaSpec, load_spec, longest_first, policy_applies
 from .store import Store
 
 
@@ -57,7 +57,7 @@ def run_arena(
     ids = {run.id for run in runs}
     plan = arena_spec.policy_plan
     with Store.open(store) as db:
-        added = db.add_runs(runs)
+        added = db.add_runs(longest_first(runs))  # workers claim in insertion order
         if retry_failed:
             db.requeue_failed()
             if plan:

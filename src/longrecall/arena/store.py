@@ -412,9 +412,10 @@ class Store:
             return True
 
     def next_pending(self, owner: str | None = None, ids: Collection[str] | None = None) -> dict | None:
-        """Claim the next claimable run (pending first, in insertion order, then runs left by dead
-        processes), among ``ids`` when given (the runs of the spec being run: a store may also hold
-        other specs' runs, or runs of an edited spec that no longer exist in it); returns
+        """Claim the next claimable run (pending first, in insertion order, which the arena makes
+        largest first with ``spec.longest_first``; then runs left by dead processes), among ``ids``
+        when given (the runs of the spec being run: a store may also hold other specs' runs, or
+        runs of an edited spec that no longer exist in it); returns
         ``{"id", "config", "labels", "spec_name", "attempts"}`` or None."""
         owner = owner or default_owner()
         wanted = None if ids is None else set(ids)
