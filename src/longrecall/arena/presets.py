@@ -31,7 +31,7 @@ PRESETS: dict[str, dict] = {
         },
     },
     "zoology-mqar": {
-        "description": "CPU-scale Zoology MQAR sweep: 4 memories x widths 32-128 x (T, kv pairs) = (64, 4), (128, 8), (256, 16) (36 runs, 1,500 steps each; hours on 2 cores, see docs/results.md)",
+        "description": "CPU-scale Zoology MQAR sweep: 4 memories x widths 32-128 x (T, kv pairs) = (64, 4), (128, 8), (256, 16) (36 runs, up to 1,500 steps each; about 2 h 20 min with 2 workers on 2 cores, see docs/results.md)",
         # Zoology (Arora et al. 2023, Figure 2) ties the number of kv pairs to the length:
         # (64, 4), (128, 8), (256, 16), (512, 64); widths 64-512; vocab 8192. CPU scale: the first
         # three lengths, widths 32-128, vocab 512 and a short conv as in Zoology's BaseConv layer.
@@ -73,7 +73,7 @@ PROBE_TASKS = [
 ]
 
 PRESETS["probes"] = {
-    "description": "the 4 foundation memories on every task at T=128, width 64 (48 runs; about 30 min with 2 workers)",
+    "description": "the 4 foundation memories on every task at T=128, width 64 (48 runs)",
     "spec": {
         "name": "probes",
         "mixers": FOUNDATION_MIXERS,
@@ -126,7 +126,7 @@ KV_BUDGET_TASKS = [t for t in PROBE_TASKS if t["task"] in ("passkey", "niah", "m
 
 PRESETS["kv-budget"] = {
     "description": "KV-cache policies x budgets: 3 attention runs (passkey, niah, mqar; T=128, width 64) each evaluated "
-                   "under every registered policy at 1/64-1/2 of the context (about 10 min on 2 cores)",
+                   "under every registered policy at 1/64-1/2 of the context",
     "spec": {
         "name": "kv-budget",
         "mixers": ["attention"],
