@@ -35,7 +35,7 @@ def test_registered():
     assert Mamba.state_growth == "constant"
 
 
-@pytest.mark.parametrize("scan", ["chunked", "naive"])
+@pytest.mark.parametrize("scan", ["auto", "chunked", "naive"])
 def test_step_loop_equals_forward(scan):
     model, x = make(scan), rand_x()
     y, state = model(x)
@@ -44,7 +44,7 @@ def test_step_loop_equals_forward(scan):
     assert_close(state, state_loop, "state", atol=1e-10, rtol=1e-10)
 
 
-@pytest.mark.parametrize("scan", ["chunked", "naive"])
+@pytest.mark.parametrize("scan", ["auto", "chunked", "naive"])
 @pytest.mark.parametrize("k", [1, 2, 5, 8])  # k < d_conv - 1 checks the conv buffer's carry-over
 def test_split_forward_equals_whole(scan, k):
     model, x = make(scan), rand_x()
@@ -69,16 +69,17 @@ def test_step_does_not_mutate_state_and_state_bytes():
     assert make(dtype=torch.float32).state_bytes(s32) == 3 * (E * D_STATE * 4 + E * (D_CONV - 1) * 4)
 
 
-def test_chunked_and_naive_scans_train_alike():
+def test_every_scan_trains_alike():
     x = rand_x()
     grads = []
-    for scan in ("chunked", "naive"):
+    for scan in ("naive", "chunked", "auto"):  # auto: the fused C++ kernel where it builds
         model = make(scan)
         y, state = model(x)
         (y.square().sum() + state.ssm.sum()).backward()
         grads.append({n: p.grad for n, p in model.named_parameters()})
-    for name in grads[0]:
-        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-9, atol=1e-10, msg=name)
+    for other in grads[1:]:
+        for name in grads[0]:
+            torch.testing.assert_close(other[name], grads[0][name], rtol=1e-9, atol=1e-10, msg=name)
 
 
 def test_init_matches_reference():
@@ -141,7 +142,7 @@ def reference_slow_path(sd, x, d_state, d_conv, dt_rank):
     return out.transpose(1, 2) @ sd["out_proj.weight"].t(), h
 
 
-@pytest.mark.parametrize("scan", ["chunked", "naive"])
+@pytest.mark.parametrize("scan", ["auto", "chunked", "naive"])
 def test_reference_state_dict_loads_and_matches_slow_path(scan):
     d_model, d_state, d_conv = 20, 5, 3
     d_inner, dt_rank = 40, math.ceil(d_model / 16)
