@@ -117,3 +117,147 @@ def test_ssm_dynamics_and_norms_are_not_weight_decayed():
                      "blocks.0.mixer_norm.weight"):
         assert expected in no_decay_names
     assert "blocks.0.mixer.in_proj.weight" in {names[id(p)] for p in decay["params"]}
+
+
+# ----------------------------------------------------------------------------- the training recipe
+
+
+def test_loss_on_all_reads_every_next_token_and_keeps_the_answers():
+    from longrecall.tasks.base import IGNORE_INDEX
+    from longrecall.train import make_task, training_targets
+
+    batch = make_task(tiny()).build(4, 0)
+    assert torch.equal(training_targets(batch, "answers"), batch.targets)
+    every = training_targets(batch, "all")
+    assert (every[:, -1] == IGNORE_INDEX).all() or (batch.targets[:, -1] != IGNORE_INDEX).all()
+    scored = batch.targets != IGNORE_INDEX
+    assert torch.equal(every[scored], batch.targets[scored])  # the answers, where the task scores one
+    assert torch.equal(every[:, :-1][~scored[:, :-1]], batch.inputs[:, 1:][~scored[:, :-1]])  # next tokens elsewhere
+
+
+def test_loss_on_all_trains_and_evaluates_on_answers_only():
+    answers = train(tiny(), progress=False)
+    every = train(tiny(loss_on="all"), progress=False)
+    assert losses(answers) != losses(every)
+    # evaluation scores the same answer positions in both (same held-out set, same count)
+    assert every["final_eval"]["scored"] == answers["final_eval"]["scored"]
+    assert all(0.0 <= h["accuracy"] <= 1.0 for h in every["history"])
+
+
+def test_schedule_decays_over_max_steps_and_a_stopped_run_is_a_prefix():
+    from longrecall.train import lr_lambda
+
+    short, long_ = tiny(steps=20, warmup_steps=2), tiny(steps=20, max_steps=80, warmup_steps=2)
+    assert lr_lambda(short)(19) == pytest.approx(short.min_lr_ratio, abs=0.02)
+    assert lr_lambda(long_)(19) > 0.8  # the horizon is max_steps: barely decayed at `steps`
+    assert lr_lambda(long_)(79) == pytest.approx(long_.min_lr_ratio, abs=0.01)
+
+
+def _stub_status(monkeypatch, verdicts):
+    """Make convergence.status answer from ``verdicts`` (a list consumed per call)."""
+    import longrecall.convergence as convergence
+
+    calls = []
+
+    def fake(history, evals, target, **kwargs):
+        calls.append(history[-1]["step"])
+        return verdicts.pop(0) if verdicts else "plateau"
+
+    monkeypatch.setattr(convergence, "status", fake)
+    return calls
+
+
+def test_a_learning_run_extends_one_eval_interval_at_a_time(monkeypatch):
+    calls = _stub_status(monkeypatch, ["learning", "learning", "plateau"])
+    metrics = train(tiny(steps=6, max_steps=30, eval_every=3), progress=False)
+    assert calls == [6, 9, 12]  # asked at steps, then after each extension interval
+    assert metrics["steps"] == 12 and metrics["stop_reason"] == "plateau"
+    assert [e["step"] for e in metrics["evals"]] == [3, 6, 9, 12]
+
+
+def test_an_extension_stops_at_max_steps(monkeypatch):
+    _stub_status(monkeypatch, ["learning"] * 100)
+    metrics = train(tiny(steps=6, max_steps=10, eval_every=3), progress=False)
+    assert metrics["steps"] == 10 and metrics["stop_reason"] == "max_steps"
+
+
+def test_without_max_steps_a_run_stops_at_steps_and_reports_its_status():
+    metrics = train(tiny(), progress=False)
+    assert metrics["steps"] == 6 and metrics["stop_reason"] == "budget"
+    assert metrics["convergence"] in ("learning", "plateau", "converged")
+    assert metrics["convergence_detail"]["status"] == metrics["convergence"]
+
+
+def test_an_extended_run_killed_mid_extension_resumes_exactly(tmp_path, monkeypatch):
+    import longrecall.train as train_module
+
+    config = dict(steps=6, max_steps=15, eval_every=3)
+    _stub_status(monkeypatch, ["learning", "learning", "plateau"])
+    reference = train(tiny(**config), progress=False)
+    assert reference["steps"] == 12
+
+    out = str(tmp_path / "run")
+    original = train_module.make_task
+    calls = {"n": 0}
+
+    class Stop(Exception):
+        pass
+
+    def make_task_that_dies(cfg, **overrides):
+        task = original(cfg, **overrides)
+        build = task.build
+
+        def dying_build(n, seed):
+            if n == cfg.batch_size:
+                calls["n"] += 1
+                if calls["n"] == 11:  # in step 11, after the step-9 checkpoint (inside the extension)
+                    raise Stop
+            return build(n, seed)
+
+        object.__setattr__(task, "build", dying_build)
+        return task
+
+    _stub_status(monkeypatch, ["learning", "learning", "plateau"])
+    monkeypatch.setattr(train_module, "make_task", make_task_that_dies)
+    with pytest.raises(Stop):
+        train(tiny(out_dir=out, **config), progress=False)
+    monkeypatch.setattr(train_module, "make_task", original)
+    assert read_manifest(out)["step"] == 9
+    _stub_status(monkeypatch, ["plateau"])  # after the resume, only the step-12 decision is left
+    resumed = train(tiny(out_dir=out, **config), progress=False)
+    assert losses(resumed) == losses(reference)
+    assert resumed["steps"] == 12 and resumed["stop_reason"] == "plateau"
+
+
+def test_a_run_killed_after_deciding_to_stop_does_not_train_on(tmp_path, monkeypatch):
+    """The stop decision is saved with the checkpoint: a resume finds it and trains nothing more."""
+    import longrecall.train as train_module
+
+    out = tmp_path / "run"
+    real_write, real_stop = train_module._write_metrics, train_module.stop_reason
+
+    def die(*args, **kwargs):
+        raise KeyboardInterrupt  # killed between the final checkpoint and the metrics
+
+    monkeypatch.setattr(train_module, "stop_reason", lambda config, step, *a: "early_stop" if step == 3 else None)
+    monkeypatch.setattr(train_module, "_write_metrics", die)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny(out_dir=str(out)), progress=False)
+    assert read_manifest(out)["stopped"] == "early_stop" and read_manifest(out)["step"] == 3
+    monkeypatch.setattr(train_module, "_write_metrics", real_write)
+    monkeypatch.setattr(train_module, "stop_reason", real_stop)
+    resumed = train(tiny(out_dir=str(out)), progress=False)
+    assert resumed["steps"] == 3 and resumed["status"] == "early_stopped"
+
+
+def test_compile_option_trains_or_falls_back_to_the_same_losses(monkeypatch):
+    """``compile=True`` with torch.compile failing falls back to eager: the same losses."""
+    def broken(*args, **kwargs):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    messages = []
+    eager = train(tiny(), progress=False)
+    fallback = train(tiny(compile=True), progress=False, log=messages.append)
+    assert losses(fallback) == losses(eager)
+    assert any("training eagerly" in m for m in messages)

@@ -33,6 +33,14 @@ class ConfigError(ValueError):
     pass
 
 
+LOSS_ON = ("answers", "all")
+
+
+def check_choice_key(name: str, value, accepted: tuple) -> None:
+    if value not in accepted:
+        raise ConfigError(f"{name} must be one of {', '.join(repr(a) for a in accepted)}, got {value!r}")
+
+
 @dataclass
 class TrainConfig:
     """Everything that determines a training run (with the code version and seed)."""
@@ -49,7 +57,12 @@ class TrainConfig:
     task: str = "mqar"
     task_kwargs: dict | None = None  # None: the CPU-scale MQAR for "mqar", the task's own defaults otherwise
     eval_task_kwargs: list = field(default_factory=list)
-    # optimisation: AdamW, linear warm-up then cosine decay to min_lr_ratio * lr
+    # the recipe (README "Training recipe"): what the loss reads, and how long a run may train
+    loss_on: str = "answers"  # "answers": cross-entropy at the scored positions (Zoology); "all": next-token at every position (MAD)
+    max_steps: int | None = None  # a run still "learning" at `steps` continues, one eval interval at a time, up to this
+    target_accuracy: float | None = 0.99  # held-out accuracy that counts as converged (convergence.py); None: never
+    compile: bool = False  # torch.compile the training step (falls back to eager, with a warning, where it fails)
+    # optimisation: AdamW, linear warm-up then cosine decay to min_lr_ratio * lr over max_steps (or steps)
     steps: int = 1000
     batch_size: int = 64
     lr: float = 3e-3
@@ -84,6 +97,16 @@ class TrainConfig:
             raise ConfigError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
         if not self.grad_clip > 0:
             raise ConfigError(f"grad_clip must be positive, got {self.grad_clip!r}")
+        check_choice_key("loss_on", self.loss_on, LOSS_ON)
+        if self.max_steps is not None:
+            if isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int) or self.max_steps < self.steps:
+                raise ConfigError(f"max_steps must be None or an int >= steps ({self.steps}), got {self.max_steps!r}")
+        for name in ("target_accuracy", "early_stop_accuracy"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1):
+                raise ConfigError(f"{name} must be None or a number in (0, 1], got {value!r}")
+        if not isinstance(self.compile, bool):
+            raise ConfigError(f"compile must be true or false, got {self.compile!r}")
         if self.threads is not None and self.threads <= 0:
             raise ConfigError(f"threads must be positive or None, got {self.threads!r}")
         if isinstance(self.layers, str) or not self.layers:

@@ -18,21 +18,30 @@ import time
 from pathlib import Path
 
 import torch
+from torch import Tensor
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from . import __version__
+from . import __version__, convergence
 from .checkpoint import atomic_write_json, load_checkpoint, read_manifest, save_checkpoint
 from .config import TrainConfig
 from .evaluate import evaluate
 from .models import LanguageModel
 from .registry import TASKS
-from .tasks.base import Batch, Task
+from .tasks.base import IGNORE_INDEX, Batch, Task
 
 EVAL_SEED_BASE = 2**40  # eval examples come from seeds far from any training step's seed
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint (if any) is kept."""
+    """The loss became NaN or infinite; the last good checkpoint (if any) is kept.
+
+    ``metrics``: the run's metrics up to the last good step (convergence ``diverged``), as written
+    to ``metrics.json``, so the arena can store the run with its status instead of as a failure.
+    """
+
+    def __init__(self, message: str, metrics: dict | None = None):
+        super().__init__(message)
+        self.metrics = metrics
 
 
 def make_task(config: TrainConfig, **overrides) -> Task:
@@ -69,17 +78,57 @@ def train_seed(seed: int, step: int) -> int:
     return seed * 1_000_003 + step
 
 
+def horizon(config: TrainConfig) -> int:
+    """The last step a run may reach: ``max_steps`` when set, else ``steps``."""
+    return config.max_steps if config.max_steps is not None else config.steps
+
+
 def lr_lambda(config: TrainConfig):
-    """Linear warm-up to 1, then cosine decay to ``min_lr_ratio`` at the last step."""
+    """Linear warm-up to 1, then cosine decay to ``min_lr_ratio`` at the horizon (``max_steps`` or ``steps``).
+
+    The schedule never depends on where a run stops, so a run that stops at ``steps`` (converged or
+    on a plateau) is step for step the prefix of the same run extended towards ``max_steps``.
+    """
+    last = horizon(config)
 
     def factor(step: int) -> float:
         if step < config.warmup_steps:
             return (step + 1) / config.warmup_steps
-        progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+        progress = (step - config.warmup_steps) / max(1, last - config.warmup_steps)
         cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
         return config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine
 
     return factor
+
+
+def training_targets(batch: Batch, loss_on: str) -> Tensor:
+    """What the loss reads: the task's answers (``"answers"``), or next-token targets at every
+    position (``"all"``, MAD's protocol): ``inputs[t + 1]`` at t, the task's own target wherever it
+    scores one (a classification answer need not be the next input), nothing after the last token."""
+    if loss_on == "answers":
+        return batch.targets
+    targets = torch.full_like(batch.inputs, IGNORE_INDEX)
+    targets[:, :-1] = batch.inputs[:, 1:]
+    scored = batch.targets != IGNORE_INDEX
+    return torch.where(scored, batch.targets, targets)
+
+
+def stop_reason(config: TrainConfig, step: int, history: list, evals: list) -> str | None:
+    """Why training stops after ``step`` (an evaluation was just made there), or None to go on.
+
+    ``early_stop``: held-out accuracy reached ``early_stop_accuracy``. At ``steps`` and after:
+    ``budget`` without ``max_steps``; with it, the run goes on only while it is ``learning``
+    (convergence.py) and stops as ``converged``, ``plateau`` or ``diverged``, or at ``max_steps``.
+    """
+    accuracy = evals[-1]["accuracy"] if evals and evals[-1]["step"] == step else None
+    if accuracy is not None and config.early_stop_accuracy is not None and accuracy >= config.early_stop_accuracy:
+        return "early_stop"
+    if step < config.steps:
+        return None
+    if config.max_steps is None or step >= config.max_steps:
+        return "budget" if config.max_steps is None else "max_steps"
+    verdict = convergence.status(history, evals, config.target_accuracy)
+    return None if verdict == "learning" else verdict
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -119,7 +168,7 @@ def train(config: TrainConfig, *, progress: bool | Progress = True, resume: bool
 
     history: list[dict] = []
     evals: list[dict] = []
-    start_step, last_checkpoint = 0, None
+    start_step, last_checkpoint, manifest = 0, None, None
     if out_dir is not None and resume and (manifest := read_manifest(out_dir)) is not None:
         if manifest.get("config") != config.to_dict():
             raise ValueError(
@@ -134,11 +183,13 @@ def train(config: TrainConfig, *, progress: bool | Progress = True, resume: bool
     tokens_per_step = config.batch_size * task.seq_len
     train_seconds = sum(h.get("seconds", 0.0) for h in history)
 
-    def checkpoint(step: int) -> None:
+    def checkpoint(step: int, stopped: str | None) -> None:
         nonlocal last_checkpoint
         if out_dir is not None:
-            save_checkpoint(out_dir, model, optimizer, scheduler, step, config.to_dict(),
-                            {"history": history, "evals": evals})
+            extra = {"history": history, "evals": evals}
+            if stopped:
+                extra["stopped"] = stopped  # a resume after a kill must not train on
+            save_checkpoint(out_dir, model, optimizer, scheduler, step, config.to_dict(), extra)
             last_checkpoint = step
 
     def run_eval(step: int) -> dict:
@@ -148,20 +199,29 @@ def train(config: TrainConfig, *, progress: bool | Progress = True, resume: bool
         evals.append(result)
         return result
 
-    status = "done"
+    status, stopped = "done", (manifest or {}).get("stopped") if out_dir is not None and resume else None
+    if stopped:  # killed after deciding to stop, before writing metrics: nothing left to train
+        status = "early_stopped" if stopped == "early_stop" else "done"
+    loss_fn = compiled_loss(model, log) if config.compile else model.loss
+    last = horizon(config)
     shared = isinstance(progress, Progress)
     with (contextlib.nullcontext(progress) if shared else Progress(*progress_columns(), disable=not progress)) as bar:
-        job = bar.add_task("train", total=config.steps, completed=start_step, info="")
+        job = bar.add_task("train", total=last, completed=start_step, info="")
         model.train()
-        for step in range(start_step, config.steps):
+        step = start_step
+        while step < last and not stopped:
             tick = time.perf_counter()
             batch = task.build(config.batch_size, train_seed(config.seed, step)).to(device)
-            loss, logits, labels = model.loss(batch.inputs, batch.targets)
+            targets = training_targets(batch, config.loss_on)
+            loss, logits, labels = loss_fn(batch.inputs, targets)
             if not torch.isfinite(loss):
                 where = f"the last good checkpoint (step {last_checkpoint}) in {out_dir} is kept" if last_checkpoint is not None else "no checkpoint was written"
                 status = "diverged"
-                _write_metrics(out_dir, config, history, evals, status, n_params, train_seconds, tokens_per_step, task)
-                raise TrainingDiverged(f"loss is {loss.item()} at step {step} (lr {scheduler.get_last_lr()[0]:.3g}); {where}")
+                metrics = _write_metrics(out_dir, config, history, evals, status, n_params, train_seconds,
+                                         tokens_per_step, task, diverged=True)
+                message = f"loss is {loss.item()} at step {step} (lr {scheduler.get_last_lr()[0]:.3g}); {where}"
+                metrics["error"] = message
+                raise TrainingDiverged(message, metrics)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -169,33 +229,70 @@ def train(config: TrainConfig, *, progress: bool | Progress = True, resume: bool
             scheduler.step()
             seconds = time.perf_counter() - tick
             train_seconds += seconds
-            accuracy = (logits.argmax(-1) == labels).float().mean().item()
-            history.append({"step": step + 1, "loss": loss.item(), "accuracy": accuracy,
+            step += 1
+            # training accuracy on the task's answers, whatever the loss reads
+            answers = batch.targets[targets != IGNORE_INDEX] != IGNORE_INDEX  # (P,) among the loss positions
+            accuracy = (logits[answers].argmax(-1) == labels[answers]).float().mean().item()
+            history.append({"step": step, "loss": loss.item(), "accuracy": accuracy,
                             "lr": optimizer.param_groups[0]["lr"], "grad_norm": grad_norm.item(), "seconds": seconds})
             info = f"loss {loss.item():.3f} acc {accuracy:.3f}"
-            done = step + 1 == config.steps
-            if (step + 1) % config.eval_every == 0 or done:
-                result = run_eval(step + 1)
+            if step % config.eval_every == 0 or step == config.steps or step == last:
+                result = run_eval(step)
                 info += f" eval {result['accuracy']:.3f}"
-                if config.early_stop_accuracy is not None and result["accuracy"] >= config.early_stop_accuracy:
-                    status, done = "early_stopped", True
-                checkpoint(step + 1)
-            elif config.checkpoint_every and (step + 1) % config.checkpoint_every == 0:
-                checkpoint(step + 1)
+                stopped = stop_reason(config, step, history, evals)
+                if stopped == "early_stop":
+                    status = "early_stopped"
+                checkpoint(step, stopped)
+            elif config.checkpoint_every and step % config.checkpoint_every == 0:
+                checkpoint(step, None)
             bar.update(job, advance=1, info=info)
-            if done:
-                break
         if shared:
             bar.remove_task(job)
     if not evals or evals[-1]["step"] != (history[-1]["step"] if history else 0):
         run_eval(history[-1]["step"] if history else 0)
-    return _write_metrics(out_dir, config, history, evals, status, n_params, train_seconds, tokens_per_step, task)
+    return _write_metrics(out_dir, config, history, evals, status, n_params, train_seconds, tokens_per_step, task,
+                          stop=stopped)
 
 
-def _write_metrics(out_dir, config, history, evals, status, n_params, train_seconds, tokens_per_step, task) -> dict:
+def compiled_loss(model: LanguageModel, log=print):
+    """``model.loss`` under ``torch.compile`` (the ``compile`` option), or eager where compiling fails.
+
+    The first call compiles (tens of seconds on a CPU); a failure then, or an unavailable compiler,
+    falls back to eager for the rest of the run with one message: the same function, slower.
+    """
+    try:
+        compiled = torch.compile(model.loss, dynamic=False)
+    except Exception as error:  # noqa: BLE001 - torch.compile unsupported here
+        log(f"compile: torch.compile is unavailable ({error}); training eagerly")
+        return model.loss
+    state = {"fn": compiled}
+
+    def loss(inputs, targets):
+        try:
+            return state["fn"](inputs, targets)
+        except Exception as error:  # noqa: BLE001 - a backend failure: same maths, eager
+            if state["fn"] is model.loss:
+                raise
+            log(f"compile: torch.compile failed ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
+                "training eagerly")
+            state["fn"] = model.loss
+            return model.loss(inputs, targets)
+
+    return loss
+
+
+def _write_metrics(out_dir, config, history, evals, status, n_params, train_seconds, tokens_per_step, task,
+                   *, diverged: bool = False, stop: str | None = None) -> dict:
+    from .ops.cpp import kernel_status
+
     steps_done = history[-1]["step"] if history else 0
+    verdict = convergence.assess(history, evals, config.target_accuracy, diverged=diverged)
     metrics = {
         "status": status,
+        "convergence": verdict["status"],
+        "convergence_detail": verdict,
+        "stop_reason": "diverged" if diverged else stop,
+        "kernels": kernel_status(),
         "config": config.to_dict(),
         "task": task.config(),
         "steps": steps_done,

@@ -190,7 +190,7 @@ def test_a_store_of_the_previous_schema_opens_and_gains_the_table(tmp_path):
     conn.commit()
     conn.close()
     with Store.open(path, create=False) as store:
-        assert int(store.meta()["schema_version"]) == SCHEMA_VERSION == 2
+        assert int(store.meta()["schema_version"]) == SCHEMA_VERSION == 3
         assert "migrated_from_1_at" in store.meta()
         tables = {r[0] for r in store.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         assert {"runs", "policy_evals", "policy_claims"} <= tables

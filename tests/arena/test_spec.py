@@ -33,7 +33,7 @@ def test_expansion_size_labels_and_configs():
     first = runs[0]
     assert first.labels == {"spec": "t", "mixer": "attention", "mixer_kwargs": {}, "task": "mqar",
                             "task_kwargs": {"vocab_size": 64, "num_kv_pairs": 4}, "seq_len": 32, "d_model": 16,
-                            "n_layers": 2, "seed": 0}
+                            "n_layers": 2, "seed": 0, "lr": TrainConfig().lr}
     assert first.spec_name == "t"
     sw = [r for r in runs if r.labels["mixer"] == "sliding_window"]
     assert len(sw) == 8 and all(r.labels["mixer_kwargs"] == {"window": 8} for r in sw)
@@ -269,3 +269,57 @@ def test_lengths_reach_tasks_whose_length_is_derived():
     with pytest.raises(ConfigError, match="string_length is set by lengths"):
         load_spec({"name": "clash", "mixers": ["attention"], "widths": [16], "lengths": [34],
                    "tasks": [{"task": "copy", "kwargs": {"string_length": 4}}]})
+
+
+# ----------------------------------------------------------------------------- the learning-rate axis
+
+
+def test_lrs_is_a_grid_axis_with_the_lr_in_each_label():
+    runs = load_spec(grid(lrs=[1e-3, 3e-3, 1e-2], seeds=[0])).expand()
+    assert len(runs) == 2 * 2 * 2 * 3
+    assert sorted({r.config.lr for r in runs}) == [1e-3, 3e-3, 1e-2]
+    assert all(r.labels["lr"] == r.config.lr for r in runs)
+    assert len({r.id for r in runs}) == len(runs)
+    # an int learning rate is the same run as its float
+    assert {r.id for r in load_spec(grid(lrs=[1], seeds=[0])).expand()} == \
+        {r.id for r in load_spec(grid(lrs=[1.0], seeds=[0])).expand()}
+
+
+@pytest.mark.parametrize("lrs, match", [
+    ("3e-3", "lrs must be a list"),
+    ([1e-3, 0], r"lrs\[1\] must be a positive"),
+    ([1e-3, -1e-2], r"lrs\[1\] must be a positive"),
+    ([True], r"lrs\[0\] must be a positive"),
+    ([float("nan")], r"lrs\[0\] must be a positive"),
+])
+def test_bad_lrs_name_the_key(lrs, match):
+    with pytest.raises(ConfigError, match=match):
+        load_spec(grid(lrs=lrs))
+
+
+def test_lrs_and_train_lr_together_is_an_error():
+    with pytest.raises(ConfigError, match="train.lr cannot be set together with lrs"):
+        load_spec(grid(lrs=[1e-3], train={"steps": 3, "lr": 1e-3}))
+
+
+def test_new_recipe_keys_at_their_defaults_keep_old_run_ids():
+    """Keys added with the training recipe (loss_on, max_steps, target_accuracy, compile) enter a
+    run's id only when they differ from their defaults, so stores written before them still resume."""
+    from longrecall.arena.spec import ID_OMITTED_DEFAULTS, run_id
+
+    config = TrainConfig(steps=3)
+    old_style = {k: v for k, v in config.to_dict().items() if k not in ID_OMITTED_DEFAULTS}
+    assert run_id(config) == run_id(old_style)
+    assert run_id(TrainConfig(steps=3, loss_on="all")) != run_id(config)
+    assert run_id(TrainConfig(steps=3, max_steps=6)) != run_id(config)
+
+
+@pytest.mark.parametrize("train, match", [
+    ({"loss_on": "everything"}, "loss_on must be one of 'answers', 'all'"),
+    ({"steps": 10, "max_steps": 5}, "max_steps must be None or an int >= steps"),
+    ({"target_accuracy": 1.5}, r"target_accuracy must be None or a number in \(0, 1\]"),
+    ({"compile": "yes"}, "compile must be"),
+])
+def test_bad_recipe_keys_name_the_key(train, match):
+    with pytest.raises(ConfigError, match=match):
+        load_spec(grid(train={"steps": 3, **train}))

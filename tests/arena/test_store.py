@@ -305,3 +305,83 @@ def test_a_new_store_creates_its_folder(tmp_path):
     with Store.open(tmp_path / "runs" / "deeper" / "arena.db") as store:
         assert store.counts()["done"] == 0
     assert (tmp_path / "runs" / "deeper" / "arena.db").exists()
+
+
+# ----------------------------------------------------------------------------- convergence (schema 3)
+
+
+def test_finish_stores_the_convergence_status(store):
+    run = specs(1)[0]
+    store.add_runs([run])
+    store.claim(run.id)
+    metrics = fake_metrics(run.config_dict, accuracy=0.995)
+    metrics["convergence"] = "converged"
+    store.finish(run.id, metrics)
+    assert store.get(run.id)["convergence"] == "converged"
+    rows = list(csv.DictReader(open(store.export(store.path.with_suffix(".csv")))))
+    assert rows[0]["convergence"] == "converged"
+
+
+def test_finish_computes_the_status_when_metrics_lack_it(store):
+    run = specs(1)[0]
+    store.add_runs([run])
+    store.claim(run.id)
+    metrics = fake_metrics(run.config_dict, accuracy=0.2)
+    metrics.pop("convergence", None)
+    metrics["history"] = [{"step": s, "loss": 2.0} for s in range(1, 101)]
+    metrics["evals"] = [{"step": 50, "accuracy": 0.2}, {"step": 100, "accuracy": 0.2}]
+    store.finish(run.id, metrics)
+    assert store.get(run.id)["convergence"] == "plateau"
+
+
+def test_a_schema_2_store_gains_convergence_computed_from_its_histories(tmp_path):
+    from longrecall.arena.store import _SCHEMA, _SCHEMA_V2
+
+    path = tmp_path / "v2.db"
+    conn = sqlite3.connect(path)
+    for statement in _SCHEMA + _SCHEMA_V2:
+        conn.execute(statement.replace("        convergence TEXT,\n", ""))
+    assert "convergence" not in {r[1] for r in conn.execute("PRAGMA table_info(runs)")}
+    conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)",
+                     [("app", "longrecall"), ("schema_version", "2"), ("created_at", "2026-11-30")])
+    flat = json.dumps([{"step": s, "loss": 2.0} for s in range(1, 101)])
+    for rid, evals in (("up", [[50, 0.1], [100, 0.6]]), ("flat", [[50, 0.2], [100, 0.2]]), ("top", [[100, 0.995]])):
+        conn.execute("INSERT INTO runs (id, status, config, labels, history, evals, created_at) "
+                     "VALUES (?, 'done', '{}', '{}', ?, ?, 'x')",
+                     (rid, flat, json.dumps([{"step": s, "accuracy": a} for s, a in evals])))
+    conn.execute("INSERT INTO runs (id, status, config, labels, created_at) VALUES ('todo', 'pending', '{}', '{}', 'x')")
+    conn.commit()
+    conn.close()
+    with Store.open(path, create=False) as db:
+        assert int(db.meta()["schema_version"]) == SCHEMA_VERSION == 3 and "migrated_from_2_at" in db.meta()
+        status = {r["id"]: r["convergence"] for r in db.runs()}
+    assert status == {"up": "learning", "flat": "plateau", "top": "converged", "todo": None}
+
+
+def test_a_diverged_run_is_stored_as_a_result_with_its_status(tmp_path, monkeypatch):
+    """The arena stores a run whose loss blew up as done, convergence "diverged", with the metrics
+    of its last good evaluation and the divergence message (not as a failure)."""
+    from longrecall.arena.runner import work_loop
+    from longrecall.models import LanguageModel
+
+    spec = load_spec({"name": "d", "mixers": ["attention"], "tasks": [{"task": "mqar", "kwargs": {"vocab_size": 32, "num_kv_pairs": 2}}],
+                      "lengths": [16], "widths": [16], "train": {"steps": 6, "batch_size": 4, "eval_every": 3,
+                                                               "eval_examples": 8, "warmup_steps": 1}})
+    path = tmp_path / "d.db"
+    with Store.open(path) as db:
+        db.add_runs(spec.expand())
+    calls = {"n": 0}
+    real_loss = LanguageModel.loss
+
+    def poisoned(self, inputs, targets):
+        calls["n"] += 1
+        loss, logits, labels = real_loss(self, inputs, targets)
+        return (loss * float("nan") if calls["n"] >= 5 else loss), logits, labels
+
+    monkeypatch.setattr(LanguageModel, "loss", poisoned)
+    work_loop(path)
+    with Store.open(path, create=False) as db:
+        row = db.runs()[0]
+    assert row["status"] == "done" and row["convergence"] == "diverged" and row["train_status"] == "diverged"
+    assert "loss is nan at step 4" in row["error"]
+    assert row["steps"] == 4 and row["metrics"]["accuracy"] is not None  # its step-3 evaluation

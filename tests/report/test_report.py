@@ -281,3 +281,86 @@ def test_missing_matplotlib_names_the_extra(monkeypatch, tmp_path):
     with pytest.raises(PlotDependencyError, match=re.escape("pip install 'longrecall[plot]'")):
         write_report([], tmp_path)
     assert not list(tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------------------------------------- recipe: lr sweeps, convergence
+
+
+def _with(record, **changes):
+    out = {**record, "labels": {**record["labels"], **changes.pop("labels", {})},
+           "metrics": {**(record["metrics"] or {}), **changes.pop("metrics", {})}}
+    out.update(changes)
+    return out
+
+
+def _sweep_records():
+    """mamba at three learning rates (two seeds each) and attention at one; statuses set by hand."""
+    rng = random.Random(3)
+    recs = []
+    for lr, accs, status in ((1e-3, (0.40, 0.50), "learning"), (3e-3, (0.90, 0.70), "plateau"),
+                             (1e-2, (0.01, 0.02), "plateau")):
+        for seed, acc in enumerate(accs):
+            base = make_record("mamba", 64, 64, seed, rng)
+            recs.append(_with(base, id=f"m{lr}s{seed}", labels={"lr": lr}, metrics={"accuracy": acc},
+                              convergence=status))
+    for seed in (0, 1):
+        base = make_record("attention", 64, 64, seed, rng)
+        recs.append(_with(base, id=f"a{seed}", labels={"lr": 3e-3}, metrics={"accuracy": 0.995},
+                          convergence="converged"))
+    return recs
+
+
+def test_best_over_lr_takes_the_best_seed_mean_and_names_the_rates():
+    rows = leaderboard(_sweep_records())
+    mamba = next(r for r in rows if r["mixer"] == "mamba")
+    assert mamba["lr"] == 3e-3 and mamba["lrs"] == [1e-3, 3e-3, 1e-2]
+    assert mamba["accuracy"] == pytest.approx(0.8) and mamba["seeds"] == 2
+    assert mamba["convergence"] == "plateau" and not mamba["converged"]
+    assert sorted(mamba["ids"]) == ["m0.003s0", "m0.003s1"]
+    attention = next(r for r in rows if r["mixer"] == "attention")
+    assert attention["converged"] and attention["lrs"] == [3e-3]
+    assert "3e-03 (best of 3)" in to_markdown(rows)
+    assert len(leaderboard(_sweep_records(), all_lrs=True)) == 4
+
+
+def test_best_over_lr_ties_prefer_converged_then_the_smaller_rate():
+    rng = random.Random(4)
+    recs = [_with(make_record("mamba", 64, 64, 0, rng), id=f"m{lr}", labels={"lr": lr}, metrics={"accuracy": 0.5},
+                  convergence=status) for lr, status in ((1e-2, "converged"), (3e-3, "plateau"), (1e-3, "converged"))]
+    assert leaderboard(recs)[0]["lr"] == 1e-3
+
+
+def test_convergence_from_history_when_the_store_has_none_and_mixed_seeds():
+    from longrecall.report import convergence_of
+
+    rng = random.Random(5)
+    rec = make_record("s4d", 64, 32, 0, rng)
+    assert "convergence" not in rec
+    assert convergence_of(rec) in ("converged", "learning", "plateau")
+    a = _with(rec, id="x0", convergence="converged")
+    b = _with(make_record("s4d", 64, 32, 1, rng), id="x1", convergence="plateau")
+    row = leaderboard([a, b])[0]
+    assert row["convergence"] == "mixed (1 converged, 1 plateau)" and not row["converged"]
+
+
+def test_report_lists_the_lower_bounds_and_all_lrs_shows_every_rate(tmp_path):
+    pytest.importorskip("matplotlib")
+    recs = _sweep_records()
+    md = write_report(recs, tmp_path / "best")["markdown"].read_text()
+    assert "## Convergence" in md and "1 of 2 leaderboard points converged; 1 is a lower bound:" in md
+    assert md.count("| mamba |") == 2  # the leaderboard row and the lower-bound row
+    md_all = write_report(recs, tmp_path / "all", all_lrs=True)["markdown"].read_text()
+    assert "1 of 4 leaderboard points converged; 3 are lower bounds:" in md_all
+
+
+def test_frontier_front_runs_through_converged_points_only(monkeypatch, tmp_path):
+    """The Pareto front is drawn from converged points; a better but unconverged point is not on it."""
+    pytest.importorskip("matplotlib")
+    import longrecall.report.plots as plots
+
+    seen = []
+    real = plots.pareto_front
+    monkeypatch.setattr(plots, "pareto_front", lambda pts: seen.append(list(pts)) or real(seen[-1]))
+    plots.plot_accuracy_vs_state_bytes(plots_records := _sweep_records(), tmp_path / "f.png")
+    converged_bytes = {plots.state_bytes_at(r) for r in plots_records if r["convergence"] == "converged"}
+    assert seen and all(x in converged_bytes for x, _ in seen[0])

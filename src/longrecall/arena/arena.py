@@ -130,19 +130,27 @@ def run_arena(
 def print_leaderboard(records: list[dict], console: Console) -> None:
     from rich.table import Table
 
-    from ..report.tables import fmt_bytes, leaderboard
+    from ..report.tables import fmt_bytes, fmt_lr, leaderboard, lower_bounds
 
     rows = leaderboard(records)
-    table = Table(title="leaderboard")
-    for column in ("task", "T", "mixer", "D", "accuracy", "state bytes", "params", "tokens/s", "seeds"):
+    table = Table(title="leaderboard (best learning rate per row; accuracy of a run that did not converge is a lower bound)")
+    for column in ("task", "T", "mixer", "D", "accuracy", "convergence", "lr", "steps", "state bytes", "params",
+                   "tokens/s", "seeds"):
         table.add_column(column)
     for row in rows:
         table.add_row(str(row.get("task")), str(row.get("seq_len")), str(row.get("mixer")), str(row.get("d_model")),
                       f"{row['accuracy']:.3f}" if row.get("accuracy") is not None else "—",
+                      str(row.get("convergence")), fmt_lr(row),
+                      f"{row['steps']:.0f}" if row.get("steps") is not None else "",
                       fmt_bytes(row.get("state_bytes")), f"{row.get('params') or 0:,}",
                       f"{row.get('tokens_per_s') or 0:,.0f}", str(row.get("seeds")))
     # a pipe or a CI log is not a terminal: give the table room instead of 80 truncated columns
-    (console if console.is_terminal else Console(width=max(console.width, 140))).print(table)
+    wide = console if console.is_terminal else Console(width=max(console.width, 160))
+    wide.print(table)
+    if rows:
+        bounds = lower_bounds(rows)
+        wide.print(f"{len(rows) - len(bounds)} of {len(rows)} points converged; {len(bounds)} "
+                   f"{'is a lower bound' if len(bounds) == 1 else 'are lower bounds'} (not converged)")
 
 
 def print_policy_leaderboard(records: list[dict], policy_records: list[dict], console: Console) -> None:

@@ -50,7 +50,15 @@ def execute(store: Store, claimed: dict, *, owner: str, progress: bool = False, 
     try:
         metrics = train(config, progress=progress, resume=True, log=lambda message: None)
         store.finish(run_id, metrics, eval_seconds=metrics["eval_seconds"], owner=owner)
-    except (Exception, TrainingDiverged) as error:  # the run fails; the arena goes on
+    except TrainingDiverged as error:
+        # a result, not a failure: the run is stored with convergence "diverged" and the held-out
+        # accuracy of its last evaluation before the loss blew up (its last good checkpoint)
+        if error.metrics is None:
+            store.fail(run_id, str(error), owner=owner)
+        else:
+            store.finish(run_id, error.metrics, eval_seconds=error.metrics["eval_seconds"], owner=owner)
+            store.set_error(run_id, str(error))
+    except Exception as error:  # the run fails; the arena goes on
         detail = "".join(traceback.format_exception_only(type(error), error)).strip()
         store.fail(run_id, f"{detail}\n\n{traceback.format_exc()}", owner=owner)
     return store.get(run_id)

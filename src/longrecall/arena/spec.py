@@ -77,7 +77,8 @@ __all__ = ["ArenaSpec", "RunSpec", "load_spec", "run_id", "GRID_KEYS", "SPEC_KEY
            "POLICY_ENTRY_KEYS", "policy_applies", "policy_pairs", "budget_key"]
 
 # keys of a spec (TOML top level / dict / ArenaSpec fields)
-SPEC_KEYS = ("name", "mixers", "tasks", "lengths", "widths", "seeds", "n_layers", "train", "policies", "budgets", "configs")
+SPEC_KEYS = ("name", "mixers", "tasks", "lengths", "widths", "seeds", "lrs", "n_layers", "train", "policies", "budgets",
+             "configs")
 # TrainConfig keys the grid sets; ``train`` may not set them
 GRID_KEYS = {
     "layers": "set by mixers and n_layers",
@@ -90,6 +91,9 @@ GRID_KEYS = {
 }
 # TrainConfig keys that do not change a run's results, so they are left out of its id
 RESULT_NEUTRAL_KEYS = ("out_dir", "threads")
+# keys added after stores existed: left out of the id while at these defaults, so a run configured
+# before they existed keeps its id (and its stored result)
+ID_OMITTED_DEFAULTS = {"loss_on": "answers", "max_steps": None, "target_accuracy": 0.99, "compile": False}
 
 _TRAIN_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
@@ -106,6 +110,9 @@ def run_id(config: TrainConfig | dict) -> str:
     data = config.to_dict() if isinstance(config, TrainConfig) else dict(config)
     for key in RESULT_NEUTRAL_KEYS:
         data.pop(key, None)
+    for key, default in ID_OMITTED_DEFAULTS.items():
+        if key in data and data[key] == default:
+            del data[key]
     return hashlib.sha256(canonical_json(data).encode()).hexdigest()[:16]
 
 
@@ -130,7 +137,8 @@ def estimated_work(config: TrainConfig) -> int:
     per-token costs, which a spec cannot know before running.
     """
     seq_len = (config.task_kwargs or {}).get("seq_len", 1)
-    return config.steps * config.batch_size * int(seq_len) * len(config.layers) * config.d_model
+    steps = config.max_steps if config.max_steps is not None else config.steps
+    return steps * config.batch_size * int(seq_len) * len(config.layers) * config.d_model
 
 
 def longest_first(runs: list[RunSpec]) -> list[RunSpec]:
@@ -497,6 +505,7 @@ class ArenaSpec:
     lengths: list = field(default_factory=list)
     widths: list = field(default_factory=list)
     seeds: list = field(default_factory=lambda: [0])
+    lrs: list = field(default_factory=list)
     n_layers: int = 2
     train: dict = field(default_factory=dict)
     policies: list = field(default_factory=list)
@@ -610,6 +619,9 @@ class ArenaSpec:
         widths = _int_list(self.widths, "widths", minimum=1)
         seeds = _int_list(self.seeds, "seeds", minimum=0)
         train = check_train(self.train)
+        lrs = self._lrs()
+        if lrs != [None] and "lr" in train:
+            raise ConfigError("train.lr cannot be set together with lrs: lrs sweeps the learning rate; remove one of them")
         base = make_config(train, "train")  # train's own values checked once (e.g. steps > 0)
 
         mixers = [self._mixer(i, entry) for i, entry in enumerate(self.mixers)]
@@ -644,10 +656,11 @@ class ArenaSpec:
             tasks.append((task, kwargs, per_length))
 
         runs = []
-        grid = ((m, t, length, w, s) for m, t in itertools.product(mixers, tasks) for length in t[2]
-                for w, s in itertools.product(widths, seeds))
-        for (mixer, mkwargs), (task, tkwargs, per_length), length, width, seed in grid:
+        grid = ((m, t, length, w, s, lr) for m, t in itertools.product(mixers, tasks) for length in t[2]
+                for w, s, lr in itertools.product(widths, seeds, lrs))
+        for (mixer, mkwargs), (task, tkwargs, per_length), length, width, seed, lr in grid:
             values = {
+                **({"lr": lr} if lr is not None else {}),
                 **train,
                 "layers": [mixer] * self.n_layers,
                 "mixer_kwargs": resolve_mixer_kwargs(mixer, mkwargs),
@@ -659,7 +672,7 @@ class ArenaSpec:
             config = make_config(values, f"run (mixer={mixer}, task={task}, seq_len={length}, d_model={width}, seed={seed})")
             labels = {"spec": self.name, "mixer": mixer, "mixer_kwargs": dict(mkwargs), "task": task,
                       "task_kwargs": dict(tkwargs), "seq_len": length, "d_model": width, "n_layers": self.n_layers,
-                      "seed": seed}
+                      "seed": seed, "lr": config.lr}
             runs.append(RunSpec(run_id(config), config, labels, self.name))
         return runs
 
@@ -696,8 +709,21 @@ class ArenaSpec:
             own = _int_list(entry["lengths"], f"tasks[{i}].lengths", minimum=1)
         return task, check_task_kwargs(task, kwargs, f"tasks[{i}].kwargs", allow_seq_len=False), own
 
+    def _lrs(self) -> list:
+        """The swept learning rates, or ``[None]`` (each run takes ``train.lr`` or the default)."""
+        if self.lrs is None or (isinstance(self.lrs, (list, tuple)) and not self.lrs):
+            return [None]
+        if not isinstance(self.lrs, (list, tuple)):
+            raise ConfigError(f"lrs must be a list of positive learning rates (e.g. [1e-3, 3e-3, 1e-2]), got {self.lrs!r}")
+        out = []
+        for i, lr in enumerate(self.lrs):
+            if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0 or lr != lr or lr == float("inf"):
+                raise ConfigError(f"lrs[{i}] must be a positive finite number, got {lr!r}")
+            out.append(float(lr))
+        return list(dict.fromkeys(out))
+
     def _from_configs(self) -> list[RunSpec]:
-        for key in ("mixers", "tasks", "lengths", "widths", "train"):
+        for key in ("mixers", "tasks", "lengths", "widths", "train", "lrs"):
             if getattr(self, key):
                 raise ConfigError(f"{key}: a spec with configs lists its runs explicitly; leave the grid keys empty")
         runs = []
@@ -741,7 +767,7 @@ class ArenaSpec:
         labels = {"spec": self.name, "mixer": layers[0] if len(layers) == 1 else "+".join(config.layers),
                   "mixer_kwargs": dict(config.mixer_kwargs), "task": config.task,
                   "task_kwargs": dict(config.task_kwargs), "seq_len": getattr(obj, "seq_len", None),
-                  "d_model": config.d_model, "n_layers": len(config.layers), "seed": config.seed}
+                  "d_model": config.d_model, "n_layers": len(config.layers), "seed": config.seed, "lr": config.lr}
         return RunSpec(run_id(config), config, labels, self.name)
 
 

@@ -18,7 +18,8 @@ Guarantees:
 * A file that is not SQLite, a SQLite file that is not a longrecall store, or a store written by a
   newer schema is refused with ``StoreError`` and left byte-for-byte untouched (it is inspected
   read-only before anything is written). An older store is migrated in place when opened
-  (schema 1 -> 2 adds the policy tables; its runs are untouched).
+  (schema 1 -> 2 adds the policy tables; 2 -> 3 adds ``runs.convergence`` and fills it from each
+  finished run's stored loss and held-out histories, ``longrecall.convergence``).
 
 KV-cache policy evaluations (schema 2) live in ``policy_evals``, one row per (run, policy,
 budget): primary key ``(run_id, policy_key, budget_key)`` where ``policy_key`` is the canonical
@@ -52,8 +53,9 @@ __all__ = ["Store", "StoreError", "SCHEMA_VERSION", "APP", "STATUSES", "POLICY_S
            "default_owner"]
 
 APP = "longrecall"
-# 1: runs; 2: + policy_evals (KV-cache policy x budget evaluations of finished runs) and policy_claims
-SCHEMA_VERSION = 2
+# 1: runs; 2: + policy_evals (KV-cache policy x budget evaluations of finished runs) and policy_claims;
+# 3: + runs.convergence (converged / learning / plateau / diverged, longrecall.convergence)
+SCHEMA_VERSION = 3
 STATUSES = ("pending", "running", "done", "failed")
 # done: evaluated; skipped: the policy rejects the budget at this length (e.g. fewer tokens than
 # its sinks), stored so it is not retried; failed: the evaluation raised (retried with retry_failed)
@@ -77,6 +79,7 @@ _SCHEMA = [
         evals TEXT,
         task_config TEXT,
         train_status TEXT,
+        convergence TEXT,
         steps INTEGER,
         params INTEGER,
         train_seconds REAL,
@@ -194,6 +197,13 @@ def code_version() -> str:
     from .. import __version__
 
     return __version__
+
+
+def convergence_of(config: dict, history: list, evals: list) -> str:
+    """A finished run's convergence status from its stored histories (``longrecall.convergence``)."""
+    from ..convergence import status
+
+    return status(history, evals, (config or {}).get("target_accuracy", 0.99))
 
 
 def _dumps(value: Any) -> str | None:
@@ -325,12 +335,24 @@ class Store:
         """Bring an older store up to this schema, inside the caller's write transaction.
 
         1 -> 2: add the ``policy_evals`` and ``policy_claims`` tables (the runs are untouched).
+        2 -> 3: add ``runs.convergence``, computed for every done run from its stored ``history`` and
+        ``evals`` (``longrecall.convergence.status``; the target is the run config's
+        ``target_accuracy``, 0.99 for configs written before it existed).
         """
         version = int(conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
         if version >= SCHEMA_VERSION:
             return
-        for statement in _SCHEMA_V2:
-            conn.execute(statement)
+        if version < 2:
+            for statement in _SCHEMA_V2:
+                conn.execute(statement)
+        if version < 3:
+            columns = {r[1] for r in conn.execute("PRAGMA table_info(runs)")}
+            if "convergence" not in columns:
+                conn.execute("ALTER TABLE runs ADD COLUMN convergence TEXT")
+            for row in conn.execute("SELECT id, config, history, evals FROM runs WHERE status = 'done'").fetchall():
+                verdict = convergence_of(json.loads(row[1] or "{}"), json.loads(row[2] or "null") or [],
+                                         json.loads(row[3] or "null") or [])
+                conn.execute("UPDATE runs SET convergence = ? WHERE id = ?", (verdict, row[0]))
         conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
         conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (f"migrated_from_{version}_at", now()))
 
@@ -473,7 +495,10 @@ class Store:
         split = {key: final.pop(key, None) for key in _SPLIT_EVAL_KEYS}
         versions = metrics.get("versions") or {}
         config = metrics.get("config") or {}
+        verdict = metrics.get("convergence") or convergence_of(config, metrics.get("history") or [],
+                                                                metrics.get("evals") or [])
         values = {
+            "convergence": verdict,
             "metrics": _dumps(final),
             "by_distance": _dumps(split["by_distance"]),
             "by_slice": _dumps(split["by_slice"]),
@@ -497,6 +522,11 @@ class Store:
             self._check_owned(conn, run_id, owner, "finish")
             conn.execute(f"UPDATE runs SET status = 'done', error = NULL, {assignments} WHERE id = ?",
                          (*values.values(), run_id))
+
+    def set_error(self, run_id: str, error: str) -> None:
+        """Attach a note to a done run (a diverged run keeps the message of its divergence)."""
+        with self._write() as conn:
+            conn.execute("UPDATE runs SET error = ? WHERE id = ?", (str(error), run_id))
 
     def fail(self, run_id: str, error: str, *, owner: str | None = None) -> None:
         """Mark a running run (owned by ``owner``) failed with ``error``."""
@@ -661,8 +691,8 @@ def _torch_version() -> str | None:
     return torch.__version__
 
 
-CSV_TAIL = ("accuracy", "loss", "params", "state_bytes", "state_bytes_seq_len", "tokens_per_s", "train_seconds",
-            "eval_seconds", "steps", "train_status", "attempts", "code_version", "torch_version", "device",
+CSV_TAIL = ("accuracy", "convergence", "loss", "params", "state_bytes", "state_bytes_seq_len", "tokens_per_s",
+            "train_seconds", "eval_seconds", "steps", "train_status", "attempts", "code_version", "torch_version", "device",
             "created_at", "started_at", "finished_at", "owner", "error")
 
 

@@ -11,9 +11,9 @@ from typing import Sequence
 from ..checkpoint import atomic_write_bytes
 from . import plots as _plots
 from .tables import (
-    failed_runs, failed_to_html, failed_to_markdown, labels_of, leaderboard, mixer_name, pivots_to_html,
-    pivots_to_markdown, policy_leaderboard, policy_pivots, policy_to_html, policy_to_markdown, provenance,
-    status_counts, to_html, to_markdown,
+    best_lr_records, failed_runs, failed_to_html, failed_to_markdown, fmt_lr, fmt_pct, labels_of, leaderboard,
+    lower_bounds, mixer_name, pivots_to_html, pivots_to_markdown, policy_leaderboard, policy_pivots, policy_to_html,
+    policy_to_markdown, provenance, status_counts, to_html, to_markdown, _html_table, _md_table,
 )
 
 FIGURES = (
@@ -68,9 +68,21 @@ POLICY_DETAIL_HOW_TO_READ = (
 
 LEADERBOARD_HOW_TO_READ = (
     "One row per mixer, task, sequence length and width, averaged over seeds (min-max: the spread "
-    "across seeds); rank is within each task and sequence length; state bytes is the state the model "
-    "carries per sequence at that length (KV cache or recurrent state); tokens/s and train s are "
-    "training throughput and time, averaged over seeds."
+    "across seeds); when the runs sweep learning rates, the row is the best rate's ('best of n': "
+    "Zoology's protocol). Convergence says whether the number is a measurement: 'converged' reached the "
+    "target accuracy; 'learning' was still improving when its step budget ended and 'plateau' had stopped "
+    "improving without reaching it (both are lower bounds: more steps or another learning rate may raise "
+    "them); 'diverged' blew up (its last good evaluation is shown). Rank is within each task and sequence "
+    "length; steps is the steps trained; state bytes is the state the model carries per sequence at that "
+    "length (KV cache or recurrent state); tokens/s and train s are training throughput and time, averaged "
+    "over seeds."
+)
+CONVERGENCE_HOW_TO_READ = (
+    "A run converged when its final held-out accuracy reached its target (train.target_accuracy). Every other "
+    "point is a lower bound on what the memory can do at that size: it is drawn hollow in the figures, and "
+    "the memory frontier's Pareto front runs through converged points only. 'plateau' may be the memory's "
+    "capacity or a training plateau (MQAR is learned in an abrupt transition after a long plateau); telling "
+    "them apart needs a longer run or another learning rate."
 )
 
 CSS = """
@@ -138,8 +150,23 @@ def _provenance_lines(prov: dict) -> list[tuple[str, str]]:
     return out
 
 
+def _lower_bound_lines(rows: Sequence[dict]) -> tuple[str, list[list[str]]]:
+    """The sentence counting the lower bounds, and one table row per lower-bound point."""
+    bounds = lower_bounds(rows)
+    head = (f"{len(rows) - len(bounds)} of {len(rows)} leaderboard points converged; "
+            f"{len(bounds)} {'is a lower bound' if len(bounds) == 1 else 'are lower bounds'}"
+            + (":" if bounds else "."))
+    body = [[str(r["task"]), str(r["seq_len"]), str(r["d_model"]), str(r["mixer"]), fmt_pct(r["accuracy"]),
+             str(r["convergence"]), f"{r['steps']:.0f}" if r.get("steps") is not None else "", fmt_lr(r)]
+            for r in bounds]
+    return head, body
+
+
+LOWER_BOUND_COLUMNS = ("task", "seq_len", "d_model", "mixer", "accuracy", "convergence", "steps", "lr")
+
+
 def write_report(records: Sequence[dict], out_dir, title: str = "longrecall report",
-                 policy_evals: Sequence[dict] | None = None) -> dict[str, Path]:
+                 policy_evals: Sequence[dict] | None = None, *, all_lrs: bool = False) -> dict[str, Path]:
     """Write ``report.md``, a self-contained ``report.html`` and one PNG per figure to ``out_dir``.
 
     Returns ``{"markdown": path, "html": path, <figure name>: path, ...}``; the figures are
@@ -151,6 +178,10 @@ def write_report(records: Sequence[dict], out_dir, title: str = "longrecall repo
     file is written to a temporary file in ``out_dir`` and then renamed into place. Raises
     ``PlotDependencyError`` (an ``ImportError``) naming ``pip install 'longrecall[plot]'`` when
     matplotlib is missing.
+
+    Learning-rate sweeps: the leaderboard and the figures show each (mixer, task, length, width) at its
+    best learning rate (``tables.leaderboard``); ``all_lrs=True`` shows every rate. A "Convergence"
+    section lists the points whose accuracy is a lower bound (not converged); figures draw them hollow.
     """
     _plots.require_matplotlib()
     records = list(records)
@@ -159,13 +190,16 @@ def write_report(records: Sequence[dict], out_dir, title: str = "longrecall repo
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    rows = leaderboard(records)
+    rows = leaderboard(records, all_lrs=all_lrs)
     failed = failed_runs(records)
+    bound_head, bound_body = _lower_bound_lines(rows)
+    all_records = records
+    records = records if all_lrs else best_lr_records(records)  # what the figures draw
     summary = _summary(records)
     prov = _provenance_lines(provenance(records))
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    policy_rows = policy_leaderboard(records, policy_evals)
-    pivots = policy_pivots(records, policy_evals)
+    policy_rows = policy_leaderboard(all_records, policy_evals)
+    pivots = policy_pivots(all_records, policy_evals)
 
     paths: dict[str, Path] = {}
     figures = []
@@ -197,6 +231,9 @@ def write_report(records: Sequence[dict], out_dir, title: str = "longrecall repo
     md += ["## Leaderboard", ""]
     if rows:
         md += [LEADERBOARD_HOW_TO_READ, "", to_markdown(rows)]
+        md += ["## Convergence", "", CONVERGENCE_HOW_TO_READ, "", bound_head, ""]
+        if bound_body:
+            md += [_md_table(LOWER_BOUND_COLUMNS, bound_body, {1, 2, 4, 6})]
     else:
         md += ["No finished runs.", ""]
     if figures:
@@ -224,6 +261,10 @@ def write_report(records: Sequence[dict], out_dir, title: str = "longrecall repo
     h.append("<h2>Leaderboard</h2>")
     if rows:
         h += [f'<p class="howto">{e(LEADERBOARD_HOW_TO_READ)}</p>', to_html(rows)]
+        h += ['<h2 id="convergence">Convergence</h2>', f'<p class="howto">{e(CONVERGENCE_HOW_TO_READ)}</p>',
+              f"<p>{e(bound_head)}</p>"]
+        if bound_body:
+            h.append(_html_table(LOWER_BOUND_COLUMNS, bound_body, {1, 2, 4, 6}, "lower-bounds"))
     else:
         h.append("<p><em>No finished runs.</em></p>")
     if figures:

@@ -22,8 +22,8 @@ from typing import Sequence
 
 from ..checkpoint import atomic_write_bytes
 from .tables import (
-    accuracy_of, bucket_low, by_distance_of, fmt_budget, fmt_bytes, is_finite, labels_of, leaderboard, mixer_name,
-    pareto_front, policy_leaderboard, state_bytes_at,
+    accuracy_of, bucket_low, by_distance_of, convergence_of, fmt_budget, fmt_bytes, is_finite, labels_of, leaderboard,
+    mixer_name, pareto_front, policy_leaderboard, state_bytes_at,
 )
 
 DPI = 130
@@ -207,6 +207,14 @@ def _legend(fig, style: Style, mixers: Sequence[str], widths: Sequence = (), *, 
                    title="mixer" if not (len(widths) > 1 and lines) else "mixer / width")
 
 
+def _hollow_handle():
+    """Legend entry explaining hollow markers: the run did not converge, its accuracy is a lower bound."""
+    from matplotlib.lines import Line2D
+
+    return Line2D([], [], color="#444444", marker="o", markerfacecolor="white", linestyle="",
+                  label="hollow: not converged\n(accuracy is a lower bound)")
+
+
 def _sorted_values(values) -> list:
     return sorted({v for v in values if v is not None},
                   key=lambda v: (not is_finite(v), v if is_finite(v) else 0, str(v)))
@@ -266,8 +274,10 @@ def plot_accuracy_vs_length(records: Sequence[dict], path, style: Style | None =
                 ys = [r["accuracy"] for r in pts]
                 lo = [r["accuracy"] - r["accuracy_min"] if r["accuracy_min"] is not None else 0 for r in pts]
                 hi = [r["accuracy_max"] - r["accuracy"] if r["accuracy_max"] is not None else 0 for r in pts]
-                ax.errorbar(xs, ys, yerr=[lo, hi], color=style.color(m), marker=style.marker(m), markersize=5,
-                            capsize=3, linewidth=1.6, label=m)
+                ax.errorbar(xs, ys, yerr=[lo, hi], color=style.color(m), capsize=3, linewidth=1.6, label=m)
+                for r, x, y in zip(pts, xs, ys):  # filled: converged; hollow: a lower bound
+                    ax.plot([x], [y], linestyle="", marker=style.marker(m), markersize=6, color=style.color(m),
+                            markerfacecolor=style.color(m) if r.get("converged") else "white", zorder=3)
             ax.set_xscale("log", base=2)
             lens = [r["seq_len"] for r in panel]
             _log2_ticks(ax, lens)
@@ -275,8 +285,8 @@ def plot_accuracy_vs_length(records: Sequence[dict], path, style: Style | None =
                 ax.set_xlim(lens[0] / 1.5, lens[0] * 1.5)
             ax.set_xlabel("sequence length (tokens, log2 scale)")
             _percent_y(ax, "accuracy (% of scored tokens)" if j == 0 else None)
-    _suptitle(fig, title, "mean over seeds; bars span the min–max seed")
-    _legend(fig, style, mixers)
+    _suptitle(fig, title, "mean over seeds (best learning rate); bars span the min–max seed; hollow: not converged")
+    _legend(fig, style, mixers, extra=[_hollow_handle()])
     return _save(fig, path)
 
 
@@ -308,6 +318,7 @@ def _policy_points(records: Sequence[dict], policy_evals: Sequence[dict]) -> lis
             mixer = row["model"].rsplit(" d=", 1)[0]
             pts.append({"task": row["task"], "seq_len": row["seq_len"], "mixer": f"{mixer}+{row['policy']}",
                         "policy": row["policy"], "d_model": None, "acc": row["accuracy"], "bytes": nbytes,
+                        "converged": row["converged"],
                         "budget": row["budget"]})
     return pts
 
@@ -329,7 +340,8 @@ def plot_accuracy_vs_state_bytes(records: Sequence[dict], path, style: Style | N
         acc, nbytes = accuracy_of(r), state_bytes_at(r)
         if math.isfinite(acc) and nbytes is not None and nbytes > 0:
             pts.append({"task": str(lab.get("task") or "?"), "seq_len": lab.get("seq_len"), "mixer": mixer_name(lab),
-                        "d_model": lab.get("d_model"), "acc": acc, "bytes": nbytes})
+                        "d_model": lab.get("d_model"), "acc": acc, "bytes": nbytes,
+                        "converged": convergence_of(r) == "converged"})
     ppts = _policy_points(records, policy_evals) if policy_evals else []
     pts_all = pts + ppts
     if not pts_all:
@@ -346,10 +358,12 @@ def plot_accuracy_vs_state_bytes(records: Sequence[dict], path, style: Style | N
         panel = [p for p in pts if p["task"] == task and p["seq_len"] == seq_len]
         ppanel = [p for p in ppts if p["task"] == task and p["seq_len"] == seq_len]
         for m in mixers:
-            mine = [p for p in panel if p["mixer"] == m]
-            if mine:
-                ax.scatter([p["bytes"] for p in mine], [p["acc"] for p in mine], color=style.color(m),
-                           marker=style.marker(m), s=36, alpha=0.85, edgecolors="white", linewidths=0.5, zorder=3)
+            for converged in (True, False):  # filled: converged; hollow: the accuracy is a lower bound
+                mine = [p for p in panel if p["mixer"] == m and p["converged"] == converged]
+                if mine:
+                    ax.scatter([p["bytes"] for p in mine], [p["acc"] for p in mine], marker=style.marker(m), s=36,
+                               facecolors=style.color(m) if converged else "white", edgecolors=style.color(m),
+                               linewidths=0.5 if converged else 1.2, alpha=0.9, zorder=3)
         for m in policy_labels:
             mine = [p for p in ppanel if p["mixer"] == m]
             if mine:
@@ -368,12 +382,16 @@ def plot_accuracy_vs_state_bytes(records: Sequence[dict], path, style: Style | N
                         textcoords="offset points", fontsize=7, color=style.color(p["mixer"]))
         lo, hi = min(p["bytes"] for p in panel + ppanel), max(p["bytes"] for p in panel + ppanel)
         lo, hi = lo / 1.6, hi * 2.2
-        front = pareto_front((p["bytes"], p["acc"]) for p in panel + ppanel)
-        xs = [x for x, _ in front] + [hi]
-        ys = [y for _, y in front] + [front[-1][1]]
-        ax.step(xs, ys, where="post", color="black", linewidth=1.2, linestyle="--", alpha=0.8, zorder=2)
-        ax.scatter([x for x, _ in front], [y for _, y in front], s=90, facecolors="none", edgecolors="black",
-                   linewidths=0.9, zorder=4)
+        # the front runs through converged points only: a lower bound is not a trade-off
+        front = pareto_front((p["bytes"], p["acc"]) for p in panel + ppanel if p.get("converged", True))
+        if front:
+            xs = [x for x, _ in front] + [hi]
+            ys = [y for _, y in front] + [front[-1][1]]
+            ax.step(xs, ys, where="post", color="black", linewidth=1.2, linestyle="--", alpha=0.8, zorder=2)
+            ax.scatter([x for x, _ in front], [y for _, y in front], s=90, facecolors="none", edgecolors="black",
+                       linewidths=0.9, zorder=4)
+        else:
+            _note(ax, "no converged run: no front")
         ax.set_xscale("log", base=2)
         ax.set_xlim(lo, hi)
         _bytes_ticks(ax, lo, hi)
@@ -384,14 +402,14 @@ def plot_accuracy_vs_state_bytes(records: Sequence[dict], path, style: Style | N
     from matplotlib.lines import Line2D
 
     front_handle = Line2D([], [], color="black", linestyle="--", marker="o", markerfacecolor="none",
-                          label="Pareto front\n(best accuracy\nwithin a budget)")
+                          label="Pareto front of\nconverged runs\n(best accuracy\nwithin a budget)")
     extra = []
     if policy_labels:
         extra += [Line2D([], [], linestyle="", label=""), Line2D([], [], linestyle="", label="KV-cache policies:")]
         extra += [Line2D([], [], linestyle="", marker=style.policy_marker(p.split("+", 1)[1]), markerfacecolor="none",
                          markeredgecolor=style.policy_color(p.split("+", 1)[1]), label=p) for p in policy_labels]
-    extra += [Line2D([], [], linestyle="", label=""), front_handle]
-    detail = "one point per run, labelled with its width"
+    extra += [Line2D([], [], linestyle="", label=""), front_handle, _hollow_handle()]
+    detail = "one point per run (best learning rate), labelled with its width; hollow: not converged"
     if policy_labels:
         detail = "filled: one point per run (its width labelled); hollow: attention + KV policy, one per budget"
     _suptitle(fig, title, detail)
@@ -438,6 +456,8 @@ def plot_accuracy_vs_distance(records: Sequence[dict], path, style: Style | None
     curves = distance_curves(records)
     if not curves:
         return _empty(path, title, "no finished runs with accuracy by distance")
+    unconverged = {(str(labels_of(r).get("task") or "?"), labels_of(r).get("seq_len"), mixer_name(r),
+                    labels_of(r).get("d_model")) for r in _done(records) if convergence_of(r) != "converged"}
     tasks = sorted({k[0] for k in curves})
     lens_by_task = {t: _sorted_values(k[1] for k in curves if k[0] == t)[-max_lengths:] for t in tasks}
     ncols = max(len(v) for v in lens_by_task.values())
@@ -457,7 +477,8 @@ def plot_accuracy_vs_distance(records: Sequence[dict], path, style: Style | None
                     continue
                 lows.update(p[0] for p in pts)
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], color=style.color(m), marker=style.marker(m),
-                        markersize=4, linestyle=style.linestyle(w), linewidth=1.5)
+                        markersize=4, linestyle=style.linestyle(w), linewidth=1.5,
+                        markerfacecolor="white" if (t, L, m, w) in unconverged else style.color(m))
             ax.set_xscale("symlog", base=2, linthresh=1, linscale=0.5)
             ticks = sorted(lows)
             if len(ticks) > 9:  # keep every other tick, always the last
@@ -470,8 +491,8 @@ def plot_accuracy_vs_distance(records: Sequence[dict], path, style: Style | None
     dropped = {t: len(_sorted_values(k[1] for k in curves if k[0] == t)) - len(lens_by_task[t]) for t in tasks}
     if any(dropped.values()):
         detail += f"; the {max_lengths} longest sequence lengths per task"
-    _suptitle(fig, title, detail)
-    _legend(fig, style, mixers, widths)
+    _suptitle(fig, title, detail + "; hollow markers: not converged")
+    _legend(fig, style, mixers, widths, extra=[_hollow_handle()])
     return _save(fig, path)
 
 

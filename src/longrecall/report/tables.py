@@ -16,8 +16,8 @@ from typing import Any, Iterable, Sequence
 
 # Column headers shared by the markdown and HTML leaderboards.
 LEADERBOARD_COLUMNS = (
-    "rank", "task", "seq_len", "d_model", "mixer", "accuracy", "min-max", "seeds",
-    "state bytes", "params", "tokens/s", "train s",
+    "rank", "task", "seq_len", "d_model", "mixer", "accuracy", "convergence", "lr", "min-max", "seeds",
+    "steps", "state bytes", "params", "tokens/s", "train s",
 )
 
 
@@ -56,6 +56,26 @@ def accuracy_of(record: dict) -> float:
         return float(value)
     except (TypeError, ValueError):
         return float("nan")
+
+
+def lr_of(record: dict) -> float | None:
+    """The run's learning rate: its label (arena runs), else its config."""
+    value = labels_of(record).get("lr")
+    if value is None:
+        value = (record.get("config") or {}).get("lr")
+    return float(value) if is_finite(value) else None
+
+
+def convergence_of(record: dict) -> str:
+    """The run's convergence status (``longrecall.convergence``): the store's column, else computed
+    from the run's stored loss and held-out histories (records written before statuses existed)."""
+    value = record.get("convergence") or metrics_of(record).get("convergence")
+    if value:
+        return str(value)
+    from ..convergence import status
+
+    target = (record.get("config") or {}).get("target_accuracy", 0.99)
+    return status(record.get("history") or [], record.get("evals") or [], target)
 
 
 def is_finite(x: Any) -> bool:
@@ -99,51 +119,107 @@ def _mean(values: Iterable[Any]) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
-def leaderboard(records: Sequence[dict]) -> list[dict]:
-    """One row per (mixer, task, seq_len, d_model) over the finished runs, averaged over seeds.
+def _convergence_summary(statuses: list[str]) -> str:
+    """One status when every seed agrees, else ``mixed (2 converged, 1 plateau)``."""
+    counts = Counter(statuses)
+    if len(counts) == 1:
+        return statuses[0]
+    return "mixed (" + ", ".join(f"{n} {st}" for st, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))) + ")"
 
-    Each row: ``mixer, task, seq_len, d_model, accuracy`` (mean over seeds with a finite accuracy,
-    NaN when none), ``accuracy_min``/``accuracy_max`` (only when more than one finite seed, else
-    None), ``seeds`` (runs), ``nan_seeds``, ``state_bytes`` (at the run's seq_len), ``params``,
-    ``tokens_per_s`` and ``train_seconds`` (means), ``rank`` (1 = best within task and seq_len)
-    and ``ids``. Sorted by task, seq_len, then accuracy descending (NaN last).
-    """
+
+def _group_key(record: dict) -> tuple:
+    lab = labels_of(record)
+    return (mixer_name(lab), str(lab.get("task") or "?"), lab.get("seq_len"), lab.get("d_model"))
+
+
+def _per_lr_rows(records: Sequence[dict]) -> list[dict]:
+    """One row per (mixer, task, seq_len, d_model, lr) over the finished runs, averaged over seeds."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:
         if r.get("status") != "done":
             continue
-        lab = labels_of(r)
-        key = (mixer_name(lab), str(lab.get("task") or "?"), lab.get("seq_len"), lab.get("d_model"))
-        groups[key].append(r)
+        groups[(*_group_key(r), lr_of(r))].append(r)
 
     rows = []
-    for (mixer, task, seq_len, d_model), runs in groups.items():
+    for (mixer, task, seq_len, d_model, lr), runs in groups.items():
         accs = [accuracy_of(r) for r in runs]
         finite = [a for a in accs if math.isfinite(a)]
         several = len(finite) > 1
         state = [s for s in (state_bytes_at(r) for r in runs) if s is not None]
         params = [r.get("params") for r in runs if is_finite(r.get("params"))]
+        statuses = [convergence_of(r) for r in runs]
         rows.append({
             "mixer": mixer,
             "task": task,
             "seq_len": seq_len,
             "d_model": d_model,
+            "lr": lr,
             "accuracy": sum(finite) / len(finite) if finite else float("nan"),
             "accuracy_min": min(finite) if several else None,
             "accuracy_max": max(finite) if several else None,
             "seeds": len(runs),
             "nan_seeds": len(accs) - len(finite),
+            "convergence": _convergence_summary(statuses),
+            "converged": all(st == "converged" for st in statuses),
+            "steps": _mean(r.get("steps") for r in runs),
             "state_bytes": max(state) if state else None,
             "params": int(max(params)) if params else None,
             "tokens_per_s": _mean(r.get("tokens_per_s") for r in runs),
             "train_seconds": _mean(r.get("train_seconds") for r in runs),
             "ids": sorted(str(r.get("id", "")) for r in runs),
         })
+    return rows
+
+
+def _better(a: dict, b: dict) -> bool:
+    """Whether per-lr row ``a`` beats ``b`` within a group: higher accuracy, then converged, then the
+    smaller learning rate (a stable choice when two rates tie)."""
+    acc_a = a["accuracy"] if math.isfinite(a["accuracy"]) else -1.0
+    acc_b = b["accuracy"] if math.isfinite(b["accuracy"]) else -1.0
+    if acc_a != acc_b:
+        return acc_a > acc_b
+    if a["converged"] != b["converged"]:
+        return a["converged"]
+    return (a["lr"] if a["lr"] is not None else math.inf) < (b["lr"] if b["lr"] is not None else math.inf)
+
+
+def leaderboard(records: Sequence[dict], *, all_lrs: bool = False) -> list[dict]:
+    """One row per (mixer, task, seq_len, d_model): the best learning rate's seed mean.
+
+    Zoology's protocol: when the runs sweep learning rates, each group shows the rate whose mean
+    accuracy over seeds is highest (ties: the converged one, then the smaller rate), with ``lr`` the
+    chosen rate and ``lrs`` every rate tried; ``all_lrs=True`` keeps one row per rate instead.
+
+    Each row: ``mixer, task, seq_len, d_model, lr, lrs, accuracy`` (mean over seeds with a finite
+    accuracy, NaN when none), ``accuracy_min``/``accuracy_max`` (only when more than one finite
+    seed, else None), ``seeds`` (runs), ``nan_seeds``, ``convergence`` (the seeds' status, or
+    ``mixed (...)``), ``converged`` (every seed converged: the accuracy is a measurement, not a lower
+    bound), ``steps`` (mean steps trained), ``state_bytes`` (at the run's seq_len), ``params``,
+    ``tokens_per_s`` and ``train_seconds`` (means), ``rank`` (1 = best within task and seq_len) and
+    ``ids``. Sorted by task, seq_len, then accuracy descending (NaN last).
+    """
+    per_lr = _per_lr_rows(records)
+    tried: dict[tuple, list] = defaultdict(list)
+    for row in per_lr:
+        tried[(row["mixer"], row["task"], row["seq_len"], row["d_model"])].append(row["lr"])
+    if all_lrs:
+        rows = per_lr
+    else:
+        best: dict[tuple, dict] = {}
+        for row in per_lr:
+            key = (row["mixer"], row["task"], row["seq_len"], row["d_model"])
+            if key not in best or _better(row, best[key]):
+                best[key] = row
+        rows = list(best.values())
+    for row in rows:
+        row["lrs"] = sorted(lr for lr in tried[(row["mixer"], row["task"], row["seq_len"], row["d_model"])]
+                            if lr is not None)
 
     def order(row: dict) -> tuple:
         acc = row["accuracy"]
         return (row["task"], _sort_int(row["seq_len"]), not math.isfinite(acc),
-                -acc if math.isfinite(acc) else 0.0, row["mixer"], _sort_int(row["d_model"]))
+                -acc if math.isfinite(acc) else 0.0, row["mixer"], _sort_int(row["d_model"]),
+                row["lr"] if row["lr"] is not None else 0.0)
 
     rows.sort(key=order)
     rank: Counter = Counter()
@@ -151,6 +227,18 @@ def leaderboard(records: Sequence[dict]) -> list[dict]:
         rank[(row["task"], row["seq_len"])] += 1
         row["rank"] = rank[(row["task"], row["seq_len"])]
     return rows
+
+
+def best_lr_records(records: Sequence[dict]) -> list[dict]:
+    """The finished runs at each group's chosen learning rate (``leaderboard``'s choice): what the
+    plots draw unless every rate is asked for. Unfinished runs are kept (they are not drawn)."""
+    chosen = {rid for row in leaderboard(records) for rid in row["ids"]}
+    return [r for r in records if r.get("status") != "done" or str(r.get("id", "")) in chosen]
+
+
+def lower_bounds(rows: Sequence[dict]) -> list[dict]:
+    """The leaderboard rows whose accuracy is a lower bound: not every seed converged."""
+    return [row for row in rows if not row.get("converged")]
 
 
 def failed_runs(records: Sequence[dict]) -> list[dict]:
@@ -244,12 +332,24 @@ def _cells(row: dict) -> list[str]:
     if row.get("nan_seeds"):
         seeds += f" ({row['nan_seeds']} NaN)"
     secs = row.get("train_seconds")
+    steps = row.get("steps")
     return [
         str(row.get("rank", "")), str(row.get("task", "")), str(row.get("seq_len", "")),
-        str(row.get("d_model", "")), str(row.get("mixer", "")), fmt_pct(row.get("accuracy")), spread,
-        seeds, fmt_bytes(row.get("state_bytes")), fmt_count(row.get("params")),
+        str(row.get("d_model", "")), str(row.get("mixer", "")), fmt_pct(row.get("accuracy")),
+        str(row.get("convergence", "")), fmt_lr(row), spread,
+        seeds, fmt_count(steps), fmt_bytes(row.get("state_bytes")), fmt_count(row.get("params")),
         fmt_count(row.get("tokens_per_s")), f"{secs:.1f}" if is_finite(secs) else "",
     ]
+
+
+def fmt_lr(row: dict) -> str:
+    """``3e-03``, or ``1e-03 (best of 3)`` when the group swept learning rates."""
+    lr = row.get("lr")
+    if not is_finite(lr):
+        return ""
+    text = f"{lr:.0e}" if f"{lr:.0e}" == f"{lr:.1e}".replace(".0e", "e") else f"{lr:.1e}"
+    n = len(row.get("lrs") or [])
+    return f"{text} (best of {n})" if n > 1 else text
 
 
 def _md_escape(text: str) -> str:
@@ -263,7 +363,7 @@ def _md_table(headers: Sequence[str], body: list[list[str]], right: set[int]) ->
     return "\n".join(lines) + "\n"
 
 
-_NUMERIC = {0, 2, 3, 5, 6, 7, 8, 9, 10, 11}
+_NUMERIC = {0, 2, 3, 5, 8, 9, 10, 11, 12, 13, 14}
 
 
 def to_markdown(rows: Sequence[dict]) -> str:
@@ -379,10 +479,12 @@ def policy_leaderboard(records: Sequence[dict], policy_evals: Sequence[dict]) ->
     ``accuracy_min/max`` (several seeds), ``reference`` (the same runs without a policy),
     ``delta``, ``state_bytes`` (after the context), ``state_bytes_end`` (after the whole
     sequence), ``resident_bytes`` (retrieval policies), ``seeds``, ``eval_seconds``, ``skipped``,
-    ``failed`` and ``note`` (the first skipped/failed reason). Sorted by task, seq_len, model, then
+    ``failed``, ``note`` (the first skipped/failed reason) and ``converged`` (every evaluated model's
+    training converged: the policy's accuracy is measured on a trained model, not a lower bound's). Sorted by task, seq_len, model, then
     fraction descending and accuracy descending.
     """
     rows = []
+    converged = {str(r.get("id")): convergence_of(r) == "converged" for r in records if r.get("status") == "done"}
     for (task, seq_len, model, policy, bkey), items in _policy_groups(records, policy_evals).items():
         done = [e for e, _ in items if e.get("status") == "done"]
         accs = [float((e.get("metrics") or {}).get("accuracy")) for e in done
@@ -408,6 +510,7 @@ def policy_leaderboard(records: Sequence[dict], policy_evals: Sequence[dict]) ->
             "eval_seconds": _mean(e.get("eval_seconds") for e in done),
             "note": f"{bad[0].get('status')}: {first_line(bad[0].get('error'))}" if bad else "",
             "unbounded": first.get("budget") is None,
+            "converged": all(converged.get(str(e.get("run_id")), False) for e in done) if done else False,
         })
 
     def order(row: dict) -> tuple:

@@ -1,0 +1,110 @@
+"""Convergence status of a training run, from its stored loss and held-out histories.
+
+A trained model's accuracy says something about its memory only if training got as far as it
+could: MQAR is learned in an abrupt phase transition after a long plateau, and a model stopped on
+the plateau scores chance whatever its capacity.  Every run therefore carries one of four statuses,
+computed from what the run stores (``history``: the training loss per step; ``evals``: held-out
+accuracy at each evaluation):
+
+``converged``
+    the final held-out accuracy reached the target (``TrainConfig.target_accuracy``).
+``learning``
+    not converged, and still improving over the last part of training (the last
+    ``WINDOW_FRACTION`` of its steps): held-out accuracy rose by at least ``MIN_ACCURACY_GAIN`` over
+    the best before that window, or the mean training loss fell by at least ``MIN_LOSS_DROP``
+    (relative) from the window before.  Its accuracy is a lower bound: more steps would raise it.
+``plateau``
+    not converged and no such improvement.  Either the memory's capacity at this size, or a
+    training plateau that more steps or another learning rate might leave (MQAR's pre-transition
+    plateau looks the same); a plateau point is a lower bound too, unless other evidence (a longer
+    run, another learning rate) shows the same accuracy.
+``diverged``
+    the loss became NaN or infinite, or ended far above its best (``DIVERGED_LOSS_RATIO``).
+
+``status`` is a pure function of those histories, so stores written before statuses existed get
+theirs computed from the rows they already hold.  The training loop asks the same function
+whether a run that reached ``steps`` may continue towards ``max_steps`` (only while ``learning``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+__all__ = ["STATUSES", "CONVERGED_STATUSES", "status", "assess", "WINDOW_FRACTION", "MIN_ACCURACY_GAIN",
+           "MIN_LOSS_DROP", "DIVERGED_LOSS_RATIO"]
+
+STATUSES = ("converged", "learning", "plateau", "diverged")
+CONVERGED_STATUSES = ("converged",)  # every other status marks the accuracy as a lower bound
+
+WINDOW_FRACTION = 0.25  # "the last part of training": its last quarter of steps
+MIN_ACCURACY_GAIN = 0.01  # absolute held-out accuracy gained within that window
+MIN_LOSS_DROP = 0.02  # relative fall of the mean training loss, previous window -> last window
+DIVERGED_LOSS_RATIO = 2.0  # final window's mean loss above this multiple of the best window's mean
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _window_means(history: Sequence[dict], start: int, end: int) -> float | None:
+    """Mean training loss over steps in (start, end]; None when there is none or it is not finite."""
+    losses = [h.get("loss") for h in history if start < h.get("step", 0) <= end]
+    if not losses or not all(_finite(x) for x in losses):
+        return None
+    return sum(losses) / len(losses)
+
+
+def assess(history: Sequence[dict], evals: Sequence[dict], target_accuracy: float | None,
+           *, diverged: bool = False) -> dict:
+    """The status and the numbers behind it.
+
+    Args:
+        history: per-step dicts with ``step`` and ``loss`` (training loss).
+        evals: held-out evaluations, dicts with ``step`` and ``accuracy``, in step order.
+        target_accuracy: held-out accuracy that counts as converged (None: no run converges).
+        diverged: the run stopped on a non-finite loss.
+
+    Returns ``{"status", "final_accuracy", "best_accuracy", "accuracy_gain", "loss_drop",
+    "window_steps", "steps"}``; the gains are None when there is not enough history to measure them.
+    """
+    steps = max([h.get("step", 0) for h in history] + [e.get("step", 0) for e in evals] + [0])
+    accs = [(e.get("step", 0), e.get("accuracy")) for e in evals if _finite(e.get("accuracy"))]
+    final = accs[-1][1] if accs else None
+    out = {"status": None, "final_accuracy": final, "best_accuracy": max((a for _, a in accs), default=None),
+           "accuracy_gain": None, "loss_drop": None, "window_steps": 0, "steps": steps}
+    losses = [h.get("loss") for h in history]
+    if diverged or any(x is not None and not _finite(x) for x in losses):
+        out["status"] = "diverged"
+        return out
+    if final is not None and target_accuracy is not None and final >= target_accuracy:
+        out["status"] = "converged"
+        return out
+
+    window = max(1, int(round(steps * WINDOW_FRACTION)))
+    out["window_steps"] = window
+    start = steps - window
+    before = [a for s, a in accs if s <= start]
+    if final is not None and before:
+        out["accuracy_gain"] = final - max(before)
+    last, previous = _window_means(history, start, steps), _window_means(history, start - window, start)
+    if last is not None and previous is not None and previous > 0:
+        out["loss_drop"] = (previous - last) / previous
+    if last is not None and history:
+        best = min(m for m in (_window_means(history, s - window, s) for s in range(window, steps + 1, window))
+                   if m is not None) if steps >= window else last
+        if best > 0 and last > DIVERGED_LOSS_RATIO * best:
+            out["status"] = "diverged"
+            return out
+    improving = (out["accuracy_gain"] is not None and out["accuracy_gain"] >= MIN_ACCURACY_GAIN) or \
+                (out["loss_drop"] is not None and out["loss_drop"] >= MIN_LOSS_DROP)
+    # too short a history to see a trend (a single evaluation, no earlier window): still learning
+    unmeasured = out["accuracy_gain"] is None and out["loss_drop"] is None
+    out["status"] = "learning" if improving or unmeasured else "plateau"
+    return out
+
+
+def status(history: Sequence[dict], evals: Sequence[dict], target_accuracy: float | None,
+           *, diverged: bool = False) -> str:
+    """One of :data:`STATUSES` (see the module docstring)."""
+    return assess(history, evals, target_accuracy, diverged=diverged)["status"]

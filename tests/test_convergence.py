@@ -1,0 +1,71 @@
+"""Convergence status from loss and held-out histories: every status reachable, and its edges."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from longrecall.convergence import MIN_ACCURACY_GAIN, STATUSES, assess, status
+
+
+def history(losses):
+    return [{"step": i + 1, "loss": x} for i, x in enumerate(losses)]
+
+
+def evals(points):
+    return [{"step": s, "accuracy": a} for s, a in points]
+
+
+FLAT = [2.0] * 400
+
+
+def test_converged_when_the_final_accuracy_reaches_the_target():
+    assert status(history(FLAT), evals([(200, 0.5), (400, 0.995)]), 0.99) == "converged"
+    # reaching it earlier and losing it again is not converged
+    assert status(history(FLAT), evals([(200, 0.995), (400, 0.5)]), 0.99) != "converged"
+    # no target: never converged
+    assert status(history(FLAT), evals([(400, 1.0)]), None) != "converged"
+
+
+def test_learning_when_accuracy_rises_in_the_last_quarter():
+    points = [(100, 0.1), (200, 0.1), (300, 0.1), (400, 0.1 + 2 * MIN_ACCURACY_GAIN)]
+    out = assess(history(FLAT), evals(points), 0.99)
+    assert out["status"] == "learning" and out["accuracy_gain"] == pytest.approx(2 * MIN_ACCURACY_GAIN)
+
+
+def test_learning_when_the_loss_still_falls_at_chance_accuracy():
+    """MQAR's plateau: accuracy at chance but the loss still falling is not yet a plateau."""
+    losses = [5.5 - 0.002 * i for i in range(400)]
+    out = assess(history(losses), evals([(100, 0.01), (200, 0.01), (300, 0.01), (400, 0.01)]), 0.99)
+    assert out["status"] == "learning" and out["loss_drop"] > 0.02
+
+
+def test_plateau_when_neither_accuracy_nor_loss_moves():
+    out = assess(history(FLAT), evals([(100, 0.3), (200, 0.31), (300, 0.3), (400, 0.305)]), 0.99)
+    assert out["status"] == "plateau"
+    assert out["accuracy_gain"] < MIN_ACCURACY_GAIN and abs(out["loss_drop"]) < 1e-12
+
+
+def test_diverged_on_a_non_finite_loss_or_a_blown_up_loss():
+    assert status(history(FLAT[:-1] + [math.nan]), evals([(400, 0.3)]), 0.99) == "diverged"
+    assert status(history(FLAT), evals([(400, 0.3)]), 0.99, diverged=True) == "diverged"
+    blown = [2.0] * 300 + [9.0] * 100  # finite, but ended far above its best
+    assert status(history(blown), evals([(200, 0.3), (400, 0.01)]), 0.99) == "diverged"
+
+
+def test_every_status_is_reachable():
+    seen = {
+        status(history(FLAT), evals([(400, 1.0)]), 0.99),
+        status(history(FLAT), evals([(100, 0.1), (400, 0.5)]), 0.99),
+        status(history(FLAT), evals([(100, 0.1), (400, 0.1)]), 0.99),
+        status(history(FLAT), evals([(400, 0.1)]), 0.99, diverged=True),
+    }
+    assert seen == set(STATUSES)
+
+
+def test_too_short_to_tell_counts_as_learning():
+    """One evaluation and no earlier loss window: no trend can be measured, so the run is not
+    called a plateau (its accuracy is a lower bound either way)."""
+    assert status(history([3.0]), evals([(1, 0.1)]), 0.99) == "learning"
+    assert status([], [], 0.99) == "learning"
