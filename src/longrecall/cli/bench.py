@@ -43,8 +43,36 @@ def run_fla(args) -> int:
     return 0
 
 
+def run_train_steps(args, names: list[str], mixer_kwargs: dict) -> int:
+    """``--train-steps``: ms per optimisation step of whole 2-layer models, every mixer in one process."""
+    from ..bench.train_step import TrainStepSpec
+    from ..bench.train_step import run_train_steps as bench_steps
+    from ..bench.train_step import to_markdown as steps_markdown
+
+    reference = "attention"
+    if reference not in names:
+        names = [reference, *names]  # the ratios need it
+    spec = TrainStepSpec(mixers=names, widths=args.widths, lengths=args.lengths or [64],
+                         batch_size=(args.batch_sizes or [32])[0], threads=args.threads if args.threads_given else 1,
+                         rounds=args.repeats, mixer_kwargs=mixer_kwargs)
+    report = bench_steps(spec, on_round=None if args.json else lambda r, n: print(f"round {r}/{n} done", flush=True))
+    out = Path(args.out)
+    atomic_write_json(out / "train_steps.json", report)
+    text = steps_markdown(report)
+    atomic_write_bytes(out / "train_steps.md", text.encode())
+    print(json.dumps(report, indent=2) if args.json else text)
+    if not args.json:
+        print(f"wrote {out / 'train_steps.json'} and {out / 'train_steps.md'}")
+    return 0
+
+
 def run(args) -> int:
+    args.threads_given = args.threads is not None
+    if args.threads is None:
+        args.threads = 2
     if args.compare_fla:
+        args.lengths = args.lengths or [256, 1024, 4096, 16384]
+        args.batch_sizes = args.batch_sizes or [1, 16]
         return run_fla(args)
     names = MIXERS.names() if args.mixers == "all" else args.mixers.split(",")
     for name in names:
@@ -53,6 +81,17 @@ def run(args) -> int:
         except KeyError as error:
             print(f"error: --mixers: {error.args[0]}")
             return 2
+    if args.train_steps:
+        try:
+            mixer_kwargs = json.loads(args.mixer_kwargs)
+        except json.JSONDecodeError as error:
+            print(f"error: --mixer-kwargs must be JSON like '{{\"mamba\": {{\"scan\": \"naive\"}}}}': {error}")
+            return 2
+        return run_train_steps(args, names, mixer_kwargs)
+    if args.lengths is None:
+        args.lengths = [256, 1024, 4096, 16384]
+    if args.batch_sizes is None:
+        args.batch_sizes = [1, 16]
     modes = args.modes.split(",")
     for mode in modes:
         if mode not in MODES:
@@ -103,16 +142,24 @@ def add_parser(sub) -> None:
         epilog="examples:\n  longrecall bench --quick\n  longrecall bench --mixers s4d,mamba --lengths 1024,4096 --batch-sizes 1\n"
         "  longrecall bench --mixers mamba --modes train --mixer-kwargs '{\"mamba\": {\"scan\": \"naive\"}}'\n"
         "  longrecall bench --mixers all --out bench_results   (the full table: about 10 minutes)\n"
+        "  longrecall bench --train-steps --widths 64 --lengths 64   (training steps of every mixer's 2-layer model)\n"
         "  longrecall bench --compare-fla --lengths 1024,4096 --batch-sizes 1",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--mixers", default="all", help="comma-separated registry keys, or 'all' (default)")
-    p.add_argument("--lengths", type=_ints, default=[256, 1024, 4096, 16384], help="comma-separated T values")
-    p.add_argument("--batch-sizes", type=_ints, default=[1, 16], help="comma-separated batch sizes")
+    p.add_argument("--lengths", type=_ints, default=None,
+                   help="comma-separated T values (default 256,1024,4096,16384; 64 with --train-steps)")
+    p.add_argument("--batch-sizes", type=_ints, default=None,
+                   help="comma-separated batch sizes (default 1,16; 32 with --train-steps, which takes the first)")
     p.add_argument("--d-model", type=int, default=128)
     p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)}")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default 2; 1 with --train-steps)")
+    p.add_argument("--train-steps", action="store_true",
+                   help="instead of the mixer table: ms per training step (forward + backward + AdamW) of whole 2-layer "
+                        "models at the presets' sizes, every mixer timed in one process in interleaved rounds, with "
+                        "its ratio to attention (--repeats = rounds)")
+    p.add_argument("--widths", type=_ints, default=[64], help="model widths for --train-steps (default 64)")
     p.add_argument("--mixer-kwargs", default="{}", help='JSON: constructor arguments per mixer, e.g. \'{"mamba": {"scan": "naive"}}\'')
     p.add_argument("--no-mambapy", action="store_true", help="skip the comparison with mambapy even if installed")
     p.add_argument("--compare-fla", action="store_true",
