@@ -33,7 +33,7 @@ def test_expansion_size_labels_and_configs():
     first = runs[0]
     assert first.labels == {"spec": "t", "mixer": "attention", "mixer_kwargs": {}, "task": "mqar",
                             "task_kwargs": {"vocab_size": 64, "num_kv_pairs": 4}, "seq_len": 32, "d_model": 16,
-                            "n_layers": 2, "seed": 0, "lr": TrainConfig().lr}
+                            "n_layers": 2, "seed": 0, "lr": TrainConfig().lr, "loss_on": "answers"}
     assert first.spec_name == "t"
     sw = [r for r in runs if r.labels["mixer"] == "sliding_window"]
     assert len(sw) == 8 and all(r.labels["mixer_kwargs"] == {"window": 8} for r in sw)

@@ -348,7 +348,8 @@ def test_report_lists_the_lower_bounds_and_all_lrs_shows_every_rate(tmp_path):
     recs = _sweep_records()
     md = write_report(recs, tmp_path / "best")["markdown"].read_text()
     assert "## Convergence" in md and "1 of 2 leaderboard points converged; 1 is a lower bound:" in md
-    assert md.count("| mamba |") == 2  # the leaderboard row and the lower-bound row
+    assert md.split("## Recipes compared")[0].count("| mamba |") == 2  # the leaderboard row and the lower bound
+    assert "8 runs: 8 done" in md
     md_all = write_report(recs, tmp_path / "all", all_lrs=True)["markdown"].read_text()
     assert "1 of 4 leaderboard points converged; 3 are lower bounds:" in md_all
 
@@ -364,3 +365,27 @@ def test_frontier_front_runs_through_converged_points_only(monkeypatch, tmp_path
     plots.plot_accuracy_vs_state_bytes(plots_records := _sweep_records(), tmp_path / "f.png")
     converged_bytes = {plots.state_bytes_at(r) for r in plots_records if r["convergence"] == "converged"}
     assert seen and all(x in converged_bytes for x, _ in seen[0])
+
+
+def test_recipe_section_when_runs_compare_learning_rates(tmp_path):
+    pytest.importorskip("matplotlib")
+    from longrecall.report.tables import recipe_table, recipe_varies
+
+    recs = _sweep_records()
+    assert recipe_varies(recs) and not recipe_varies(synthetic_records())
+    rows = recipe_table(recs)
+    mamba = [r for r in rows if r["mixer"] == "mamba"]
+    assert [r["lr"] for r in mamba] == [1e-3, 3e-3, 1e-2] and all(r["loss_on"] == "answers" for r in rows)
+    paths = write_report(recs, tmp_path)
+    md = paths["markdown"].read_text()
+    assert "## Recipes compared" in md and "](learning_curves.png)" in md and paths["learning_curves"].exists()
+    # a report of a single recipe has no such section, and a stale figure is removed
+    paths = write_report(synthetic_records(), tmp_path)
+    assert "learning_curves" not in paths and not (tmp_path / "learning_curves.png").exists()
+
+
+def test_steps_to_threshold():
+    from longrecall.report.tables import steps_to
+
+    rec = {"evals": [{"step": 100, "accuracy": 0.5}, {"step": 200, "accuracy": 0.92}, {"step": 300, "accuracy": 0.99}]}
+    assert steps_to(rec, 0.9) == 200 and steps_to(rec, 0.995) is None

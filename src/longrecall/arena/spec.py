@@ -672,7 +672,7 @@ class ArenaSpec:
             config = make_config(values, f"run (mixer={mixer}, task={task}, seq_len={length}, d_model={width}, seed={seed})")
             labels = {"spec": self.name, "mixer": mixer, "mixer_kwargs": dict(mkwargs), "task": task,
                       "task_kwargs": dict(tkwargs), "seq_len": length, "d_model": width, "n_layers": self.n_layers,
-                      "seed": seed, "lr": config.lr}
+                      "seed": seed, "lr": config.lr, "loss_on": config.loss_on}
             runs.append(RunSpec(run_id(config), config, labels, self.name))
         return runs
 
@@ -741,7 +741,9 @@ class ArenaSpec:
         return runs
 
     def _config_run(self, config: TrainConfig, key: str) -> RunSpec:
-        """Validate one explicit config like a grid point (task and mixer kwargs) and label it."""
+        """Validate one explicit config like a grid point (task and mixer kwargs) and label it (the labels
+        keep the mixer and task kwargs as given, as a grid's do; the config holds them resolved)."""
+        given_mixer_kwargs, given_task_kwargs = dict(config.mixer_kwargs), dict(config.task_kwargs)
         task_kwargs = check_task_kwargs(config.task, config.task_kwargs, f"{key}.task_kwargs")
         obj = instantiate_task(config.task, task_kwargs, f"{key}.task_kwargs")
         resolved_task = resolve_task_kwargs(obj, task_kwargs)
@@ -765,9 +767,10 @@ class ArenaSpec:
                 resolved_mixers = dict(config.mixer_kwargs)
         config = make_config({**config.to_dict(), "task_kwargs": resolved_task, "mixer_kwargs": resolved_mixers}, key)
         labels = {"spec": self.name, "mixer": layers[0] if len(layers) == 1 else "+".join(config.layers),
-                  "mixer_kwargs": dict(config.mixer_kwargs), "task": config.task,
-                  "task_kwargs": dict(config.task_kwargs), "seq_len": getattr(obj, "seq_len", None),
-                  "d_model": config.d_model, "n_layers": len(config.layers), "seed": config.seed, "lr": config.lr}
+                  "mixer_kwargs": given_mixer_kwargs, "task": config.task,
+                  "task_kwargs": given_task_kwargs, "seq_len": getattr(obj, "seq_len", None),
+                  "d_model": config.d_model, "n_layers": len(config.layers), "seed": config.seed, "lr": config.lr,
+                  "loss_on": config.loss_on}
         return RunSpec(run_id(config), config, labels, self.name)
 
 

@@ -86,11 +86,6 @@ class TitansState(NamedTuple):
 # ----------------------------------------------------------------------------- the memory MLP
 
 
-def _silu_grad(a: Tensor) -> Tensor:
-    s = torch.sigmoid(a)
-    return s * (1 + a * (1 - s))
-
-
 def memory_apply(weights: Weights, x: Tensor) -> Tensor:
     """M_theta(x): ``x (B, H, n, in)`` through the layers (weights (B, H, in, out)), SiLU between them."""
     for i, W in enumerate(weights):
@@ -107,17 +102,35 @@ def memory_backward(weights: Weights, k: Tensor, v: Tensor) -> tuple[list[Tensor
     Returns: inputs x_l (B, H, n, in_l) and errors delta_l (B, H, n, out_l) with
         grad_{W_l} loss_s = x_{l,s}^T delta_{l,s}.
     """
+    return _backward_through(lambda h, i: h @ weights[i], lambda g, i: g @ weights[i].transpose(-1, -2),
+                             len(weights), k, v)
+
+
+def _scaled_product(c: Tensor, h: Tensor, W: Tensor) -> Tensor:
+    """``c * (h @ W)`` with c (B, H, n or 1, 1) a scale per row of h: applied to the narrower of h and h @ W."""
+    return (c * h) @ W if h.shape[-1] < W.shape[-1] else c * (h @ W)
+
+
+def _add_product(M: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """``M + a @ b`` over the batch dimensions (B, H): one ``baddbmm`` (no separate product and sum)."""
+    return torch.baddbmm(M.flatten(0, 1), a.flatten(0, 1), b.flatten(0, 1)).view(M.shape)
+
+
+def _backward_through(times, times_t, n_layers: int, k: Tensor, v: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+    """:func:`memory_backward` with the weights given as products: ``times(h, l) = h W_l``,
+    ``times_t(g, l) = g W_l^T`` (so the parallel form can apply weights it never materialises)."""
     inputs, pre = [], []
     h = k
-    for i, W in enumerate(weights):
+    for i in range(n_layers):
         inputs.append(h)
-        a = torch.matmul(h, W)  # (B, H, n, out_l)
+        a = times(h, i)  # (B, H, n, out_l)
         pre.append(a)
-        h = F.silu(a) if i < len(weights) - 1 else a
+        h = F.silu(a) if i < n_layers - 1 else a
     deltas = [2 * (h - v)]  # d loss / d output
-    for i in range(len(weights) - 1, 0, -1):
-        back = torch.matmul(deltas[0], weights[i].transpose(-1, -2))  # (B, H, n, in_i)
-        deltas.insert(0, back * _silu_grad(pre[i - 1]))
+    for i in range(n_layers - 1, 0, -1):
+        back = times_t(deltas[0], i)  # (B, H, n, in_i)
+        s = torch.sigmoid(pre[i - 1])  # SiLU'(a) = s (1 + a (1 - s)) = s + SiLU(a) (1 - s), SiLU(a) = inputs[i]
+        deltas.insert(0, back * torch.addcmul(s, inputs[i], 1 - s))
     return inputs, deltas
 
 
@@ -128,17 +141,41 @@ def memory_grads(weights: Weights, k: Tensor, v: Tensor) -> Weights:
 
 
 def _segment_products(g: Tensor) -> Tensor:
-    """``g (B, H, n) -> M (B, H, n+1, n+1)``, ``M[t, s] = prod_{s<i<=t} g_i`` (g_0 unused) for t >= s, else 0.
+    """``g (..., n) -> M (..., n+1, n+1)``, ``M[t, s] = prod_{s<i<=t} g_i`` (g_0 unused) for t >= s, else 0.
 
-    A masked cumprod, not exp(cumsum(log g)): gates may be exactly 0 (no division, no log(0)).
+    A masked cumprod, not exp(cumsum(log g)): gates may be exactly 0 (no division, no log(0)).  Plain
+    autograd: the reference :class:`SegmentProducts` (used by ``forward``) is tested against.
     """
     n = g.shape[-1]
-    g = torch.cat([torch.ones_like(g[..., :1]), g], dim=-1)  # (B, H, n+1)
+    g = torch.cat([torch.ones_like(g[..., :1]), g], dim=-1)  # (..., n+1)
     idx = torch.arange(n + 1, device=g.device)
     after = idx[None, :] > idx[:, None]  # [s, i]: i > s
-    X = torch.where(after, g.unsqueeze(-2), torch.ones_like(g).unsqueeze(-2))  # (B, H, n+1 (s), n+1 (i))
+    X = torch.where(after, g.unsqueeze(-2), torch.ones_like(g).unsqueeze(-2))  # (..., n+1 (s), n+1 (i))
     C = torch.cumprod(X, dim=-1)  # C[s, t] = prod_{s<i<=t} g_i
     return torch.tril(C.transpose(-1, -2))  # [t, s]
+
+
+class SegmentProducts(torch.autograd.Function):
+    """:func:`_segment_products` with a backward made of products only (zero-safe, no division)::
+
+        dL/dg_i = sum_{s < i <= t} G[t, s] M[i-1, s] M[t, i] = sum_s M[i-1, s] (G^T M)[s, i]
+
+    one (n+1)^3 matmul and a row sum, where autograd through where / cumprod / tril makes about ten
+    passes over (n+1)^2 tensors (cumprod's own backward checks for zeros and divides).
+    """
+
+    @staticmethod
+    def forward(ctx, g: Tensor) -> Tensor:
+        with torch.no_grad():
+            M = _segment_products(g)
+        ctx.save_for_backward(M)
+        return M
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (M,) = ctx.saved_tensors
+        Y = grad.transpose(-1, -2) @ M  # (..., n+1, n+1): Y[s, i] = sum_t G[t, s] M[t, i]
+        return (M[..., :-1, :] * Y[..., :, 1:].transpose(-1, -2)).sum(-1)  # (..., n): row i-1 of M with column i of Y
 
 
 # ----------------------------------------------------------------------------- the mixer
@@ -165,6 +202,10 @@ class Titans(Mixer):
 
     state_growth = "constant"
     contract_kwargs = {"chunk_size": 4, "memory_expansion": 2}
+    # Tokens the parallel form handles at once (rounded down to whole chunks, at least one): inside a
+    # window no per-token or per-chunk weights are materialised; between windows the state is.  An
+    # implementation choice, not a model parameter: any value gives the same numbers up to rounding.
+    window: int = 64
 
     def __init__(
         self,
@@ -253,30 +294,90 @@ class Titans(Mixer):
             o = o * F.silu(self.gate_proj(x))
         return self.out_proj(o)
 
-    def _chunk(self, q, k, v, eta, lr, alpha, start: Weights, weights: Weights, momentum: Weights):
-        """n <= b tokens of one chunk (matmul form): read-out (B, H, n, d), weights and momentum after."""
-        inputs, deltas = memory_backward(start, k, v)  # gradients at the chunk-start weights
-        E = _segment_products(eta)  # (B, H, n+1, n+1): momentum carried from s to t
-        P = _segment_products(1 - alpha)  # weights carried from j to t
-        A = P[..., 1:, 1:] @ E[..., 1:, :]  # (B, H, n, n+1): A[t, s] = sum_j P[t, j] E[j, s]
-        c_w, c_m = P[..., 1:, 0, None], A[..., 0, None]  # (B, H, n, 1): shares of theta_cur and S_cur
-        A_lr = A[..., 1:] * lr.unsqueeze(-2)  # (B, H, n, n) lower triangular: share of token s's gradient
-        h = q
-        for i, (W, M, x_s, d_s) in enumerate(zip(weights, momentum, inputs, deltas)):
-            a = c_w * (h @ W) + c_m * (h @ M) - (A_lr * (h @ x_s.transpose(-1, -2))) @ d_s  # h W_t, per t
-            h = F.silu(a) if i < len(weights) - 1 else a
-        E_lr = E[..., -1, 1:] * lr  # (B, H, n): share of token s's gradient in the final momentum
-        new_w, new_m = [], []
-        for W, M, x_s, d_s in zip(weights, momentum, inputs, deltas):
-            new_w.append(c_w[..., -1, :, None] * W + c_m[..., -1, :, None] * M
-                         - torch.einsum("bhs,bhsi,bhso->bhio", A_lr[..., -1, :], x_s, d_s))
-            new_m.append(E[..., -1, 0, None, None] * M - torch.einsum("bhs,bhsi,bhso->bhio", E_lr, x_s, d_s))
-        return h, tuple(new_w), tuple(new_m)
+    def _window(self, q, k, v, eta, lr, alpha, pos: int, start: Weights, weights: Weights,
+                momentum: Weights | None) -> tuple[Tensor, Weights, Weights, Weights, int]:
+        """L tokens at once, the first ``pos`` tokens into a chunk (see the module notes).
+
+        q, k, v (B, H, L, d); eta, lr, alpha (B, H, L); start, weights, momentum: theta_s, theta_w, S_w per
+        layer (B, H, in, out), momentum None when it is zero.  Returns the read-out (B, H, L, d), the new
+        start, weights and momentum, and the new position.
+        """
+        n_layers, L, b = len(weights), q.shape[2], self.chunk_size
+        E = SegmentProducts.apply(eta)  # (B, H, L+1, L+1): momentum carried from s to t
+        P = SegmentProducts.apply(1 - alpha)  # weights carried from j to t
+        A = P[..., 1:, 1:] @ E[..., 1:, :]  # (B, H, L, L+1): A[t, s] = sum_j P[t, j] E[j, s]
+        c_w, c_m = P[..., 1:, 0, None], A[..., 0, None]  # (B, H, L, 1): shares of theta_w and S_w in theta_t
+        neg_A_lr = A[..., 1:] * -lr.unsqueeze(-2)  # (B, H, L, L) lower triangular: -share of token s's gradient
+
+        def read(h: Tensor, i: int, c_w, c_m, neg_coef, upto: int, transpose: bool = False) -> Tensor:
+            """``h theta_l(t)`` (or ``h theta_l(t)^T``), theta_l(t) from theta_w, S_w and the first ``upto``
+            tokens' gradient factors: c_w (n or 1, 1), c_m and neg_coef (n or 1, upto) the shares of each."""
+            W, Xi, Di = weights[i], X[i][:, :, :upto], D[i][:, :, :upto]
+            if transpose:
+                W, Xi, Di = W.transpose(-1, -2), Di, Xi
+            out = _add_product(_scaled_product(c_w, h, W), (h @ Xi.transpose(-1, -2)) * neg_coef, Di)
+            if momentum is not None:
+                M = momentum[i].transpose(-1, -2) if transpose else momentum[i]
+                out = _add_product(out, c_m * h, M)
+            return out
+
+        # gradient factors chunk by chunk: the first chunk's at theta_s, each later one's at theta(t0 - 1)
+        cuts = [0, *range(min(L, b - pos), L, b), L]
+        xs, ds = [[] for _ in range(n_layers)], [[] for _ in range(n_layers)]
+        for t0, t1 in zip(cuts[:-1], cuts[1:]):
+            if t0 == 0:
+                inputs, deltas = memory_backward(start, k[:, :, :t1], v[:, :, :t1])
+            else:
+                X, D = [torch.cat(x, dim=2) for x in xs], [torch.cat(d, dim=2) for d in ds]  # (B, H, t0, in|out)
+                e = slice(t0 - 1, t0)  # every token of the chunk reads theta(t0 - 1)
+                at = (c_w[..., e, :], c_m[..., e, :], neg_A_lr[..., e, :t0], t0)
+                inputs, deltas = _backward_through(lambda h, i: read(h, i, *at), lambda g, i: read(g, i, *at, True),
+                                                   n_layers, k[:, :, t0:t1], v[:, :, t0:t1])
+            for i in range(n_layers):
+                xs[i].append(inputs[i])
+                ds[i].append(deltas[i])
+        X, D = [torch.cat(x, dim=2) for x in xs], [torch.cat(d, dim=2) for d in ds]  # (B, H, L, in|out)
+
+        h = q  # the read: h_t theta_t, every t at once
+        for i in range(n_layers):
+            a = read(h, i, c_w, c_m, neg_A_lr, L)
+            h = F.silu(a) if i < n_layers - 1 else a
+
+        def accumulate(M: Tensor | None, coef: Tensor, Xi: Tensor, Di: Tensor) -> Tensor:
+            """``M + sum_s coef_s x_s^T delta_s`` (coef (B, H, n, 1)), scaling the narrower factor."""
+            if Xi.shape[-1] <= Di.shape[-1]:
+                a, b = (coef * Xi).transpose(-1, -2), Di
+            else:
+                a, b = Xi.transpose(-1, -2), coef * Di
+            return a @ b if M is None else _add_product(M, a, b)
+
+        def materialise(t: int) -> Weights:  # theta(t) per layer, from the tokens up to t
+            out = []
+            for i, W in enumerate(weights):
+                base = c_w[..., t, :, None] * W  # (B, H, in, out)
+                if momentum is not None:
+                    base = torch.addcmul(base, c_m[..., t, :, None], momentum[i])
+                out.append(accumulate(base, neg_A_lr[..., t, : t + 1, None], X[i][:, :, : t + 1], D[i][:, :, : t + 1]))
+            return tuple(out)
+
+        new_w = materialise(L - 1)
+        neg_m = (E[..., -1, 1:] * -lr).unsqueeze(-1)  # (B, H, L, 1): -(token s's share in S_L)
+        decay = E[..., -1, 0, None, None]  # (B, H, 1, 1): S_w's share in S_L
+        new_m = tuple(accumulate(None if momentum is None else decay * momentum[i], neg_m, X[i], D[i])
+                      for i in range(n_layers))
+        pos = (pos + L) % b
+        if pos == 0:  # ends on a chunk boundary: the next chunk's gradients are taken at theta_L
+            new_start = tuple(W.clone() for W in new_w)
+        elif cuts[-2] == 0:  # still in the chunk it started in
+            new_start = start
+        else:
+            new_start = materialise(cuts[-2] - 1)
+        return h, new_start, new_w, new_m, pos
 
     # ----------------------------------------------------------------------------- forward / step
 
     def forward(self, x: Tensor, state: TitansState | None = None) -> tuple[Tensor, TitansState]:
-        """Whole sequence ``x (B, T, D) -> (y (B, T, D), new state)``: a loop over chunks."""
+        """Whole sequence ``x (B, T, D) -> (y (B, T, D), new state)``: a loop over windows of whole chunks."""
         self.check_input(x)
         if state is None:
             state = self.init_state(x.shape[0], device=x.device, dtype=x.dtype)
@@ -285,19 +386,19 @@ class Titans(Mixer):
             return x.new_zeros(x.shape), state
         if not bool((state.position == state.position[0]).all()):
             return self.step_loop(x, state)  # rows at different chunk positions: the recurrent form
-        q, k, v, eta, lr, alpha = self.project(x)
-        start, weights, momentum = state.start, state.weights, state.momentum
-        pos, b = int(state.position[0]), self.chunk_size
+        q, k, v, eta, lr, alpha = (t.contiguous() for t in self.project(x))  # (B, H, T, d), (B, H, T)
+        start, weights, momentum, pos = state.start, state.weights, state.momentum, int(state.position[0])
+        if not any(M.requires_grad or bool(M.any()) for M in momentum):
+            momentum = None  # a fresh state's: its terms are exactly zero, skip them
+        span = max(1, self.window // self.chunk_size) * self.chunk_size  # tokens per window
         outs, t0 = [], 0
         while t0 < T:
-            t1 = min(T, t0 + b - pos)  # finish the current chunk first (pos > 0 for a carried state)
+            t1 = min(T, t0 + span - pos)  # windows end on chunk boundaries
             sl = slice(t0, t1)
-            o, weights, momentum = self._chunk(q[:, :, sl], k[:, :, sl], v[:, :, sl], eta[:, :, sl],
-                                               lr[:, :, sl], alpha[:, :, sl], start, weights, momentum)
+            o, start, weights, momentum, pos = self._window(q[:, :, sl], k[:, :, sl], v[:, :, sl], eta[:, :, sl],
+                                                            lr[:, :, sl], alpha[:, :, sl], pos, start, weights,
+                                                            momentum)
             outs.append(o)
-            pos += t1 - t0
-            if pos == b:  # chunk complete: its final weights are where the next chunk's gradients go
-                start, pos = tuple(W.clone() for W in weights), 0
             t0 = t1
         position = torch.full_like(state.position, pos)
         return self.output(torch.cat(outs, dim=2), x), TitansState(start, weights, momentum, position)

@@ -12,7 +12,7 @@ from ..checkpoint import atomic_write_bytes
 from . import plots as _plots
 from .tables import (
     best_lr_records, failed_runs, failed_to_html, failed_to_markdown, fmt_lr, fmt_pct, labels_of, leaderboard,
-    lower_bounds, mixer_name, pivots_to_html, pivots_to_markdown, policy_leaderboard, policy_pivots, policy_to_html,
+    lower_bounds, mixer_name, pivots_to_html, recipe_table, recipe_to_html, recipe_to_markdown, recipe_varies, pivots_to_markdown, policy_leaderboard, policy_pivots, policy_to_html,
     policy_to_markdown, provenance, status_counts, to_html, to_markdown, _html_table, _md_table,
 )
 
@@ -32,6 +32,16 @@ FIGURES = (
     ("training_curves", "Training curves",
      "Left, the training loss of every run (lower is better); right, accuracy at the periodic evaluations. "
      "A run that plateaus or spikes points to an optimisation problem rather than a memory limit."),
+)
+# drawn only when the runs compare recipes (learning rates or losses)
+RECIPE_FIGURE = ("learning_curves", "Learning curves by recipe",
+                 "Held-out accuracy at each evaluation, one panel per mixer, one line per recipe: colour per learning "
+                 "rate, solid for the loss on the answers, dashed for the next-token loss on every position. A line "
+                 "still rising at its right end was stopped by its step budget; a flat one has plateaued.")
+RECIPE_HOW_TO_READ = (
+    "Every recipe the runs compare (learning rate x loss), before the best learning rate is chosen: final and "
+    "best held-out accuracy, the first evaluation step at which accuracy reached the threshold ('—': never), "
+    "the steps trained, the seconds it took (training + evaluation) and the convergence status."
 )
 # drawn only when the report has KV-cache policy evaluations
 POLICY_FIGURES = (
@@ -195,8 +205,8 @@ def write_report(records: Sequence[dict], out_dir, title: str = "longrecall repo
     bound_head, bound_body = _lower_bound_lines(rows)
     all_records = records
     records = records if all_lrs else best_lr_records(records)  # what the figures draw
-    summary = _summary(records)
-    prov = _provenance_lines(provenance(records))
+    summary = _summary(all_records)
+    prov = _provenance_lines(provenance(all_records))
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     policy_rows = policy_leaderboard(all_records, policy_evals)
     pivots = policy_pivots(all_records, policy_evals)
@@ -215,6 +225,15 @@ def write_report(records: Sequence[dict], out_dir, title: str = "longrecall repo
     else:
         for name, *_ in FIGURES:
             (out / f"{name}.png").unlink(missing_ok=True)
+    recipe_rows = recipe_table(all_records) if recipe_varies(all_records) else []
+    recipe_figure = None
+    if recipe_rows:
+        name, caption, howto = RECIPE_FIGURE
+        path = _plots.PLOTS[name](all_records, out / f"{name}.png")
+        paths[name] = path
+        recipe_figure = (name, caption, howto, path)
+    else:
+        (out / f"{RECIPE_FIGURE[0]}.png").unlink(missing_ok=True)
     policy_figures = []
     if rows and policy_rows:
         for name, caption, howto in POLICY_FIGURES:
@@ -240,6 +259,10 @@ def write_report(records: Sequence[dict], out_dir, title: str = "longrecall repo
         md += ["## Figures", ""]
         for name, caption, howto, path in figures:
             md += [f"### {caption}", "", f"![{caption}]({path.name})", "", f"*How to read:* {howto}", ""]
+    if recipe_rows:
+        name, caption, howto, path = recipe_figure
+        md += ["## Recipes compared", "", RECIPE_HOW_TO_READ, "", recipe_to_markdown(recipe_rows),
+               f"### {caption}", "", f"![{caption}]({path.name})", "", f"*How to read:* {howto}", ""]
     if policy_rows:
         md += ["## KV-cache policies", "", POLICY_HOW_TO_READ, "", pivots_to_markdown(pivots)]
         for name, caption, howto, path in policy_figures:
@@ -274,6 +297,13 @@ def write_report(records: Sequence[dict], out_dir, title: str = "longrecall repo
             h += [f'<figure id="{e(name)}">', f"<h3>{e(caption)}</h3>",
                   f'<img alt="{e(caption)}" src="data:image/png;base64,{data}">',
                   f"<figcaption><strong>How to read:</strong> {e(howto)}</figcaption>", "</figure>"]
+    if recipe_rows:
+        name, caption, howto, path = recipe_figure
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        h += ['<h2 id="recipes">Recipes compared</h2>', f'<p class="howto">{e(RECIPE_HOW_TO_READ)}</p>',
+              recipe_to_html(recipe_rows), f'<figure id="{e(name)}">', f"<h3>{e(caption)}</h3>",
+              f'<img alt="{e(caption)}" src="data:image/png;base64,{data}">',
+              f"<figcaption><strong>How to read:</strong> {e(howto)}</figcaption>", "</figure>"]
     if policy_rows:
         h += ['<h2 id="kv-cache-policies">KV-cache policies</h2>', f'<p class="howto">{e(POLICY_HOW_TO_READ)}</p>',
               pivots_to_html(pivots)]

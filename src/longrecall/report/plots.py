@@ -23,7 +23,7 @@ from typing import Sequence
 from ..checkpoint import atomic_write_bytes
 from .tables import (
     accuracy_of, bucket_low, by_distance_of, convergence_of, fmt_budget, fmt_bytes, is_finite, labels_of, leaderboard,
-    mixer_name, pareto_front, policy_leaderboard, state_bytes_at,
+    lr_of, mixer_name, pareto_front, policy_leaderboard, state_bytes_at,
 )
 
 DPI = 130
@@ -580,6 +580,58 @@ def plot_training_curves(records: Sequence[dict], path, style: Style | None = No
 # ----------------------------------------------------------------------------------------------
 
 
+def plot_learning_curves(records: Sequence[dict], path, style: Style | None = None, max_panels: int = 30) -> Path:
+    """Held-out accuracy vs step, one panel per mixer (and task, length, width), one line per recipe:
+    colour per learning rate, solid for the loss on answers, dashed for the loss on every position.
+    Drawn when the runs compare recipes (``tables.recipe_varies``)."""
+    title = "Learning curves by recipe"
+    from matplotlib import colormaps
+
+    runs = [r for r in _done(records) if r.get("evals")]
+    if not runs:
+        return _empty(path, title, "no finished runs with evaluations")
+    panels: dict[tuple, list[dict]] = defaultdict(list)
+    for r in runs:
+        lab = labels_of(r)
+        panels[(mixer_name(r).split(" [loss on ")[0], str(lab.get("task") or "?"), lab.get("seq_len"),
+                lab.get("d_model"))].append(r)
+    keys = sorted(panels, key=lambda k: (k[1], _sort_key(k[2]), _sort_key(k[3]), k[0]))[:max_panels]
+    lrs = _sorted_values(lr_of(r) for r in runs)
+    cmap = colormaps["viridis"]
+    colour = {lr: cmap(0.1 + 0.75 * i / max(1, len(lrs) - 1)) for i, lr in enumerate(lrs)}
+    ncols = min(5, len(keys))
+    nrows = math.ceil(len(keys) / ncols)
+    fig, axes = _figure(nrows, ncols, 3.2, 2.5)
+    for k, key in enumerate(keys):
+        ax = axes[k // ncols][k % ncols]
+        for r in sorted(panels[key], key=lambda r: (str(labels_of(r).get("loss_on")), lr_of(r) or 0)):
+            evals = [e for e in r["evals"] if is_finite(e.get("accuracy"))]
+            loss_on = labels_of(r).get("loss_on") or (r.get("config") or {}).get("loss_on") or "answers"
+            ax.plot([e["step"] for e in evals], [e["accuracy"] for e in evals], color=colour.get(lr_of(r), "#333333"),
+                    linestyle="-" if loss_on == "answers" else "--", linewidth=1.3)
+        mixer, task, seq_len, d_model = key
+        ax.set_title(f"{mixer}" + (f" ({task}, T={seq_len}, d={d_model})" if len(set(k[1:] for k in keys)) > 1 else ""),
+                     fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+        _percent_y(ax, "held-out accuracy" if k % ncols == 0 else None)
+    _hide_unused(axes, len(keys))
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=colour[lr], label=f"lr {lr:g}") for lr in lrs]
+    handles += [Line2D([], [], linestyle="", label=""),
+                Line2D([], [], color="#444444", linestyle="-", label="loss on answers"),
+                Line2D([], [], color="#444444", linestyle="--", label="loss on every\nposition")]
+    fig.legend(handles=handles, loc="outside right upper", frameon=False, fontsize=9, title="recipe")
+    group = keys[0][1:]
+    _suptitle(fig, title, f"{group[0]}, T={group[1]}, d_model={group[2]}" if len(set(k[1:] for k in keys)) == 1 else "")
+    return _save(fig, path)
+
+
+def _sort_key(value):
+    return (not is_finite(value), value if is_finite(value) else 0, str(value))
+
+
 def _fraction_formatter():
     from matplotlib.ticker import FuncFormatter
 
@@ -659,6 +711,7 @@ PLOTS = {
     "accuracy_vs_distance": plot_accuracy_vs_distance,
     "training_curves": plot_training_curves,
     "accuracy_vs_budget": plot_accuracy_vs_budget,
+    "learning_curves": plot_learning_curves,
 }
 # the plots that also draw KV-cache policy evaluations (``policy_evals=``)
 POLICY_PLOTS = ("accuracy_vs_state_bytes", "accuracy_vs_budget")
