@@ -17,9 +17,10 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
-# The main job: the quick arena preset on CPU (16 runs), its leaderboard, and its report in report/.
+# The main job: the quick arena preset on CPU (8 runs, two single-threaded workers), its leaderboard
+# with each run's convergence status, and its report in report/.
 demo: setup
-	$(PY) -m longrecall arena --preset quick --store runs/quick.db --report report
+	$(PY) -m longrecall arena --preset quick --store runs/quick.db --executor process --workers 2 --report report
 
 test: setup
 	$(PY) -m pytest

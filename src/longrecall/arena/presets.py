@@ -10,7 +10,11 @@ FOUNDATION_MIXERS = ["attention", "sliding_window", "s4d", "mamba"]
 
 PRESETS: dict[str, dict] = {
     "quick": {
-        "description": "the main job: 4 foundation memories on MQAR at 2 lengths x 2 widths (16 runs, under 10 min on 2 cores)",
+        "description": "the main job: 4 foundation memories on MQAR at T=64 and 128 (8 runs, up to 1,200 steps at lr "
+                       "1e-3, the recipe study's best rate for Mamba; about 9 min with 2 workers on 2 cores)",
+        # One width and one learning rate to fit 10 minutes on 2 cores: lr 1e-3 is where Mamba learns
+        # fastest in the recipe study (docs/results.md) and attention still converges; every run that
+        # does not reach 0.99 is reported as a lower bound (its convergence status), not a capacity.
         "spec": {
             "name": "quick",
             "mixers": [
@@ -21,12 +25,13 @@ PRESETS: dict[str, dict] = {
             ],
             "tasks": [{"task": "mqar", "kwargs": {"vocab_size": 256, "num_kv_pairs": 4}}],
             "lengths": [64, 128],
-            "widths": [32, 64],
+            "widths": [64],
             "seeds": [0],
             "n_layers": 2,
             "train": {
-                "steps": 320, "batch_size": 32, "lr": 3e-3, "warmup_steps": 40, "short_conv": 4,
-                "eval_every": 160, "eval_examples": 256, "threads": 2,
+                "steps": 1200, "batch_size": 32, "lr": 1e-3, "warmup_steps": 100, "short_conv": 4,
+                "eval_every": 100, "eval_examples": 256, "early_stop_accuracy": 0.99, "target_accuracy": 0.99,
+                "threads": 1,
             },
         },
     },
