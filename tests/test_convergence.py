@@ -69,3 +69,13 @@ def test_too_short_to_tell_counts_as_learning():
     called a plateau (its accuracy is a lower bound either way)."""
     assert status(history([3.0]), evals([(1, 0.1)]), 0.99) == "learning"
     assert status([], [], 0.99) == "learning"
+
+
+def test_a_slow_rise_with_a_noisy_last_evaluation_is_still_learning():
+    """Window means, not the last evaluation: attention under the all-position loss at lr 3e-4 rose
+    from 0.065 to 0.11 over its last 1,200 steps but its last evaluation dipped (recipe study)."""
+    points = [(1300, 0.065), (1400, 0.076), (1500, 0.072), (1600, 0.088), (1700, 0.099), (1800, 0.096),
+              (1900, 0.105), (2000, 0.102), (2100, 0.109), (2200, 0.109), (2300, 0.11), (2400, 0.119), (2500, 0.108)]
+    history = [{"step": i + 1, "loss": 5.0} for i in range(2500)]
+    out = assess(history, evals(points), 0.99)
+    assert out["status"] == "learning" and out["accuracy_gain"] > 0.02

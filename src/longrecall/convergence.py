@@ -10,9 +10,11 @@ accuracy at each evaluation):
     the final held-out accuracy reached the target (``TrainConfig.target_accuracy``).
 ``learning``
     not converged, and still improving over the last part of training (the last
-    ``WINDOW_FRACTION`` of its steps): held-out accuracy rose by at least ``MIN_ACCURACY_GAIN`` over
-    the best before that window, or the mean training loss fell by at least ``MIN_LOSS_DROP``
-    (relative) from the window before.  Its accuracy is a lower bound: more steps would raise it.
+    ``WINDOW_FRACTION`` of its steps): the mean held-out accuracy of the evaluations in that window
+    is at least ``MIN_ACCURACY_GAIN`` above the mean of the window before (means, not single
+    evaluations, so one noisy evaluation neither starts nor ends a trend), or the mean training loss
+    fell by at least ``MIN_LOSS_DROP`` (relative) between the two windows.  Its accuracy is a lower
+    bound: more steps would raise it.
 ``plateau``
     not converged and no such improvement.  Either the memory's capacity at this size, or a
     training plateau that more steps or another learning rate might leave (MQAR's pre-transition
@@ -84,9 +86,10 @@ def assess(history: Sequence[dict], evals: Sequence[dict], target_accuracy: floa
     window = max(1, int(round(steps * WINDOW_FRACTION)))
     out["window_steps"] = window
     start = steps - window
-    before = [a for s, a in accs if s <= start]
-    if final is not None and before:
-        out["accuracy_gain"] = final - max(before)
+    last_accs = [a for s, a in accs if s > start]
+    previous_accs = [a for s, a in accs if start - window < s <= start] or [a for s, a in accs if s <= start][-1:]
+    if last_accs and previous_accs:
+        out["accuracy_gain"] = sum(last_accs) / len(last_accs) - sum(previous_accs) / len(previous_accs)
     last, previous = _window_means(history, start, steps), _window_means(history, start - window, start)
     if last is not None and previous is not None and previous > 0:
         out["loss_drop"] = (previous - last) / previous

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from longrecall.mixers.based import Based, BasedState, taylor_feature_map
+from longrecall.mixers.based import Based, BasedState, taylor_feature_map, taylor_read, taylor_write
 from longrecall.mixers.sliding_window import SlidingWindowAttention
 from longrecall.registry import get_mixer
 
@@ -72,6 +72,50 @@ def test_linear_branch_equals_the_quadratic_formula(impl):
     phi_q, phi_k, v = model.features(x)
     torch.testing.assert_close(z, phi_k.sum(1), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(kv, torch.einsum("bthf,bthv->bhfv", phi_k, v), rtol=1e-12, atol=1e-12)
+
+
+def test_taylor_write_and_read_equal_the_explicit_features():
+    g = torch.Generator().manual_seed(2)
+    k, q = (torch.randn(3, 2, 7, 5, generator=g, dtype=torch.float64) for _ in range(2))
+    v, S = torch.randn(3, 2, 7, 6, generator=g, dtype=torch.float64), torch.randn(3, 2, 31, 6, generator=g,
+                                                                                   dtype=torch.float64)
+    torch.testing.assert_close(taylor_write(k, v), taylor_feature_map(k).transpose(-1, -2) @ v, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(taylor_read(q, S), taylor_feature_map(q) @ S, rtol=1e-13, atol=1e-13)
+
+
+def branch_and_grads(model, x, kv, z, run, state_grads):
+    """The linear branch's outputs, new kv and z, and the gradients of a weighted sum of all three with
+    respect to x, every parameter and (``state_grads``) the carried kv and z."""
+    x = x.detach().clone().requires_grad_(True)
+    kv, z = (t.detach().clone().requires_grad_(state_grads) for t in (kv, z))
+    o, new_kv, new_z = run(x, kv, z)
+    g = torch.Generator().manual_seed(5)
+    loss = sum((t * torch.randn(t.shape, generator=g, dtype=t.dtype)).sum() for t in (o, new_kv, new_z))
+    wrt = [x, *([kv, z] if state_grads else []), *(p for _, p in sorted(model.named_parameters()))]
+    return (o, new_kv, new_z), torch.autograd.grad(loss, wrt, allow_unused=True)
+
+
+@pytest.mark.parametrize("T, chunk_size", [(13, 4), (13, 16), (8, 4), (1, 4), (5, 5)])
+@pytest.mark.parametrize("carried", [False, True])
+def test_kernel_form_equals_the_feature_form_outputs_state_and_gradients(T, chunk_size, carried):
+    """The kernel form (impl="chunked") against explicit features through both linear_attn kernels,
+    from an empty memory (no gradient to it: the one-chunk shortcut when T <= chunk) and from a carried one
+    (with gradients to it)."""
+    model, x = make(chunk_size=chunk_size), rand_x(T=T)
+    state = model.init_state(2)
+    kv, z = state.kv, state.z
+    if carried:
+        _, kv, z = model.linear_branch_features(rand_x(T=6, seed=3), kv, z, impl="naive")
+    fast, g_fast = branch_and_grads(model, x, kv, z, model.linear_branch, carried)
+    for impl in ("chunked", "naive"):
+        ref, g_ref = branch_and_grads(model, x, kv, z, lambda *a: model.linear_branch_features(*a, impl=impl), carried)
+        for a, b in zip(fast, ref):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+        for a, b in zip(g_fast, g_ref):
+            if b is None:
+                assert a is None or a.abs().max() == 0
+            else:
+                torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
 def test_output_is_the_sum_of_the_two_branches():

@@ -15,9 +15,17 @@ d (``feature_dim``, 16) and mapped by the 2nd-order Taylor expansion of exp, so 
     o_t = phi(q_t) S_t / (phi(q_t) · z_t)
 
 The denominator needs no epsilon: every kernel value 1 + s + s^2/2 = ((1 + s)^2 + 1)/2 >= 1/2, so
-``phi(q_t)·z_t >= t/2 > 0``.  The parallel form is ``ops.linear_attn`` on ``v`` with a column of
-ones appended: the last output column is the denominator and the last state column is ``z``, so the
-parallel form and the step are the same sums.
+``phi(q_t)·z_t >= t/2 > 0``.  Both parallel forms work on ``v`` with a column of ones appended: the
+last output column is the denominator and the last state column is ``z``, so they and the step are
+the same sums.  The default (``impl="chunked"``) never forms phi inside a chunk: the scores there are
+``1 + s + s^2/2`` of ``s = q·k / sqrt(d)`` from a (C, C) product over d = 16 channels, not F = 273;
+features enter only to read the carried state (skipped for an empty memory and a single chunk, the
+training case at T <= chunk) and to write the new one, block by block (``taylor_read`` /
+``taylor_write``).  ``linear_branch_features`` is the same branch through explicit features and
+``ops.linear_attn``, the form it is tested against; ``impl="naive"`` is the sequential spec.  Measured
+on the project's 2-core CPU (1 thread, another job on the other core), a 2-layer width-64 model on
+MQAR (T = 64, batch 32) trains at 64 ms per AdamW step against 112 ms with the features through
+``linear_attn`` (attention: 37 ms), in the same process.
 
 Window branch (local, exact): ``sliding_window`` (softmax attention over the last W = 64 tokens,
 RoPE), used as a submodule.  The paper interleaves separate linear-attention and sliding-window
@@ -41,6 +49,7 @@ import math
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
@@ -50,7 +59,7 @@ from ..registry import register_mixer
 from .attention import KVState
 from .sliding_window import SlidingWindowAttention
 
-__all__ = ["Based", "BasedState", "taylor_feature_map"]
+__all__ = ["Based", "BasedState", "taylor_feature_map", "taylor_read", "taylor_write"]
 
 
 def taylor_feature_map(x: Tensor) -> Tensor:
@@ -61,6 +70,21 @@ def taylor_feature_map(x: Tensor) -> Tensor:
     ones = x.new_ones(*x.shape[:-1], 1)
     outer = (x.unsqueeze(-1) * x.unsqueeze(-2)).flatten(-2) / math.sqrt(2.0)  # (..., d*d)
     return torch.cat([ones, x, outer], dim=-1)
+
+
+def taylor_write(k: Tensor, v: Tensor) -> Tensor:
+    """``phi(k)^T v`` summed over time: k (..., T, d), v (..., T, V) -> (..., F, V), by the feature blocks
+    (sum v; k^T v; (k ⊗ k)^T v / sqrt(2)), so the (..., T, F) features are never concatenated or scaled."""
+    outer = (k.unsqueeze(-1) * k.unsqueeze(-2)).flatten(-2)  # (..., T, d*d)
+    quad = (outer.transpose(-1, -2) @ v) / math.sqrt(2.0)  # (..., d*d, V)
+    return torch.cat([v.sum(-2, keepdim=True), k.transpose(-1, -2) @ v, quad], dim=-2)
+
+
+def taylor_read(q: Tensor, S: Tensor) -> Tensor:
+    """``phi(q) S``: q (..., T, d), S (..., F, V) -> (..., T, V), by the feature blocks of S."""
+    d = q.shape[-1]
+    outer = (q.unsqueeze(-1) * q.unsqueeze(-2)).flatten(-2)  # (..., T, d*d)
+    return S[..., :1, :] + q @ S[..., 1 : 1 + d, :] + outer @ (S[..., 1 + d :, :] / math.sqrt(2.0))
 
 
 class BasedState(NamedTuple):
@@ -89,8 +113,9 @@ class Based(Mixer):
         feature_dim: d, the width q and k are projected to per head before the Taylor map (16).
         window: W, tokens seen by the sliding-window branch, itself included (64).
         block_size: query block of the window branch's parallel form (speed knob, 128).
-        impl: "chunked" or "naive" kernel for the linear branch's parallel form.
-        chunk_size: chunk length of the chunked kernel (64).
+        impl: "chunked" (the kernel form, see the module notes) or "naive" (the sequential spec) for the
+            linear branch's parallel form.
+        chunk_size: chunk length of the chunked form (64).
     """
 
     state_growth = "bounded"  # the window cache fills up to W tokens, then stays
@@ -163,12 +188,51 @@ class Based(Mixer):
         """Normalised Taylor linear attention over ``x (B, T, D)`` from ``(kv, z)``.
 
         Returns o (B, H, T, V) in the state dtype (before the head merge and out_proj), new kv, new z.
+        ``impl="chunked"`` is the kernel form (module notes): inside a chunk the scores are
+        ``1 + s + s^2/2`` of ``s = q·k / sqrt(d)`` (d wide, not F = 1 + d + d^2), and features are formed
+        only to read and write the state; ``"naive"`` runs the features through the sequential spec.
         """
+        if self.impl == "naive":
+            return self.linear_branch_features(x, kv, z, impl="naive")
+        dtype, H = state_dtype(x.dtype), self.n_heads
+        scale = self.feature_dim**-0.25  # q·k / sqrt(d) is the Taylor argument
+        q = rearrange(self.q_proj(x), "b t (h d) -> b h t d", h=H).to(dtype) * scale  # (B, H, T, d)
+        k = rearrange(self.k_proj(x), "b t (h d) -> b h t d", h=H).to(dtype) * scale
+        v = rearrange(self.v_proj(x), "b t (h v) -> b h t v", h=H).to(dtype)  # (B, H, T, V)
+        B, _, T, V = v.shape
+        v1 = torch.cat([v, v.new_ones(B, H, T, 1)], dim=-1)  # (B, H, T, V+1): last column -> z
+        start = torch.cat([kv.to(dtype), z.to(dtype).unsqueeze(-1)], dim=-1)  # (B, H, F, V+1)
+        C = max(1, min(self.chunk_size, T))
+        n = math.ceil(T / C)
+        if n * C > T:  # zero k and v1 rows write nothing; their reads are dropped
+            q, k, v1 = (F.pad(t, (0, 0, 0, n * C - T)) for t in (q, k, v1))
+        q, k, v1 = (t.reshape(B, H, n, C, -1) for t in (q, k, v1))  # (B, H, n, C, .)
+
+        s = q @ k.transpose(-1, -2)  # (B, H, n, C, C): q·k / sqrt(d)
+        causal = torch.ones(C, C, dtype=torch.bool, device=x.device).tril()
+        kernel = torch.where(causal, torch.addcmul(1 + s, s, s, value=0.5), 0.0)  # phi(q)·phi(k) = 1 + s + s^2/2
+        o = kernel @ v1  # (B, H, n, C, V+1)
+        if n == 1 and not start.requires_grad and not bool(start.any()):  # one chunk, empty memory: no read
+            S = taylor_write(k[:, :, 0], v1[:, :, 0])  # (B, H, F, V+1)
+        else:
+            writes = taylor_write(k, v1)  # (B, H, n, F, V+1): each chunk's phi(k)^T v
+            starts = torch.cat([start.unsqueeze(2), writes[:, :, :-1]], dim=2).cumsum(2)  # state before each chunk
+            o = o + taylor_read(q, starts)
+            S = starts[:, :, -1] + writes[:, :, -1]
+        o = o.reshape(B, H, n * C, V + 1)[:, :, :T]
+        o = o[..., :V] / o[..., V:]  # numerator / denominator, (B, H, T, V)
+        # copies, so the state owns exactly the bytes it reports (slices of S would pin all of S)
+        return o, S[..., :V].clone(memory_format=torch.contiguous_format), S[..., V].clone(memory_format=torch.contiguous_format)
+
+    def linear_branch_features(self, x: Tensor, kv: Tensor, z: Tensor, impl: str = "chunked"
+                               ) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`linear_branch` through explicit features: phi(q), phi(k) and ``ops.linear_attn`` with
+        ``impl`` (the form the kernel form is tested against; "naive" is the sequential spec)."""
         phi_q, phi_k, v = (t.transpose(1, 2) for t in self.features(x))  # (B, H, T, F), (B, H, T, V)
         V = v.shape[-1]
         v1 = torch.cat([v, v.new_ones(*v.shape[:-1], 1)], dim=-1)  # (B, H, T, V+1): last column -> z
         start = torch.cat([kv.to(v.dtype), z.to(v.dtype).unsqueeze(-1)], dim=-1)  # (B, H, F, V+1)
-        o, S = linear_attn(phi_q, phi_k, v1, initial_state=start, impl=self.impl, chunk_size=self.chunk_size)
+        o, S = linear_attn(phi_q, phi_k, v1, initial_state=start, impl=impl, chunk_size=self.chunk_size)
         o = o[..., :V] / o[..., V:]  # numerator / denominator, (B, H, T, V)
         # copies, so the state owns exactly the bytes it reports (slices of S would pin all of S)
         new_kv = S[..., :V].clone(memory_format=torch.contiguous_format)

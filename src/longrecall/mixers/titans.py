@@ -143,8 +143,7 @@ def memory_grads(weights: Weights, k: Tensor, v: Tensor) -> Weights:
 def _segment_products(g: Tensor) -> Tensor:
     """``g (..., n) -> M (..., n+1, n+1)``, ``M[t, s] = prod_{s<i<=t} g_i`` (g_0 unused) for t >= s, else 0.
 
-    A masked cumprod, not exp(cumsum(log g)): gates may be exactly 0 (no division, no log(0)).  Plain
-    autograd: the reference :class:`SegmentProducts` (used by ``forward``) is tested against.
+    A masked cumprod, not exp(cumsum(log g)): gates may be exactly 0 (no division, no log(0)).
     """
     n = g.shape[-1]
     g = torch.cat([torch.ones_like(g[..., :1]), g], dim=-1)  # (..., n+1)
@@ -155,27 +154,58 @@ def _segment_products(g: Tensor) -> Tensor:
     return torch.tril(C.transpose(-1, -2))  # [t, s]
 
 
-class SegmentProducts(torch.autograd.Function):
-    """:func:`_segment_products` with a backward made of products only (zero-safe, no division)::
+def decay_shares_reference(eta: Tensor, keep: Tensor, lr: Tensor) -> tuple[Tensor, ...]:
+    """How much of the window-start memory and of each token's gradient a window of n tokens keeps.
+
+    eta, keep = 1 - alpha, lr: (..., n), window-relative (token t = 1 .. n).  With E = segment products
+    of eta, P = those of keep and A = P @ E (A[t, s] = sum_j P[t, j] E[j, s])::
+
+        theta_t = c_w[t] theta_w + c_m[t] S_w + sum_{s<=t} neg_A_lr[t, s] x_s^T delta_s
+        S_n     = decay S_w + sum_s neg_m[s] x_s^T delta_s
+
+    Returns c_w = P[t, 0], c_m = A[t, 0], neg_m = -E[n, s] lr_s (..., n, 1), neg_A_lr = -A[t, s] lr_s
+    (..., n, n) (lower triangular) and decay = E[n, 0] (..., 1, 1).  Plain autograd: the spec
+    :class:`DecayShares` (what ``forward`` uses) is tested against.
+    """
+    E, P = _segment_products(eta), _segment_products(keep)  # (..., n+1, n+1)
+    A = P[..., 1:, 1:] @ E[..., 1:, :]  # (..., n, n+1)
+    return (P[..., 1:, 0, None], A[..., 0, None], (E[..., -1, 1:] * -lr).unsqueeze(-1),
+            A[..., 1:] * -lr.unsqueeze(-2), E[..., -1, 0, None, None])
+
+
+def _segment_products_backward(M: Tensor, G: Tensor) -> Tensor:
+    """Gradient of the n gates of ``M = _segment_products(g)`` given ``dL/dM`` rows 1 .. n, ``G (..., n, n+1)``
+    (row 0 of M does not depend on g).  Products only, so zero gates are fine::
 
         dL/dg_i = sum_{s < i <= t} G[t, s] M[i-1, s] M[t, i] = sum_s M[i-1, s] (G^T M)[s, i]
-
-    one (n+1)^3 matmul and a row sum, where autograd through where / cumprod / tril makes about ten
-    passes over (n+1)^2 tensors (cumprod's own backward checks for zeros and divides).
     """
+    Y = G.transpose(-1, -2) @ M[..., 1:, :]  # (..., n+1, n+1): Y[s, i] = sum_t G[t, s] M[t, i]
+    return (M[..., :-1, :] * Y[..., :, 1:].transpose(-1, -2)).sum(-1)  # (..., n)
+
+
+class DecayShares(torch.autograd.Function):
+    """:func:`decay_shares_reference` with a hand-written backward: four (n+1)^3 matmuls and a few
+    passes, where autograd through where / cumprod / tril / slices makes about thirty passes over
+    (n+1)^2 tensors (cumprod's own backward checks for zeros and divides; each slice zero-fills)."""
 
     @staticmethod
-    def forward(ctx, g: Tensor) -> Tensor:
-        with torch.no_grad():
-            M = _segment_products(g)
-        ctx.save_for_backward(M)
-        return M
+    def forward(ctx, eta: Tensor, keep: Tensor, lr: Tensor) -> tuple[Tensor, ...]:
+        E, P = _segment_products(eta), _segment_products(keep)  # (..., n+1, n+1)
+        A = P[..., 1:, 1:] @ E[..., 1:, :]  # (..., n, n+1)
+        ctx.save_for_backward(E, P, A, lr)
+        return (P[..., 1:, 0, None].contiguous(), A[..., 0, None].contiguous(), (E[..., -1, 1:] * -lr).unsqueeze(-1),
+                A[..., 1:] * -lr.unsqueeze(-2), E[..., -1, 0, None, None].contiguous())
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
-        (M,) = ctx.saved_tensors
-        Y = grad.transpose(-1, -2) @ M  # (..., n+1, n+1): Y[s, i] = sum_t G[t, s] M[t, i]
-        return (M[..., :-1, :] * Y[..., :, 1:].transpose(-1, -2)).sum(-1)  # (..., n): row i-1 of M with column i of Y
+    def backward(ctx, g_cw: Tensor, g_cm: Tensor, g_m: Tensor, g_A_lr: Tensor, g_decay: Tensor):
+        E, P, A, lr = ctx.saved_tensors
+        g_m = g_m.squeeze(-1)  # (..., n)
+        gA = torch.cat([g_cm, g_A_lr * -lr.unsqueeze(-2)], dim=-1)  # (..., n, n+1): dL/dA
+        g_lr = -(g_A_lr * A[..., 1:]).sum(-2) - g_m * E[..., -1, 1:]
+        gE = P[..., 1:, 1:].transpose(-1, -2) @ gA  # (..., n, n+1): dL/dE, rows 1 .. n
+        gE[..., -1, :] += torch.cat([g_decay[..., 0], g_m * -lr], dim=-1)
+        gP = torch.cat([g_cw, gA @ E[..., 1:, :].transpose(-1, -2)], dim=-1)  # (..., n, n+1): dL/dP, rows 1 .. n
+        return _segment_products_backward(E, gE), _segment_products_backward(P, gP), g_lr
 
 
 # ----------------------------------------------------------------------------- the mixer
@@ -303,11 +333,8 @@ class Titans(Mixer):
         start, weights and momentum, and the new position.
         """
         n_layers, L, b = len(weights), q.shape[2], self.chunk_size
-        E = SegmentProducts.apply(eta)  # (B, H, L+1, L+1): momentum carried from s to t
-        P = SegmentProducts.apply(1 - alpha)  # weights carried from j to t
-        A = P[..., 1:, 1:] @ E[..., 1:, :]  # (B, H, L, L+1): A[t, s] = sum_j P[t, j] E[j, s]
-        c_w, c_m = P[..., 1:, 0, None], A[..., 0, None]  # (B, H, L, 1): shares of theta_w and S_w in theta_t
-        neg_A_lr = A[..., 1:] * -lr.unsqueeze(-2)  # (B, H, L, L) lower triangular: -share of token s's gradient
+        # (B, H, L, 1) x3, (B, H, L, L), (B, H, 1, 1): shares of theta_w, S_w and the gradients (decay_shares_reference)
+        c_w, c_m, neg_m, neg_A_lr, decay = DecayShares.apply(eta, 1 - alpha, lr)
 
         def read(h: Tensor, i: int, c_w, c_m, neg_coef, upto: int, transpose: bool = False) -> Tensor:
             """``h theta_l(t)`` (or ``h theta_l(t)^T``), theta_l(t) from theta_w, S_w and the first ``upto``
@@ -361,8 +388,6 @@ class Titans(Mixer):
             return tuple(out)
 
         new_w = materialise(L - 1)
-        neg_m = (E[..., -1, 1:] * -lr).unsqueeze(-1)  # (B, H, L, 1): -(token s's share in S_L)
-        decay = E[..., -1, 0, None, None]  # (B, H, 1, 1): S_w's share in S_L
         new_m = tuple(accumulate(None if momentum is None else decay * momentum[i], neg_m, X[i], D[i])
                       for i in range(n_layers))
         pos = (pos + L) % b

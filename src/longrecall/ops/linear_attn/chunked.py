@@ -292,21 +292,22 @@ def delta_rule_chunked(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, log_decay:
     n = math.ceil(T / C)
     q_, k_, v_ = (_chunks(t.to(dtype), C, n) for t in (q, k, v))  # (B, H, n, C, K|V)
     b = _chunks(beta.to(dtype), C, n)  # (B, H, n, C)
-    lower = _causal(C, q.device, strict=True)  # (C, C): the triangular system's off-diagonal part
     causal = _causal(C, q.device, strict=False)  # (C, C): what each output reads
 
-    kk = k_ @ k_.transpose(-1, -2)  # (B, H, n, C, C)
+    # The solve below reads only the strictly lower triangle of ``system`` (unitriangular, lower) and its
+    # gradient is zero elsewhere, so ``system`` is left unmasked there: one mask and one exp fewer.
+    bk = b.unsqueeze(-1) * k_  # (B, H, n, C, K): beta folded into the left factor, not into (C, C)
+    system = bk @ k_.transpose(-1, -2)  # (B, H, n, C, C): beta_i k_i . k_j
     qk = q_ @ k_.transpose(-1, -2)  # (B, H, n, C, C)
     if log_decay is None:
-        system = (b.unsqueeze(-1) * kk).masked_fill(~lower, 0.0)
         scores = qk.masked_fill(~causal, 0.0)
-        rhs_k = b.unsqueeze(-1) * k_
+        rhs_k = bk
         q_read, k_write, decay = q_, k_, None
     else:
         G = _chunks(log_decay.to(dtype), C, n).cumsum(-1)  # (B, H, n, C), <= 0
-        diff = G.unsqueeze(-1) - G.unsqueeze(-2)  # (B, H, n, C, C): G_i - G_j
-        system = b.unsqueeze(-1) * kk * _masked_exp(lower, diff)
-        scores = qk * _masked_exp(causal, diff)
+        pair = _masked_exp(causal, G.unsqueeze(-1) - G.unsqueeze(-2))  # (B, H, n, C, C): exp(G_i - G_j), j <= i
+        system = system * pair
+        scores = qk * pair
         gamma = G.exp()  # (B, H, n, C)
         rhs_k = (b * gamma).unsqueeze(-1) * k_
         G_last = G[..., -1:]  # (B, H, n, 1)
