@@ -286,7 +286,7 @@ def test_lrs_is_a_grid_axis_with_the_lr_in_each_label():
 
 
 @pytest.mark.parametrize("lrs, match", [
-    ("3e-3", "lrs must be a list"),
+    ("3e-3", "lrs must be a non-empty list"),
     ([1e-3, 0], r"lrs\[1\] must be a positive"),
     ([1e-3, -1e-2], r"lrs\[1\] must be a positive"),
     ([True], r"lrs\[0\] must be a positive"),
@@ -323,3 +323,19 @@ def test_new_recipe_keys_at_their_defaults_keep_old_run_ids():
 def test_bad_recipe_keys_name_the_key(train, match):
     with pytest.raises(ConfigError, match=match):
         load_spec(grid(train={"steps": 3, **train}))
+
+
+def test_a_mixer_entry_may_carry_its_own_lrs():
+    spec = grid(seeds=[0], lrs=[3e-3], mixers=["attention", {"name": "sliding_window", "kwargs": {"window": 8},
+                                                           "lrs": [1e-3, 3e-4]}])
+    runs = load_spec(spec).expand()
+    by_mixer = {}
+    for r in runs:
+        by_mixer.setdefault(r.labels["mixer"], set()).add(r.config.lr)
+    assert by_mixer == {"attention": {3e-3}, "sliding_window": {1e-3, 3e-4}}
+    with pytest.raises(ConfigError, match=r"mixers\[1\]\.lrs\[0\] must be a positive"):
+        load_spec(grid(mixers=["attention", {"name": "mamba", "lrs": [0]}]))
+    with pytest.raises(ConfigError, match=r"mixers\[0\]\.lrs must be a non-empty list"):
+        load_spec(grid(mixers=[{"name": "mamba", "lrs": []}]))
+    with pytest.raises(ConfigError, match="train.lr cannot be set together with lrs"):
+        load_spec(grid(mixers=[{"name": "mamba", "lrs": [1e-3]}], train={"steps": 3, "lr": 1e-3}))

@@ -33,6 +33,11 @@ lengths = [64] }``); that task then runs at those lengths instead of the spec's,
 sweep ties a difficulty knob to the length (Zoology's MQAR uses 4 kv pairs at T=64, 8 at 128, ...).
 The spec's ``lengths`` may then be left out when every task sets its own.
 
+Learning rates: ``lrs = [3e-4, 1e-3, 3e-3]`` runs every grid point at each rate (each run's labels
+carry its ``lr``; reports show each point at its best rate, Zoology's protocol). A mixer entry may
+carry its own ``lrs`` (``{ name = "mamba", lrs = [1e-3] }``), e.g. the rates a recipe study found
+for it; ``train.lr`` cannot be combined with either.
+
 KV-cache policies ("train once, evaluate many")::
 
     policies = ["window", { name = "h2o", kwargs = { recent_ratio = 0.5 }, mode = "prefill" }, "full"]
@@ -619,12 +624,15 @@ class ArenaSpec:
         widths = _int_list(self.widths, "widths", minimum=1)
         seeds = _int_list(self.seeds, "seeds", minimum=0)
         train = check_train(self.train)
-        lrs = self._lrs()
-        if lrs != [None] and "lr" in train:
+        lrs = self._lrs(self.lrs, "lrs")
+        own_lrs = [isinstance(e, dict) and "lrs" in e for e in self.mixers]
+        if (lrs != [None] or any(own_lrs)) and "lr" in train:
             raise ConfigError("train.lr cannot be set together with lrs: lrs sweeps the learning rate; remove one of them")
         base = make_config(train, "train")  # train's own values checked once (e.g. steps > 0)
 
         mixers = [self._mixer(i, entry) for i, entry in enumerate(self.mixers)]
+        mixer_lrs = [self._lrs(entry["lrs"], f"mixers[{i}].lrs") if own else lrs
+                     for i, (entry, own) in enumerate(zip(self.mixers, own_lrs))]
         for i, (name, kwargs) in enumerate(mixers):
             for j, width in enumerate(widths):
                 build_mixer_check(name, kwargs, width, f"mixers[{i}].kwargs", f"widths[{j}]")
@@ -656,8 +664,8 @@ class ArenaSpec:
             tasks.append((task, kwargs, per_length))
 
         runs = []
-        grid = ((m, t, length, w, s, lr) for m, t in itertools.product(mixers, tasks) for length in t[2]
-                for w, s, lr in itertools.product(widths, seeds, lrs))
+        grid = ((m, t, length, w, s, lr) for m, m_lrs in zip(mixers, mixer_lrs) for t in tasks for length in t[2]
+                for w, s, lr in itertools.product(widths, seeds, m_lrs))
         for (mixer, mkwargs), (task, tkwargs, per_length), length, width, seed, lr in grid:
             values = {
                 **({"lr": lr} if lr is not None else {}),
@@ -698,7 +706,7 @@ class ArenaSpec:
         return name, kwargs
 
     def _mixer(self, i: int, entry: Any) -> tuple[str, dict]:
-        name, kwargs = self._entry(f"mixers[{i}]", entry, "name", MIXERS, "mixer")
+        name, kwargs = self._entry(f"mixers[{i}]", entry, "name", MIXERS, "mixer", extra=("lrs",))
         return name, check_mixer_kwargs(name, kwargs, f"mixers[{i}].kwargs")
 
     def _task(self, i: int, entry: Any) -> tuple[str, dict, list[int] | None]:
@@ -709,16 +717,18 @@ class ArenaSpec:
             own = _int_list(entry["lengths"], f"tasks[{i}].lengths", minimum=1)
         return task, check_task_kwargs(task, kwargs, f"tasks[{i}].kwargs", allow_seq_len=False), own
 
-    def _lrs(self) -> list:
+    @staticmethod
+    def _lrs(value: Any, key: str) -> list:
         """The swept learning rates, or ``[None]`` (each run takes ``train.lr`` or the default)."""
-        if self.lrs is None or (isinstance(self.lrs, (list, tuple)) and not self.lrs):
+        if value is None or (isinstance(value, (list, tuple)) and not value and key == "lrs"):
             return [None]
-        if not isinstance(self.lrs, (list, tuple)):
-            raise ConfigError(f"lrs must be a list of positive learning rates (e.g. [1e-3, 3e-3, 1e-2]), got {self.lrs!r}")
+        if not isinstance(value, (list, tuple)) or not value:
+            raise ConfigError(f"{key} must be a non-empty list of positive learning rates (e.g. [1e-3, 3e-3, 1e-2]), "
+                              f"got {value!r}")
         out = []
-        for i, lr in enumerate(self.lrs):
+        for i, lr in enumerate(value):
             if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0 or lr != lr or lr == float("inf"):
-                raise ConfigError(f"lrs[{i}] must be a positive finite number, got {lr!r}")
+                raise ConfigError(f"{key}[{i}] must be a positive finite number, got {lr!r}")
             out.append(float(lr))
         return list(dict.fromkeys(out))
 
