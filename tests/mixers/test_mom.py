@@ -8,8 +8,8 @@ import torch.nn.functional as F
 
 from longrecall.contract import assert_close
 from longrecall.mixers.gated_deltanet import GatedDeltaNet
-from longrecall.mixers.mom import (MoM, MoMState, gathered_short_conv, route_index, routed_short_conv,
-                                   routed_short_conv_step)
+from longrecall.mixers.mom import (MoM, MoMState, ShiftedProducts, gathered_short_conv, route_index,
+                                   routed_short_conv, routed_short_conv_step, shifted_products)
 from longrecall.protocol import state_clone
 from longrecall.registry import get_mixer
 
@@ -227,6 +227,19 @@ def test_route_index_lists_each_memorys_tokens_in_order():
         for m in range(3):
             n = int(count[m, b])
             assert torch.equal(index[m, b, :n], mask[b, m].nonzero()[:, 0]) and (index[m, b, n:] == 0).all()
+
+
+@pytest.mark.parametrize("W", [1, 2, 4])
+def test_shifted_products_backward_equals_autograd(W):
+    g = torch.Generator().manual_seed(W)
+    padded = torch.randn(3, 2, W - 1 + 9, 5, generator=g, dtype=F64, requires_grad=True)  # (G, B, W-1+L, C)
+    w = torch.randn(5, W, generator=g, dtype=F64, requires_grad=True)
+    weight = torch.randn(3, 2, 9, 5, generator=g, dtype=F64)
+    y, y_ref = ShiftedProducts.apply(padded, w), shifted_products(padded, w)
+    torch.testing.assert_close(y, y_ref, rtol=1e-13, atol=1e-13)
+    for a, b in zip(torch.autograd.grad((y * weight).sum(), (padded, w)),
+                    torch.autograd.grad((y_ref * weight).sum(), (padded, w))):
+        torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-13)
 
 
 def test_gathered_short_conv_equals_routed_short_conv():

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from longrecall.mixers.titans import Titans, TitansState, memory_apply, memory_grads
+from longrecall.mixers.titans import (DecayShares, Titans, TitansState, decay_shares_reference, memory_apply,
+                                      memory_grads)
 from longrecall.ops.linear_attn import delta_rule_naive
 from longrecall.protocol import state_leaves, state_map
 from longrecall.registry import get_mixer
@@ -52,6 +53,73 @@ def test_hand_written_gradient_equals_autograd(depth):
         expected = torch.autograd.grad(loss, weights)
         for mine, ref in zip(grads, expected):
             torch.testing.assert_close(mine[:, :, s], ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("zeros", [False, True])
+def test_decay_shares_backward_equals_autograd(zeros):
+    """The hand-written backward of the decay shares, gates exactly 0 included (no division anywhere)."""
+    g = torch.Generator().manual_seed(3)
+    eta, keep, lr = (torch.rand(3, 2, 9, generator=g, dtype=torch.float64) for _ in range(3))
+    if zeros:
+        eta[0, 0, 3] = eta[2, 0, 8] = eta[1, 1, 0] = 0
+        keep[1, 1, 0] = keep[2, 1, 4] = keep[2, 1, 5] = 0
+    inputs = [t.requires_grad_(True) for t in (eta, keep, lr)]
+    fast, ref = DecayShares.apply(*inputs), decay_shares_reference(*inputs)
+    weights = [torch.randn(t.shape, generator=g, dtype=t.dtype) for t in ref]
+    for a, b in zip(fast, ref):
+        torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-14)
+    grads = [torch.autograd.grad(sum((t * w).sum() for t, w in zip(out, weights)), inputs) for out in (fast, ref)]
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
+
+
+def forward_and_grads(model, x, state, run, state_grads=True):
+    """Outputs, final state and the gradients of a weighted sum of both with respect to x, every parameter
+    and (``state_grads``) every floating tensor of the carried state."""
+    x = x.detach().clone().requires_grad_(True)
+    state = state_map(lambda t: t.detach().clone().requires_grad_(state_grads and t.is_floating_point()), state)
+    y, new = run(x, state)
+    g = torch.Generator().manual_seed(11)
+    outs = [y, *(t for t in state_leaves(new) if t.is_floating_point())]
+    loss = sum((t * torch.randn(t.shape, generator=g, dtype=t.dtype)).sum() for t in outs)
+    wrt = [x, *model.parameters(), *(t for t in state_leaves(state) if t.requires_grad)]
+    return [t.detach() for t in outs], torch.autograd.grad(loss, wrt, allow_unused=True)
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+@pytest.mark.parametrize("window", [4, 8, 64])
+@pytest.mark.parametrize("carried", [0, 1, 3])
+def test_windowed_forward_equals_step_loop_outputs_state_and_gradients(depth, window, carried):
+    """The parallel form (windows of whole chunks, nothing per token materialised) against the step loop,
+    in float64: outputs, the final state and every gradient (x, parameters, the carried state), with windows
+    of one, two and all chunks; from a fresh state (its zero momentum skipped) or one carried 1 or 3
+    tokens into its chunk (nonzero momentum, gradients to it too)."""
+    model, x = make(memory_depth=depth), rand_x(T=13)
+    model.window = window
+    state = model.init_state(2)
+    if carried:
+        _, state = model.step_loop(rand_x(T=4 + carried, seed=5), state)
+    fast, g_fast = forward_and_grads(model, x, state, model, state_grads=bool(carried))
+    ref, g_ref = forward_and_grads(model, x, state, model.step_loop, state_grads=bool(carried))
+    for a, b in zip(fast, ref):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-11)
+    for a, b in zip(g_fast, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
+def test_fresh_momentum_is_skipped_only_when_it_is_zero_without_gradient():
+    """A fresh state's zero momentum contributes nothing and is skipped; the same zeros wanting a
+    gradient take the full path, whose momentum gradient equals the step loop's."""
+    model, x = make(), rand_x(T=9)
+    state = model.init_state(2)
+    y_skip, s_skip = model(x, state)
+    fast, g_fast = forward_and_grads(model, x, state, model)  # every state tensor wants a gradient
+    ref, g_ref = forward_and_grads(model, x, state, model.step_loop)
+    torch.testing.assert_close(y_skip, fast[0], rtol=1e-12, atol=1e-13)
+    for a, b in zip(state_leaves(s_skip)[:-1], fast[1:]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
+    for a, b in zip(g_fast, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
 
 
 def test_gradients_of_a_chunk_are_taken_at_its_start_weights():

@@ -112,6 +112,63 @@ def test_per_channel_subchunks(variant, sub, C, monkeypatch):
         torch.testing.assert_close(g[name], g_ref[name], rtol=1e-9, atol=1e-9, msg=f"gradient w.r.t. {name}")
 
 
+@pytest.mark.parametrize("variant", ["channel-decay", "rwkv6"])
+@pytest.mark.parametrize("path", ["whole-chunk", "sub-chunks", "offsets"])
+@pytest.mark.parametrize("sub, C", [(4, 12), (16, 37), (16, 64)], ids=["c4-C12", "c1-C37", "c16-C64"])
+def test_per_channel_intra_paths(variant, path, sub, C, monkeypatch):
+    """Each way of forming the per-channel intra-chunk term: one factored matmul per chunk, factored
+    diagonal sub-chunk blocks, or the offset-by-offset products (``_factorable`` decides by the decays)."""
+    monkeypatch.setattr(chunked, "SUBCHUNK", sub)
+    choose = {"whole-chunk": lambda G: True, "sub-chunks": lambda G: G.dim() == 6, "offsets": lambda G: False}
+    monkeypatch.setattr(chunked, "_factorable", choose[path])
+    x = make_inputs(variant, 2, 2, 75, 4, 3, seed=4)
+    o_ref, S_ref, g_ref = grads(variant, "naive", x)
+    o, S, g = grads(variant, "chunked", x, chunk_size=C)
+    torch.testing.assert_close(o, o_ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(S, S_ref, rtol=1e-10, atol=1e-10)
+    for name in g:
+        torch.testing.assert_close(g[name], g_ref[name], rtol=1e-9, atol=1e-9, msg=f"gradient w.r.t. {name}")
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("T, C", [(7, 16), (16, 16), (37, 8)], ids=["one-short-chunk", "one-chunk", "five-chunks"])
+def test_zero_initial_state_with_and_without_its_gradient(variant, T, C):
+    """A zero initial state that wants no gradient lets one chunk skip the state terms; one that wants a
+    gradient (or several chunks) takes the general path. Both equal the spec, gradients included."""
+    x = make_inputs(variant, 2, 2, T, 4, 3, seed=11, h0=False)
+    x["initial_state"] = torch.zeros(2, 2, 4, 3, dtype=torch.float64)
+    o_ref, S_ref, g_ref = grads(variant, "naive", x)  # every input, the zero state included, wants a gradient
+    o, S, g = grads(variant, "chunked", x, chunk_size=C)
+    for a, b in [(o, o_ref), (S, S_ref), *((g[n], g_ref[n]) for n in g_ref)]:
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+    o2, S2 = call(variant, "chunked", x, chunk_size=C)  # no gradient wanted anywhere
+    torch.testing.assert_close(o2, o_ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(S2, S_ref, rtol=1e-10, atol=1e-10)
+    assert S2.untyped_storage().nbytes() == S2.numel() * S2.element_size()  # owns its bytes (a state)
+
+
+def test_factorable_is_a_bound_on_the_decay_inside_each_block():
+    G = torch.zeros(2, 3, 8, 4)  # (..., c, K), cumulative log decays from each block's start
+    G[1, 2, -1, 3] = -chunked.FACTOR_SPAN
+    assert chunked._factorable(G)
+    G[0, 1, -1, 0] = -chunked.FACTOR_SPAN - 1e-3
+    assert not chunked._factorable(G)
+    assert not chunked._factorable(torch.full((1, 4, 2), float("nan")))
+
+
+@pytest.mark.parametrize("max_step", [0.3, 1.2])
+def test_per_channel_float32_accuracy_either_path(max_step):
+    """float32 chunked vs the float64 spec at C = 64 with moderate per-channel decays: whole chunks
+    factored (64-step spans about 11 nats) or, past FACTOR_SPAN (about 46 nats), sub-chunks."""
+    x64 = make_inputs("rwkv6", 2, 2, 256, 16, 16, seed=6)
+    x64["log_decay"] = -max_step * torch.rand(x64["log_decay"].shape, generator=torch.Generator().manual_seed(9),
+                                              dtype=torch.float64)
+    o_ref, S_ref = call("rwkv6", "naive", x64)
+    o, S = call("rwkv6", "chunked", {n: t.float() if t is not None else None for n, t in x64.items()})
+    torch.testing.assert_close(o.double(), o_ref, rtol=0, atol=2e-6 * o_ref.abs().max().item())
+    torch.testing.assert_close(S.double(), S_ref, rtol=0, atol=2e-6 * S_ref.abs().max().item())
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_float32_agrees(variant):
     """float32 chunked vs the float64 spec, with the default chunk size and T spanning several chunks."""

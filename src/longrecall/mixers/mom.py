@@ -52,7 +52,8 @@ from .deltanet import (GatedRMSNorm, check_bool, check_int, delta_rule_step, hea
                        short_conv, short_conv_step)
 from .gated_deltanet import decay_init, gated_log_decay
 
-__all__ = ["MoM", "MoMState", "Routing", "routed_short_conv", "routed_short_conv_step"]
+__all__ = ["MoM", "MoMState", "Routing", "ShiftedProducts", "routed_short_conv", "routed_short_conv_step",
+           "shifted_products"]
 
 
 class MoMState(NamedTuple):
@@ -128,6 +129,44 @@ def route_index(mask: Tensor) -> tuple[Tensor, Tensor]:
     return index.transpose(0, 1), count.transpose(0, 1)
 
 
+def shifted_products(padded: Tensor, w: Tensor) -> Tensor:
+    """``sum_i padded[..., i : i + L, :] * w[:, i]``: padded (..., W-1+L, C), w (C, W) -> (..., L, C), a causal
+    depthwise convolution, channels last.  Plain autograd: the spec :class:`ShiftedProducts` is tested against."""
+    W1, L = w.shape[-1] - 1, padded.shape[-2] - w.shape[-1] + 1
+    y = padded[..., W1:, :] * w[:, W1]
+    for i in range(W1):
+        y = y + padded[..., i : i + L, :] * w[:, i]
+    return y
+
+
+class ShiftedProducts(torch.autograd.Function):
+    """:func:`shifted_products` with a hand-written backward: the input's gradient is built in one buffer
+    (autograd zero-fills a full-size copy for every shifted slice, then sums them) and the weight's is one
+    product-sum per tap; the forward accumulates in place."""
+
+    @staticmethod
+    def forward(ctx, padded: Tensor, w: Tensor) -> Tensor:
+        W1, L = w.shape[-1] - 1, padded.shape[-2] - w.shape[-1] + 1
+        y = padded[..., W1:, :] * w[:, W1]
+        for i in range(W1):
+            y.addcmul_(padded[..., i : i + L, :], w[:, i])
+        ctx.save_for_backward(padded, w)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:
+        padded, w = ctx.saved_tensors
+        W1, L = w.shape[-1] - 1, grad.shape[-2]
+        g_padded = torch.empty_like(padded)
+        g_padded[..., :W1, :] = 0
+        torch.mul(grad, w[:, W1], out=g_padded[..., W1:, :])
+        for i in range(W1):
+            g_padded[..., i : i + L, :].addcmul_(grad, w[:, i])
+        rows = tuple(range(grad.dim() - 1))
+        g_w = torch.stack([(grad * padded[..., i : i + L, :]).sum(rows) for i in range(W1 + 1)], dim=-1)  # (C, W)
+        return g_padded, g_w.to(w.dtype)
+
+
 def gathered_short_conv(u: Tensor, count: Tensor, buffer: Tensor, conv: nn.Conv1d) -> tuple[Tensor, Tensor]:
     """:func:`routed_short_conv` on gathered inputs: u (G, B, L, C), each memory's routed tokens first,
     count (G, B) of them real; buffer (B, G, C, W-1).  Returns (G, B, L, C) (garbage past the count)
@@ -135,10 +174,7 @@ def gathered_short_conv(u: Tensor, count: Tensor, buffer: Tensor, conv: nn.Conv1
     G, B, L, C = u.shape
     W1 = buffer.shape[-1]
     padded = torch.cat([buffer.permute(1, 0, 3, 2).to(u.dtype), u], dim=2)  # (G, B, W1+L, C)
-    w = conv.weight[:, 0]  # (C, W)
-    y = padded[:, :, W1:] * w[:, W1]
-    for i in range(W1):
-        y = y + padded[:, :, i:i + L] * w[:, i]
+    y = ShiftedProducts.apply(padded, conv.weight[:, 0])  # (G, B, L, C)
     if conv.bias is not None:
         y = y + conv.bias
     last = (count[..., None] + torch.arange(W1, device=u.device))[..., None]  # (G, B, W1, 1)
@@ -290,9 +326,14 @@ class MoM(Mixer):
         q, k, v, beta, g = (t.reshape(G, B, L, H, -1).transpose(2, 3) for t in (q, k, v, beta, g))  # (G, B, H, L, .)
         lengths = [L] * G if index is None else count.amax(1).tolist()
         memories = []
-        for i, n in enumerate(lengths):  # a call per memory over its own length (small tensors stay in cache)
-            o, S = delta_rule(q[i, :, :, :n], k[i, :, :, :n], v[i, :, :, :n], beta[i, :, :, :n, 0],
-                              g[i, :, :, :n, 0], memory[:, i], impl=self.impl, chunk_size=self.chunk_size)
+        # a call per memory over its own length (small tensors stay in cache); unbind, not [i]: indexing in a
+        # loop makes each backward zero-fill the whole (G, ...) gradient
+        per_memory = zip(lengths, *(t.unbind(0) for t in (q, k, v, beta, g)), memory.unbind(1))
+        for i, (n, q_i, k_i, v_i, beta_i, g_i, memory_i) in enumerate(per_memory):
+            if n < L:
+                q_i, k_i, v_i, beta_i, g_i = (t[:, :, :n] for t in (q_i, k_i, v_i, beta_i, g_i))
+            o, S = delta_rule(q_i, k_i, v_i, beta_i[..., 0], g_i[..., 0], memory_i, impl=self.impl,
+                              chunk_size=self.chunk_size)
             o = o.transpose(1, 2).reshape(B * n, H * V)  # (B*n, H*V)
             if index is None:
                 out = out + o
