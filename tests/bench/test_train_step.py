@@ -30,3 +30,14 @@ def test_cli_train_steps_writes_json_and_markdown(tmp_path, capsys):
     report = json.loads((tmp_path / "train_steps.json").read_text())
     assert {r["mixer"] for r in report["results"]} == {"attention", "s4d"}  # attention added for the ratio
     assert (tmp_path / "train_steps.md").read_text().startswith("# longrecall bench --train-steps")
+
+
+def test_compile_mode_times_both_forms(monkeypatch):
+    """--compile adds a compiled row per model (torch.compile replaced by identity here: no compiler run)."""
+    import torch
+
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)
+    report = run_train_steps(TrainStepSpec(mixers=["attention"], widths=[16], lengths=[16], batch_size=2, steps=1,
+                                           rounds=1, warmup=1, compile=True))
+    assert sorted(r["compiled"] for r in report["results"]) == [False, True]
+    assert "attention (compiled)" in to_markdown(report)

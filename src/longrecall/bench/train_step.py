@@ -44,9 +44,10 @@ class TrainStepSpec:
     threads: int = 1
     reference: str = "attention"
     mixer_kwargs: dict = field(default_factory=dict)
+    compile: bool = False  # time each model's loss under torch.compile too (the `compile` training option)
 
 
-def _model_and_step(name: str, width: int, length: int, spec: TrainStepSpec):
+def _model_and_step(name: str, width: int, length: int, spec: TrainStepSpec, compiled: bool = False):
     from ..models import LanguageModel
     from ..tasks.mqar import MQAR
     from ..train import param_groups
@@ -58,9 +59,10 @@ def _model_and_step(name: str, width: int, length: int, spec: TrainStepSpec):
                           mixer_kwargs=spec.mixer_kwargs.get(name, {}))
     optimizer = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-3, betas=(0.9, 0.98))
     model.train()
+    loss_fn = torch.compile(model.loss, dynamic=False) if compiled else model.loss
 
     def step() -> None:
-        loss, _, _ = model.loss(batch.inputs, batch.targets)
+        loss, _, _ = loss_fn(batch.inputs, batch.targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -80,12 +82,15 @@ def run_train_steps(spec: TrainStepSpec, on_round=None) -> dict:
 
     torch.set_num_threads(spec.threads)
     load_before = os.getloadavg()
-    cells = [(m, w, t) for t in spec.lengths for w in spec.widths for m in spec.mixers]
-    steps, params = {}, {}
+    modes = [False, True] if spec.compile else [False]
+    cells = [(m, w, t, c) for t in spec.lengths for w in spec.widths for m in spec.mixers for c in modes]
+    steps, params, warmup_seconds = {}, {}, {}
     for cell in cells:
-        model, step = _model_and_step(*cell, spec)
-        for _ in range(spec.warmup):  # first-call allocations, kernel builds and caches
+        model, step = _model_and_step(*cell[:3], spec, compiled=cell[3])
+        tick = time.perf_counter()
+        for _ in range(spec.warmup):  # first-call allocations, kernel builds and caches, compiling
             step()
+        warmup_seconds[cell] = time.perf_counter() - tick
         steps[cell], params[cell] = step, sum(p.numel() for p in model.parameters())
     rounds: dict[tuple, list[float]] = {cell: [] for cell in cells}
     for r in range(spec.rounds):
@@ -100,14 +105,14 @@ def run_train_steps(spec: TrainStepSpec, on_round=None) -> dict:
             on_round(r + 1, spec.rounds)
     results = []
     for cell in cells:
-        name, width, length = cell
+        name, width, length, compiled = cell
         seconds = statistics.median(rounds[cell])
-        reference = rounds.get((spec.reference, width, length))
+        reference = rounds.get((spec.reference, width, length, False))
         ratio = seconds / statistics.median(reference) if reference else None
-        results.append({"mixer": name, "d_model": width, "T": length, "batch": spec.batch_size,
+        results.append({"mixer": name, "d_model": width, "T": length, "batch": spec.batch_size, "compiled": compiled,
                         "ms_per_step": 1000 * seconds, "steps_per_s": 1 / seconds,
                         "rounds_ms": [1000 * s for s in rounds[cell]], "ratio_to_reference": ratio,
-                        "parameters": params[cell]})
+                        "warmup_seconds": warmup_seconds[cell], "parameters": params[cell]})
     return {"machine": machine_info(spec.threads), "spec": asdict(spec), "results": results,
             "load_average": {"before": load_before[0], "after": os.getloadavg()[0]}, "kernels": kernel_status()}
 
@@ -123,14 +128,16 @@ def to_markdown(report: dict) -> str:
         f"Model: {spec['n_layers']} layers of the mixer with SwiGLU MLPs and a width-{spec['short_conv']} short conv; "
         f"MQAR vocabulary {spec['vocab_size']}, {spec['num_kv_pairs']} pairs, batch {spec['batch_size']}. One step = "
         f"forward + backward + clipping + AdamW. Median over {spec['rounds']} interleaved rounds of the median of "
-        f"{spec['steps']} steps, after {spec['warmup']} warm-up steps. C++ kernels: "
+        f"{spec['steps']} steps, after {spec['warmup']} warm-up steps (the warm-up column includes compiling "
+        f"where a model is compiled). C++ kernels: "
         f"{', '.join(f'{k} {v}' for k, v in report.get('kernels', {}).items()) or 'none used'}.",
         "",
-        f"| mixer | D | T | ms/step | steps/s | x {spec['reference']} | parameters |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        f"| mixer | D | T | ms/step | steps/s | x {spec['reference']} (eager) | warm-up s | parameters |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in sorted(report["results"], key=lambda r: (r["T"], r["d_model"], r["ms_per_step"])):
         ratio = f"{r['ratio_to_reference']:.2f}" if r["ratio_to_reference"] is not None else "—"
-        lines.append(f"| {r['mixer']} | {r['d_model']} | {r['T']} | {r['ms_per_step']:.1f} | {r['steps_per_s']:.1f} | "
-                     f"{ratio} | {r['parameters']:,} |")
+        name = r["mixer"] + (" (compiled)" if r.get("compiled") else "")
+        lines.append(f"| {name} | {r['d_model']} | {r['T']} | {r['ms_per_step']:.1f} | {r['steps_per_s']:.1f} | "
+                     f"{ratio} | {r.get('warmup_seconds', 0):.1f} | {r['parameters']:,} |")
     return "\n".join(lines) + "\n"

@@ -54,7 +54,7 @@ def run_train_steps(args, names: list[str], mixer_kwargs: dict) -> int:
         names = [reference, *names]  # the ratios need it
     spec = TrainStepSpec(mixers=names, widths=args.widths, lengths=args.lengths or [64],
                          batch_size=(args.batch_sizes or [32])[0], threads=args.threads if args.threads_given else 1,
-                         rounds=args.repeats, mixer_kwargs=mixer_kwargs)
+                         rounds=args.repeats, mixer_kwargs=mixer_kwargs, compile=args.compile)
     report = bench_steps(spec, on_round=None if args.json else lambda r, n: print(f"round {r}/{n} done", flush=True))
     out = Path(args.out)
     atomic_write_json(out / "train_steps.json", report)
@@ -160,6 +160,8 @@ def add_parser(sub) -> None:
                         "models at the presets' sizes, every mixer timed in one process in interleaved rounds, with "
                         "its ratio to attention (--repeats = rounds)")
     p.add_argument("--widths", type=_ints, default=[64], help="model widths for --train-steps (default 64)")
+    p.add_argument("--compile", action="store_true",
+                   help="with --train-steps: also time every model under torch.compile (the `compile` training option)")
     p.add_argument("--mixer-kwargs", default="{}", help='JSON: constructor arguments per mixer, e.g. \'{"mamba": {"scan": "naive"}}\'')
     p.add_argument("--no-mambapy", action="store_true", help="skip the comparison with mambapy even if installed")
     p.add_argument("--compare-fla", action="store_true",
