@@ -77,3 +77,10 @@ def test_bad_parameters_named(kwargs, name):
     with pytest.raises(ValueError, match=name):
         MQAR(**{**CPU_SCALE, **kwargs})
 
+
+
+def test_chance_accuracy_is_a_uniform_guess_among_the_values():
+    from longrecall.tasks.mqar import MQAR
+
+    assert MQAR(vocab_size=256, seq_len=64, num_kv_pairs=4).chance_accuracy() == 1 / 128
+    assert MQAR(vocab_size=65, seq_len=64, num_kv_pairs=4).chance_accuracy() == 1 / 33  # values: [32, 65)

@@ -261,3 +261,9 @@ def test_compile_option_trains_or_falls_back_to_the_same_losses(monkeypatch):
     fallback = train(tiny(compile=True), progress=False, log=messages.append)
     assert losses(fallback) == losses(eager)
     assert any("training eagerly" in m for m in messages)
+
+
+def test_final_metrics_carry_the_tasks_chance_accuracy():
+    metrics = train(tiny(), progress=False)
+    assert metrics["final_eval"]["chance"] == 1 / 16  # vocabulary 32: 16 values
+    assert "chance" not in metrics["evals"][-1]  # the history is left as evaluated

@@ -300,7 +300,7 @@ def _write_metrics(out_dir, config, history, evals, status, n_params, train_seco
         "train_seconds": train_seconds,
         "eval_seconds": sum(e.get("seconds", 0.0) for e in evals),
         "train_tokens_per_second": steps_done * tokens_per_step / train_seconds if train_seconds else None,
-        "final_eval": evals[-1] if evals else None,
+        "final_eval": {**evals[-1], "chance": task.chance_accuracy()} if evals else None,
         "evals": evals,
         "history": history,
         "versions": {"longrecall": __version__, "torch": torch.__version__},

@@ -23,7 +23,7 @@ from typing import Sequence
 from ..checkpoint import atomic_write_bytes
 from .tables import (
     accuracy_of, bucket_low, by_distance_of, convergence_of, fmt_budget, fmt_bytes, is_finite, labels_of, leaderboard,
-    lr_of, mixer_name, pareto_front, policy_leaderboard, state_bytes_at,
+    lr_of, metrics_of, mixer_name, pareto_front, policy_leaderboard, state_bytes_at,
 )
 
 DPI = 130
@@ -207,6 +207,21 @@ def _legend(fig, style: Style, mixers: Sequence[str], widths: Sequence = (), *, 
                    title="mixer" if not (len(widths) > 1 and lines) else "mixer / width")
 
 
+def _chance_line(ax, records: Sequence[dict]) -> bool:
+    """A dotted line at the task's chance accuracy, when every run of the panel reports the same one."""
+    values = {metrics_of(r).get("chance") for r in records}
+    if len(values) != 1 or not is_finite(next(iter(values))):
+        return False
+    ax.axhline(next(iter(values)), color="#888888", linestyle=":", linewidth=1.0, zorder=1)
+    return True
+
+
+def _chance_handle():
+    from matplotlib.lines import Line2D
+
+    return Line2D([], [], color="#888888", linestyle=":", label="chance")
+
+
 def _hollow_handle():
     """Legend entry explaining hollow markers: the run did not converge, its accuracy is a lower bound."""
     from matplotlib.lines import Line2D
@@ -263,6 +278,8 @@ def plot_accuracy_vs_length(records: Sequence[dict], path, style: Style | None =
         for j, width in enumerate(widths):
             ax = axes[i][j]
             panel = [r for r in rows if r["task"] == task and r["d_model"] == width]
+            _chance_line(ax, [r for r in _done(records) if str(labels_of(r).get("task") or "?") == task
+                              and labels_of(r).get("d_model") == width])
             ax.set_title(f"{task}, d_model={width}", fontsize=10)
             if not panel:
                 _note(ax, "no runs")
@@ -286,7 +303,7 @@ def plot_accuracy_vs_length(records: Sequence[dict], path, style: Style | None =
             ax.set_xlabel("sequence length (tokens, log2 scale)")
             _percent_y(ax, "accuracy (% of scored tokens)" if j == 0 else None)
     _suptitle(fig, title, "mean over seeds (best learning rate); bars span the min–max seed; hollow: not converged")
-    _legend(fig, style, mixers, extra=[_hollow_handle()])
+    _legend(fig, style, mixers, extra=[_hollow_handle(), _chance_handle()])
     return _save(fig, path)
 
 
@@ -357,6 +374,8 @@ def plot_accuracy_vs_state_bytes(records: Sequence[dict], path, style: Style | N
         ax = axes[k // ncols][k % ncols]
         panel = [p for p in pts if p["task"] == task and p["seq_len"] == seq_len]
         ppanel = [p for p in ppts if p["task"] == task and p["seq_len"] == seq_len]
+        _chance_line(ax, [r for r in _done(records) if str(labels_of(r).get("task") or "?") == task
+                          and labels_of(r).get("seq_len") == seq_len])
         for m in mixers:
             for converged in (True, False):  # filled: converged; hollow: the accuracy is a lower bound
                 mine = [p for p in panel if p["mixer"] == m and p["converged"] == converged]
@@ -408,7 +427,7 @@ def plot_accuracy_vs_state_bytes(records: Sequence[dict], path, style: Style | N
         extra += [Line2D([], [], linestyle="", label=""), Line2D([], [], linestyle="", label="KV-cache policies:")]
         extra += [Line2D([], [], linestyle="", marker=style.policy_marker(p.split("+", 1)[1]), markerfacecolor="none",
                          markeredgecolor=style.policy_color(p.split("+", 1)[1]), label=p) for p in policy_labels]
-    extra += [Line2D([], [], linestyle="", label=""), front_handle, _hollow_handle()]
+    extra += [Line2D([], [], linestyle="", label=""), front_handle, _hollow_handle(), _chance_handle()]
     detail = "one point per run (best learning rate), labelled with its width; hollow: not converged"
     if policy_labels:
         detail = "filled: one point per run (its width labelled); hollow: attention + KV policy, one per budget"

@@ -105,6 +105,11 @@ class Task:
         """
         return {"seq_len": seq_len}
 
+    def chance_accuracy(self) -> float | None:
+        """Accuracy of a uniform guess among the answers the task can ask for (None: not defined for
+        this task). Reports draw it as a reference line, so "above chance" can be read off a plot."""
+        return None
+
     def config(self) -> dict:
         """The resolved configuration, with the task's registry key and version."""
         return {"task": getattr(type(self), "registry_key", type(self).__name__), "version": self.version,

@@ -91,6 +91,10 @@ class MQAR(Task):
                 f"for num_kv_pairs={self.num_kv_pairs}, num_passes={self.num_passes}; got {self.seq_len}"
             )
 
+    def chance_accuracy(self) -> float:
+        """A uniform guess among the values (drawn from [V/2, V))."""
+        return 1.0 / (self.vocab_size - self.vocab_size // 2)
+
     def build(self, n: int, seed: int) -> Batch:
         check_positive(n=n)
         g = self.generator(seed)
