@@ -19,12 +19,13 @@ from .tables import (
 FIGURES = (
     ("accuracy_vs_length", "Accuracy vs sequence length",
      "Each line follows one mixer across sequence lengths at a fixed width (one panel per width): a line "
-     "that stays high as the length doubles is recall that scales; bars span the worst and best seed."),
+     "that stays high as the length doubles is recall that scales; bars span the worst and best seed. Hollow "
+     "markers did not converge (a lower bound); the dotted line is the task's chance accuracy."),
     ("accuracy_vs_state_bytes", "Accuracy vs state bytes (the memory frontier)",
      "Each point is one run: further left is less state carried per sequence, higher is better recall. "
-     "The dashed step line is the Pareto front, the best accuracy reachable with at most that many bytes; "
-     "circled runs are on it, and a mixer whose points sit on the front is the most memory-efficient at "
-     "that length."),
+     "Filled points converged; hollow ones did not, and their accuracy is a lower bound, not the memory's "
+     "capacity. The dashed step line is the Pareto front of the converged runs, the best accuracy reachable "
+     "with at most that many bytes; circled runs are on it. The dotted line is the task's chance accuracy."),
     ("accuracy_vs_distance", "Accuracy vs key–query distance",
      "Accuracy of the recalls grouped by how far back the key appeared (power-of-two buckets, pooled over "
      "seeds): a curve that falls at large distances shows where a mixer's memory runs out, e.g. past a "
