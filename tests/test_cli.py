@@ -82,3 +82,18 @@ def test_python_m_and_console_script_agree():
     script = shutil.which("longrecall") or str((__import__("pathlib").Path(sys.executable).parent / "longrecall"))
     out = subprocess.run([script, "ls", "tasks", "--json"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "mqar" in {row["name"] for row in json.loads(out.stdout)}
+
+
+def test_report_without_matplotlib_is_one_clear_line(tmp_path, monkeypatch, capsys):
+    """`longrecall report` with matplotlib missing: one line naming the extra, exit code 2, no traceback."""
+    from longrecall.arena.store import Store
+    from longrecall.cli import main
+
+    with Store.open(tmp_path / "s.db"):
+        pass
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_agg", None)
+    code = main(["report", str(tmp_path / "s.db"), "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "pip install 'longrecall[plot]'" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1

@@ -267,3 +267,27 @@ def test_final_metrics_carry_the_tasks_chance_accuracy():
     metrics = train(tiny(), progress=False)
     assert metrics["final_eval"]["chance"] == 1 / 16  # vocabulary 32: 16 values
     assert "chance" not in metrics["evals"][-1]  # the history is left as evaluated
+
+
+def test_a_checkpoint_carrying_a_pickled_object_is_refused(tmp_path):
+    """Resuming reads the optimizer file with weights_only=True: a pickled object (which could run
+    code when unpickled) is refused with an error naming the file, and nothing is executed."""
+    import pickle
+
+    from longrecall.checkpoint import UnsafeCheckpointError
+
+    out = tmp_path / "run"
+    train(tiny(out_dir=str(out), steps=3), progress=False)
+    optimizer_file = out / read_manifest(out)["optimizer"]
+    marker = tmp_path / "executed"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    state = torch.load(optimizer_file, weights_only=True)
+    state["extra"] = Payload()
+    optimizer_file.write_bytes(pickle.dumps(state, protocol=2))
+    with pytest.raises(UnsafeCheckpointError, match=optimizer_file.name):
+        train(tiny(out_dir=str(out), steps=3), progress=False)
+    assert not marker.exists()

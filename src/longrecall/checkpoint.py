@@ -112,10 +112,27 @@ def load_weights(directory: str | Path, model) -> dict:
     return manifest
 
 
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint's optimizer file holds something other than tensors and plain data."""
+
+
 def load_checkpoint(directory: str | Path, model, optimizer=None, scheduler=None) -> dict:
+    """Load weights, and optimizer and scheduler state, from a checkpoint written by ``save_checkpoint``.
+
+    The optimizer file is read with ``torch.load(weights_only=True)``: tensors and plain containers
+    only, so a checkpoint someone hands you cannot run code when it is resumed (a pickled object is
+    refused with ``UnsafeCheckpointError`` naming the file).
+    """
     manifest = load_weights(directory, model)
     if optimizer is not None:
-        state = torch.load(Path(directory) / manifest["optimizer"], weights_only=False)
+        path = Path(directory) / manifest["optimizer"]
+        try:
+            state = torch.load(path, weights_only=True)
+        except Exception as error:  # torch raises UnpicklingError (or RuntimeError) for non-plain content
+            raise UnsafeCheckpointError(
+                f"{path} holds more than tensors and plain data (torch.load refused it with weights_only=True: "
+                f"{str(error).splitlines()[0]}); longrecall does not load it, since unpickling it could run code"
+            ) from None
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler"])

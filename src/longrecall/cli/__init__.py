@@ -32,8 +32,14 @@ def main(argv: list[str] | None = None) -> int:
     if extra and not getattr(args, "accepts_overrides", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.overrides = extra
+    from ..checkpoint import UnsafeCheckpointError
+    from ..report.plots import PlotDependencyError
+
     try:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except (PlotDependencyError, UnsafeCheckpointError) as error:  # a clear one-line error, no traceback
+        print(f"error: {error}", file=sys.stderr)
+        return 2
