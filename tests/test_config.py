@@ -52,3 +52,23 @@ def test_another_task_starts_from_its_own_defaults():
     assert load_config(TrainConfig, None, ["--task=passkey"]).task_kwargs == {}
     assert load_config(TrainConfig, None, ["--task=copy", "--task_kwargs.string_length=8"]).task_kwargs == {"string_length": 8}
     assert TrainConfig(task="copy").task_kwargs == {}
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--loss_on=tokens"], "loss_on must be one of 'answers', 'all', got 'tokens'"),
+    (["--steps=100", "--max_steps=50"], r"max_steps must be None or an int >= steps \(100\), got 50"),
+    (["--max_steps=1.5"], "max_steps must be of type"),
+    (["--target_accuracy=0"], r"target_accuracy must be None or a number in \(0, 1\]"),
+    (["--early_stop_accuracy=2"], r"early_stop_accuracy must be None or a number in \(0, 1\]"),
+    (["--compile=yes"], "compile must be of type"),
+])
+def test_recipe_keys_reject_bad_values_naming_the_key(argv, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(TrainConfig, argv=argv)
+
+
+def test_recipe_keys_load_from_the_command_line():
+    config = load_config(TrainConfig, argv=["--loss_on=all", "--steps=100", "--max_steps=300", "--target_accuracy=0.9",
+                                            "--compile=true"])
+    assert (config.loss_on, config.max_steps, config.target_accuracy, config.compile) == ("all", 300, 0.9, True)
+    assert TrainConfig().loss_on == "answers" and TrainConfig().max_steps is None
