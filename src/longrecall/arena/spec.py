@@ -54,14 +54,14 @@ token in a compressed form) are evaluated once, without one; retrieval policies 
 ``infllm``) keep every token but take budgets (what a query reads).
 Errors name the key path (``policies[1].name``, ``policies[0].kwargs.recnt``, ``budgets[2]``).
 Policies never enter a run's config or id: adding them to a spec retrains nothing.
+
+Modules: ``ids`` (run ids and queue order), ``checks`` (mixer, task and train-section validation),
+``policy_plan`` (KV-cache policy entries); this one expands the grid and loads spec files.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import hashlib
-import inspect
 import itertools
 import json
 import runpy
@@ -75,8 +75,18 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from ..config import ConfigError, TrainConfig, _type_ok, apply_overrides
+from ..config import ConfigError, TrainConfig
 from ..registry import MIXERS, POLICIES, TASKS
+from .checks import (  # noqa: F401  (re-exported: the spec's validation helpers)
+    GRID_KEYS, _close, _int_list, _is_int, base_task_kwargs, build_mixer_check, check_mixer_kwargs, check_task_kwargs,
+    check_train, instantiate_task, make_config, registry_entry, resolve_mixer_kwargs, resolve_task_kwargs,
+)
+from .ids import (  # noqa: F401  (re-exported)
+    ID_OMITTED_DEFAULTS, RESULT_NEUTRAL_KEYS, RunSpec, canonical_json, estimated_work, longest_first, run_id,
+)
+from .policy_plan import (  # noqa: F401  (re-exported)
+    POLICY_ENTRY_KEYS, budget_key, check_budgets, check_policy_entry, policy_applies, policy_pairs,
+)
 
 __all__ = ["ArenaSpec", "RunSpec", "load_spec", "run_id", "GRID_KEYS", "SPEC_KEYS", "RESULT_NEUTRAL_KEYS",
            "POLICY_ENTRY_KEYS", "policy_applies", "policy_pairs", "budget_key"]
@@ -84,411 +94,6 @@ __all__ = ["ArenaSpec", "RunSpec", "load_spec", "run_id", "GRID_KEYS", "SPEC_KEY
 # keys of a spec (TOML top level / dict / ArenaSpec fields)
 SPEC_KEYS = ("name", "mixers", "tasks", "lengths", "widths", "seeds", "lrs", "n_layers", "train", "policies", "budgets",
              "configs")
-# TrainConfig keys the grid sets; ``train`` may not set them
-GRID_KEYS = {
-    "layers": "set by mixers and n_layers",
-    "mixer_kwargs": "set per mixer: mixers = [{ name = ..., kwargs = {...} }]",
-    "d_model": "set by widths",
-    "task": "set by tasks",
-    "task_kwargs": "set per task: tasks = [{ task = ..., kwargs = {...} }]",
-    "seed": "set by seeds",
-    "out_dir": "chosen per run by the executor",
-}
-# TrainConfig keys that do not change a run's results, so they are left out of its id
-RESULT_NEUTRAL_KEYS = ("out_dir", "threads")
-# keys added after stores existed: left out of the id while at these defaults, so a run configured
-# before they existed keeps its id (and its stored result)
-ID_OMITTED_DEFAULTS = {"loss_on": "answers", "max_steps": None, "target_accuracy": 0.99, "compile": False}
-
-_TRAIN_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
-
-
-# ----------------------------------------------------------------------------- ids
-
-
-def canonical_json(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-
-
-def run_id(config: TrainConfig | dict) -> str:
-    """Stable id of a fully resolved config: sha256 of its canonical JSON without out_dir/threads."""
-    data = config.to_dict() if isinstance(config, TrainConfig) else dict(config)
-    for key in RESULT_NEUTRAL_KEYS:
-        data.pop(key, None)
-    for key, default in ID_OMITTED_DEFAULTS.items():
-        if key in data and data[key] == default:
-            del data[key]
-    return hashlib.sha256(canonical_json(data).encode()).hexdigest()[:16]
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """One run of a grid: its id, its resolved and validated config, and labels for reports."""
-
-    id: str
-    config: TrainConfig
-    labels: dict
-    spec_name: str
-
-    @property
-    def config_dict(self) -> dict:
-        return self.config.to_dict()
-
-
-def estimated_work(config: TrainConfig) -> int:
-    """A mixer-agnostic size of a run, for ordering: training tokens x layers x width.
-
-    Only the order matters (``longest_first``); it ignores early stopping and the mixers' different
-    per-token costs, which a spec cannot know before running.
-    """
-    seq_len = (config.task_kwargs or {}).get("seq_len", 1)
-    steps = config.max_steps if config.max_steps is not None else config.steps
-    return steps * config.batch_size * int(seq_len) * len(config.layers) * config.d_model
-
-
-def longest_first(runs: list[RunSpec]) -> list[RunSpec]:
-    """Runs by decreasing ``estimated_work``, grid order among equals.
-
-    Workers claim pending runs in insertion order, so a store filled in grid order starts the
-    largest runs (longest sequence, widest model) last, and one worker finishes them alone while the
-    others idle. With exact run times, longest-first list scheduling on m workers ends within
-    4/3 - 1/(3m) of the optimal wall time, against 2 - 1/m for an arbitrary order (Graham 1969);
-    this estimate is rougher than exact times but orders a sweep's lengths and widths correctly.
-    """
-    return sorted(runs, key=lambda run: -estimated_work(run.config))
-
-
-# ----------------------------------------------------------------------------- small checks
-
-
-def _close(name: str, accepted) -> str:
-    close = difflib.get_close_matches(str(name), list(accepted), n=3)
-    return f" Did you mean: {', '.join(close)}?" if close else ""
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _int_list(value: Any, key: str, *, minimum: int) -> list[int]:
-    what = "positive ints" if minimum == 1 else "non-negative ints"
-    if not isinstance(value, (list, tuple)) or not value:
-        raise ConfigError(f"{key} must be a non-empty list of {what}, got {value!r}")
-    for i, item in enumerate(value):
-        if not _is_int(item) or item < minimum:
-            raise ConfigError(f"{key}[{i}] must be one of the {what}, got {item!r}")
-    return list(dict.fromkeys(value))  # duplicates collapse, order kept
-
-
-def _plain(value: Any) -> bool:
-    """JSON scalars (and lists/dicts of them): safe to put in a config and hash."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return True
-    if isinstance(value, list):
-        return all(_plain(v) for v in value)
-    if isinstance(value, dict):
-        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
-    return False
-
-
-def _floatify(value: Any, annotation: Any) -> Any:
-    """An int given for a float-only parameter becomes a float, so 1 and 1.0 give one id."""
-    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
-    if _is_int(value) and "float" in text and "int" not in text:
-        return float(value)
-    return value
-
-
-def _error_key(message: str, names) -> str | None:
-    """The argument a constructor's error message starts with (``"window must be ..."``), if known."""
-    first = message.split(" ", 1)[0].strip(":,'\"")
-    return first if first in names else None
-
-
-# ----------------------------------------------------------------------------- mixers
-
-
-def _mixer_params(cls) -> tuple[dict, bool]:
-    """Keyword parameters of a mixer's constructor (without d_model) and whether it takes **kwargs."""
-    params = dict(inspect.signature(cls).parameters)
-    params.pop("d_model", None)
-    var_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    named = {n: p for n, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
-    return named, var_kw
-
-
-def check_mixer_kwargs(name: str, kwargs: dict, key: str) -> dict:
-    """Names and binding of a mixer's kwargs; returns them with float-only values normalised."""
-    cls = MIXERS.get(name)
-    if not isinstance(kwargs, dict):
-        raise ConfigError(f"{key} must be a table of {name!r}'s constructor arguments, got {kwargs!r}")
-    params, var_kw = _mixer_params(cls)
-    accepted = ", ".join(params) or "(none)"
-    for arg in kwargs:
-        if arg == "d_model":
-            raise ConfigError(f"{key}.d_model is set by widths, not by the mixer's kwargs")
-        if arg not in params and not var_kw:
-            raise ConfigError(f"{key}.{arg}: mixer {name!r} does not accept {arg!r}.{_close(arg, params)} "
-                              f"Accepted arguments: {accepted}")
-    try:
-        inspect.signature(cls).bind(1, **kwargs)
-    except TypeError as error:
-        raise ConfigError(f"{key}: {error}. Accepted arguments of {name!r}: {accepted}") from None
-    return {arg: _floatify(v, params[arg].annotation) if arg in params else v for arg, v in kwargs.items()}
-
-
-def resolve_mixer_kwargs(name: str, kwargs: dict) -> dict:
-    """Every keyword argument of the mixer's constructor: its defaults overlaid with ``kwargs``."""
-    params, _ = _mixer_params(MIXERS.get(name))
-    resolved = {n: p.default for n, p in params.items() if p.default is not p.empty and _plain(p.default)}
-    resolved.update(kwargs)
-    return resolved
-
-
-def build_mixer_check(name: str, kwargs: dict, d_model: int, key: str, width_key: str) -> None:
-    """Build the mixer once at this width so values it rejects surface before anything runs."""
-    import torch
-
-    cls = MIXERS.get(name)
-    try:
-        with torch.no_grad():
-            cls(d_model, **kwargs)
-    except (TypeError, ValueError) as error:
-        message = str(error)
-        arg = _error_key(message, kwargs)
-        where = f"{key}.{arg}" if arg else key
-        raise ConfigError(f"{where} (with {width_key}={d_model}): mixer {name!r} rejects it: {message}") from None
-
-
-# ----------------------------------------------------------------------------- tasks
-
-
-def _task_params(cls) -> dict:
-    return {n: p for n, p in inspect.signature(cls).parameters.items()
-            if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
-
-
-def check_task_kwargs(task: str, kwargs: dict, key: str, *, allow_seq_len: bool = True) -> dict:
-    cls = TASKS.get(task)
-    if not isinstance(kwargs, dict):
-        raise ConfigError(f"{key} must be a table of task {task!r}'s arguments, got {kwargs!r}")
-    params = _task_params(cls)
-    for arg in kwargs:
-        if arg == "seq_len" and not allow_seq_len:
-            raise ConfigError(f"{key}.seq_len is set by lengths; remove it from the task's kwargs")
-        if arg not in params:
-            raise ConfigError(f"{key}.{arg}: task {task!r} does not accept {arg!r}.{_close(arg, params)} "
-                              f"Accepted arguments: {', '.join(params)}")
-    return {arg: _floatify(v, params[arg].annotation) for arg, v in kwargs.items()}
-
-
-def base_task_kwargs(task: str) -> dict:
-    default = TrainConfig()
-    return dict(default.task_kwargs) if task == default.task else {}
-
-
-def instantiate_task(task: str, kwargs: dict, key: str, *, seq_len_key: str | None = None, context: str = ""):
-    """Build the task; a ValueError it raises becomes a ConfigError naming the argument at fault.
-
-    ``seq_len_key`` is blamed when the message is about ``seq_len`` (e.g. ``lengths[1]``).
-    """
-    cls = TASKS.get(task)
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as error:
-        message = str(error)
-        arg = _error_key(message, _task_params(cls))
-        if arg == "seq_len" and seq_len_key:
-            where = seq_len_key
-        elif arg:
-            where = f"{key}.{arg}"
-        else:
-            where = key
-        extra = f" ({context})" if context and where != seq_len_key else ""
-        raise ConfigError(f"{where}{extra}: task {task!r} rejects it: {message}") from None
-
-
-def resolve_task_kwargs(task_obj, kwargs: dict) -> dict:
-    if dataclasses.is_dataclass(task_obj):
-        resolved = {f.name: getattr(task_obj, f.name) for f in dataclasses.fields(task_obj) if f.init}
-        return {k: v for k, v in resolved.items() if _plain(v)} | {k: v for k, v in kwargs.items() if k not in resolved}
-    return dict(kwargs)
-
-
-# ----------------------------------------------------------------------------- KV-cache policies
-
-# keys of a policy entry: policies = ["window", { name = "h2o", kwargs = {...}, mode = "prefill", budgets = [...] }]
-POLICY_ENTRY_KEYS = ("name", "kwargs", "mode", "budgets")
-# Policy fields an entry's kwargs may not set
-_POLICY_RESERVED = {"budget": "set by budgets (or the entry's own budgets)", "mode": "set by the entry's mode key"}
-
-
-def check_budget(value: Any, key: str) -> int | float:
-    """A budget: an int >= 1 (tokens per layer per head) or a float in (0, 1] (a fraction of the length)."""
-    if (_is_int(value) and value >= 1) or (isinstance(value, float) and 0.0 < value <= 1.0):
-        return value
-    raise ConfigError(f"{key} must be a positive int (tokens kept per layer per head) or a float in (0, 1] "
-                      f"(a fraction of the evaluated sequence length), got {value!r}")
-
-
-def check_budgets(value: Any, key: str) -> list:
-    if not isinstance(value, (list, tuple)):
-        raise ConfigError(f"{key} must be a list of budgets (positive ints: tokens; floats in (0, 1]: fractions of "
-                          f"the sequence length), got {value!r}")
-    checked = [check_budget(b, f"{key}[{i}]") for i, b in enumerate(value)]
-    out, seen = [], set()
-    for b in checked:  # duplicates collapse (16 and 16.0 are not duplicates: tokens vs a fraction)
-        if budget_key(b) not in seen:
-            seen.add(budget_key(b))
-            out.append(b)
-    return out
-
-
-def budget_key(budget: int | float | None) -> str:
-    """The stored key of a budget: ``"16"`` (tokens), ``"0.25"`` (a fraction), ``"null"`` (unlimited)."""
-    return json.dumps(budget)
-
-
-def policy_applies(config: TrainConfig | dict) -> bool:
-    """Whether a run's model has a plain ``attention`` layer (the layers KV-cache policies manage)."""
-    layers = config.layers if isinstance(config, TrainConfig) else config.get("layers", [])
-    return "attention" in layers
-
-
-def policy_pairs(plan: list[dict]) -> list[tuple[dict, int | float | None]]:
-    """Every (policy entry, budget) of a policy plan, in plan order."""
-    return [(entry, budget) for entry in plan for budget in entry["budgets"]]
-
-
-def _policy_fields(cls) -> dict:
-    return {f.name: f for f in dataclasses.fields(cls) if f.init and f.name not in _POLICY_RESERVED}
-
-
-def _policy_label(name: str, kwargs: dict, mode: str, default_mode: str) -> str:
-    label = name
-    if kwargs:
-        label += "(" + ", ".join(f"{k}={kwargs[k]}" for k in sorted(kwargs)) + ")"
-    return label if mode == default_mode else f"{label}/{mode}"
-
-
-def takes_budget(cls, mode: str, kwargs: dict) -> bool:
-    """Whether a policy takes a budget. False for the policies that keep every token and accept only
-    ``budget=None`` (``full``; lossy ones like ``kivi`` and ``think`` compress the representation);
-    True for evicting policies and for retrieval policies (``quest``, ``infllm``), which store every
-    token but take a budget on what a query reads (``bounded`` is False for both kinds, so it
-    cannot tell them apart: a fraction-of-the-context budget of 1.0 is tried instead)."""
-    try:
-        cls(budget=1.0, mode=mode, **kwargs)
-        return True
-    except (TypeError, ValueError):
-        pass
-    try:
-        cls(budget=None, mode=mode, **kwargs)
-    except (TypeError, ValueError):
-        return True  # the kwargs are at fault: the checks below name them
-    return False
-
-
-def check_policy_entry(i: int, entry: Any, spec_budgets: list) -> dict:
-    """One validated entry of ``policies``: name, resolved kwargs, mode, budgets, key and label."""
-    from ..policies.base import MODES
-
-    key = f"policies[{i}]"
-    name, kwargs = ArenaSpec._entry(key, entry, "name", POLICIES, "policy", extra=("mode", "budgets"))
-    cls = POLICIES.get(name)
-    if not isinstance(kwargs, dict):
-        raise ConfigError(f"{key}.kwargs must be a table of policy {name!r}'s fields, got {kwargs!r}")
-    params = _policy_fields(cls)
-    accepted = ", ".join(params) or "(none)"
-    for arg, value in kwargs.items():
-        if arg in _POLICY_RESERVED:
-            raise ConfigError(f"{key}.kwargs.{arg} is {_POLICY_RESERVED[arg]}, not by the policy's kwargs")
-        if arg not in params:
-            raise ConfigError(f"{key}.kwargs.{arg}: policy {name!r} does not accept {arg!r}.{_close(arg, params)} "
-                              f"Accepted arguments: {accepted}")
-        if not _plain(value):
-            raise ConfigError(f"{key}.kwargs.{arg} must be a plain value (number, string, bool, list, table), got {value!r}")
-    kwargs = {arg: _floatify(v, params[arg].type) for arg, v in kwargs.items()}
-    mode_field = next(f for f in dataclasses.fields(cls) if f.name == "mode")
-    default_mode = mode_field.default
-    mode = entry.get("mode", default_mode) if isinstance(entry, dict) else default_mode
-    if mode not in MODES:
-        raise ConfigError(f"{key}.mode must be one of {', '.join(MODES)}, got {mode!r}")
-    own = isinstance(entry, dict) and "budgets" in entry
-    if not takes_budget(cls, mode, kwargs):  # `full`, `kivi`, `think`: evaluated once, without a budget
-        if own:
-            raise ConfigError(f"{key}.budgets: policy {name!r} keeps every token and takes no budget; remove them")
-        budgets, budget_keys = [None], [None]
-    elif own:
-        budgets = check_budgets(entry["budgets"], f"{key}.budgets")
-        if not budgets:
-            raise ConfigError(f"{key}.budgets must be a non-empty list of budgets")
-        budget_keys = [f"{key}.budgets[{j}]" for j in range(len(budgets))]
-    else:
-        if not spec_budgets:
-            raise ConfigError(f"budgets: policy {name!r} ({key}) needs budgets; give budgets = [0.5, 0.25, 64] "
-                              f"(fractions of the sequence length or tokens) or {key}.budgets")
-        budgets, budget_keys = list(spec_budgets), [f"budgets[{j}]" for j in range(len(spec_budgets))]
-    resolved = None
-    for budget, bkey in zip(budgets, budget_keys):
-        try:
-            obj = cls(budget=budget, mode=mode, **kwargs)
-        except (TypeError, ValueError) as error:
-            message = str(error)
-            arg = _error_key(message, list(kwargs) + ["budget"])
-            if arg == "budget" and bkey:
-                where = bkey
-            elif arg:
-                where = f"{key}.kwargs.{arg}"
-            else:
-                where = key
-            raise ConfigError(f"{where}: policy {name!r} rejects it: {message}") from None
-        resolved = {k: v for k, v in obj.config().items() if k not in _POLICY_RESERVED}
-    if not _plain(resolved):
-        resolved = {k: v for k, v in resolved.items() if _plain(v)} | kwargs
-    return {
-        "name": name,
-        "kwargs": resolved,
-        "user_kwargs": dict(kwargs),
-        "mode": mode,
-        "budgets": budgets,
-        "key": canonical_json({"name": name, "kwargs": resolved, "mode": mode}),
-        "label": _policy_label(name, kwargs, mode, default_mode),
-    }
-
-
-# ----------------------------------------------------------------------------- train section
-
-
-def check_train(train: Any, key: str = "train", *, forbidden: dict | None = None) -> dict:
-    """Names and types of TrainConfig keys in ``train``; returns the checked dict."""
-    if not isinstance(train, dict):
-        raise ConfigError(f"{key} must be a table of TrainConfig keys, got {train!r}")
-    forbidden = GRID_KEYS if forbidden is None else forbidden
-    accepted = [name for name in _TRAIN_FIELDS if name not in forbidden]
-    checked = {}
-    for name, value in train.items():
-        if name in forbidden:
-            raise ConfigError(f"{key}.{name} cannot be set here: {forbidden[name]}")
-        if name not in _TRAIN_FIELDS:
-            raise ConfigError(f"{key}.{name}: unknown TrainConfig key.{_close(name, accepted)} "
-                              f"Accepted keys: {', '.join(accepted)}")
-        annotation = _TRAIN_FIELDS[name].type
-        if not _type_ok(value, annotation):
-            raise ConfigError(f"{key}.{name} must be of type {annotation}, got {value!r} ({type(value).__name__})")
-        checked[name] = _floatify(value, annotation)
-    return checked
-
-
-def make_config(values: dict, key: str) -> TrainConfig:
-    """TrainConfig defaults < ``values``; its own checks re-raised naming ``key.<field>``."""
-    try:
-        merged = apply_overrides(dataclasses.asdict(TrainConfig()), values, _TRAIN_FIELDS)
-        return TrainConfig(**merged)
-    except ConfigError as error:
-        message = str(error)
-        arg = _error_key(message, _TRAIN_FIELDS)
-        raise ConfigError(f"{key}.{arg}: {message}" if arg else f"{key}: {message}") from None
 
 
 # ----------------------------------------------------------------------------- the spec
@@ -684,26 +289,7 @@ class ArenaSpec:
             runs.append(RunSpec(run_id(config), config, labels, self.name))
         return runs
 
-    @staticmethod
-    def _entry(key: str, entry: Any, field_name: str, registry, kind: str, extra: tuple = ()) -> tuple[str, dict]:
-        """``"name"`` or ``{<field_name> = "name", kwargs = {...}}``, validated; returns (name, kwargs)."""
-        accepted = [field_name, "kwargs", *extra]
-        if isinstance(entry, str):
-            name, kwargs, name_key = entry, {}, key
-        elif isinstance(entry, dict):
-            for k in entry:
-                if k not in accepted:
-                    raise ConfigError(f"{key}.{k}: unknown {kind} key.{_close(k, accepted)} Accepted keys: {', '.join(accepted)}")
-            if field_name not in entry:
-                raise ConfigError(f"{key}.{field_name} is missing; available {kind}s: {', '.join(registry.names())}")
-            name, kwargs, name_key = entry[field_name], entry.get("kwargs", {}), f"{key}.{field_name}"
-        else:
-            raise ConfigError(f"{key} must be a {kind} name or a {{ {field_name} = ..., kwargs = {{...}} }} table, got {entry!r}")
-        try:
-            registry.get(name)
-        except KeyError as error:
-            raise ConfigError(f"{name_key}: {error.args[0]}") from None
-        return name, kwargs
+    _entry = staticmethod(registry_entry)
 
     def _mixer(self, i: int, entry: Any) -> tuple[str, dict]:
         name, kwargs = self._entry(f"mixers[{i}]", entry, "name", MIXERS, "mixer", extra=("lrs",))

@@ -1,0 +1,159 @@
+"""KV-cache policy entries of a spec: names, kwargs, modes and budgets, validated into a plan.
+
+Policy evaluations are not runs: they never enter a run's config or id (see ``spec`` for the keys).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from ..config import ConfigError, TrainConfig
+from ..registry import POLICIES
+from .checks import _close, _error_key, _floatify, _is_int, _plain, registry_entry
+from .ids import canonical_json
+
+__all__ = ["POLICY_ENTRY_KEYS", "check_budget", "check_budgets", "budget_key", "policy_applies", "policy_pairs",
+           "takes_budget", "check_policy_entry"]
+
+# ----------------------------------------------------------------------------- KV-cache policies
+
+# keys of a policy entry: policies = ["window", { name = "h2o", kwargs = {...}, mode = "prefill", budgets = [...] }]
+POLICY_ENTRY_KEYS = ("name", "kwargs", "mode", "budgets")
+# Policy fields an entry's kwargs may not set
+_POLICY_RESERVED = {"budget": "set by budgets (or the entry's own budgets)", "mode": "set by the entry's mode key"}
+
+
+def check_budget(value: Any, key: str) -> int | float:
+    """A budget: an int >= 1 (tokens per layer per head) or a float in (0, 1] (a fraction of the length)."""
+    if (_is_int(value) and value >= 1) or (isinstance(value, float) and 0.0 < value <= 1.0):
+        return value
+    raise ConfigError(f"{key} must be a positive int (tokens kept per layer per head) or a float in (0, 1] "
+                      f"(a fraction of the evaluated sequence length), got {value!r}")
+
+
+def check_budgets(value: Any, key: str) -> list:
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{key} must be a list of budgets (positive ints: tokens; floats in (0, 1]: fractions of "
+                          f"the sequence length), got {value!r}")
+    checked = [check_budget(b, f"{key}[{i}]") for i, b in enumerate(value)]
+    out, seen = [], set()
+    for b in checked:  # duplicates collapse (16 and 16.0 are not duplicates: tokens vs a fraction)
+        if budget_key(b) not in seen:
+            seen.add(budget_key(b))
+            out.append(b)
+    return out
+
+
+def budget_key(budget: int | float | None) -> str:
+    """The stored key of a budget: ``"16"`` (tokens), ``"0.25"`` (a fraction), ``"null"`` (unlimited)."""
+    return json.dumps(budget)
+
+
+def policy_applies(config: TrainConfig | dict) -> bool:
+    """Whether a run's model has a plain ``attention`` layer (the layers KV-cache policies manage)."""
+    layers = config.layers if isinstance(config, TrainConfig) else config.get("layers", [])
+    return "attention" in layers
+
+
+def policy_pairs(plan: list[dict]) -> list[tuple[dict, int | float | None]]:
+    """Every (policy entry, budget) of a policy plan, in plan order."""
+    return [(entry, budget) for entry in plan for budget in entry["budgets"]]
+
+
+def _policy_fields(cls) -> dict:
+    return {f.name: f for f in dataclasses.fields(cls) if f.init and f.name not in _POLICY_RESERVED}
+
+
+def _policy_label(name: str, kwargs: dict, mode: str, default_mode: str) -> str:
+    label = name
+    if kwargs:
+        label += "(" + ", ".join(f"{k}={kwargs[k]}" for k in sorted(kwargs)) + ")"
+    return label if mode == default_mode else f"{label}/{mode}"
+
+
+def takes_budget(cls, mode: str, kwargs: dict) -> bool:
+    """Whether a policy takes a budget. False for the policies that keep every token and accept only
+    ``budget=None`` (``full``; lossy ones like ``kivi`` and ``think`` compress the representation);
+    True for evicting policies and for retrieval policies (``quest``, ``infllm``), which store every
+    token but take a budget on what a query reads (``bounded`` is False for both kinds, so it
+    cannot tell them apart: a fraction-of-the-context budget of 1.0 is tried instead)."""
+    try:
+        cls(budget=1.0, mode=mode, **kwargs)
+        return True
+    except (TypeError, ValueError):
+        pass
+    try:
+        cls(budget=None, mode=mode, **kwargs)
+    except (TypeError, ValueError):
+        return True  # the kwargs are at fault: the checks below name them
+    return False
+
+
+def check_policy_entry(i: int, entry: Any, spec_budgets: list) -> dict:
+    """One validated entry of ``policies``: name, resolved kwargs, mode, budgets, key and label."""
+    from ..policies.base import MODES
+
+    key = f"policies[{i}]"
+    name, kwargs = registry_entry(key, entry, "name", POLICIES, "policy", extra=("mode", "budgets"))
+    cls = POLICIES.get(name)
+    if not isinstance(kwargs, dict):
+        raise ConfigError(f"{key}.kwargs must be a table of policy {name!r}'s fields, got {kwargs!r}")
+    params = _policy_fields(cls)
+    accepted = ", ".join(params) or "(none)"
+    for arg, value in kwargs.items():
+        if arg in _POLICY_RESERVED:
+            raise ConfigError(f"{key}.kwargs.{arg} is {_POLICY_RESERVED[arg]}, not by the policy's kwargs")
+        if arg not in params:
+            raise ConfigError(f"{key}.kwargs.{arg}: policy {name!r} does not accept {arg!r}.{_close(arg, params)} "
+                              f"Accepted arguments: {accepted}")
+        if not _plain(value):
+            raise ConfigError(f"{key}.kwargs.{arg} must be a plain value (number, string, bool, list, table), got {value!r}")
+    kwargs = {arg: _floatify(v, params[arg].type) for arg, v in kwargs.items()}
+    mode_field = next(f for f in dataclasses.fields(cls) if f.name == "mode")
+    default_mode = mode_field.default
+    mode = entry.get("mode", default_mode) if isinstance(entry, dict) else default_mode
+    if mode not in MODES:
+        raise ConfigError(f"{key}.mode must be one of {', '.join(MODES)}, got {mode!r}")
+    own = isinstance(entry, dict) and "budgets" in entry
+    if not takes_budget(cls, mode, kwargs):  # `full`, `kivi`, `think`: evaluated once, without a budget
+        if own:
+            raise ConfigError(f"{key}.budgets: policy {name!r} keeps every token and takes no budget; remove them")
+        budgets, budget_keys = [None], [None]
+    elif own:
+        budgets = check_budgets(entry["budgets"], f"{key}.budgets")
+        if not budgets:
+            raise ConfigError(f"{key}.budgets must be a non-empty list of budgets")
+        budget_keys = [f"{key}.budgets[{j}]" for j in range(len(budgets))]
+    else:
+        if not spec_budgets:
+            raise ConfigError(f"budgets: policy {name!r} ({key}) needs budgets; give budgets = [0.5, 0.25, 64] "
+                              f"(fractions of the sequence length or tokens) or {key}.budgets")
+        budgets, budget_keys = list(spec_budgets), [f"budgets[{j}]" for j in range(len(spec_budgets))]
+    resolved = None
+    for budget, bkey in zip(budgets, budget_keys):
+        try:
+            obj = cls(budget=budget, mode=mode, **kwargs)
+        except (TypeError, ValueError) as error:
+            message = str(error)
+            arg = _error_key(message, list(kwargs) + ["budget"])
+            if arg == "budget" and bkey:
+                where = bkey
+            elif arg:
+                where = f"{key}.kwargs.{arg}"
+            else:
+                where = key
+            raise ConfigError(f"{where}: policy {name!r} rejects it: {message}") from None
+        resolved = {k: v for k, v in obj.config().items() if k not in _POLICY_RESERVED}
+    if not _plain(resolved):
+        resolved = {k: v for k, v in resolved.items() if _plain(v)} | kwargs
+    return {
+        "name": name,
+        "kwargs": resolved,
+        "user_kwargs": dict(kwargs),
+        "mode": mode,
+        "budgets": budgets,
+        "key": canonical_json({"name": name, "kwargs": resolved, "mode": mode}),
+        "label": _policy_label(name, kwargs, mode, default_mode),
+    }
