@@ -12,250 +12,55 @@ canvas is used (``matplotlib.figure.Figure``, never pyplot), so no global backen
 
 from __future__ import annotations
 
-import io
 import math
-import textwrap
 from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from ..checkpoint import atomic_write_bytes
-from .tables import (
-    accuracy_of, bucket_low, by_distance_of, convergence_of, fmt_budget, fmt_bytes, is_finite, labels_of, leaderboard,
-    lr_of, metrics_of, mixer_name, pareto_front, policy_leaderboard, state_bytes_at,
+from .plot_budget import plot_accuracy_vs_budget
+from .plot_curves import plot_learning_curves, plot_training_curves
+from .plot_style import (  # noqa: F401  (re-exported)
+    DPI,
+    INSTALL_HINT,
+    KNOWN_MIXERS,
+    LINESTYLES,
+    MARKERS,
+    PALETTE,
+    POLICY_MARKERS,
+    POLICY_PALETTE,
+    PlotDependencyError,
+    Style,
+    _bytes_ticks,
+    _chance_handle,
+    _chance_line,
+    _done,
+    _empty,
+    _figure,
+    _hide_unused,
+    _hollow_handle,
+    _legend,
+    _log2_ticks,
+    _note,
+    _percent_y,
+    _save,
+    _sorted_values,
+    _suptitle,
+    require_matplotlib,
+    style_for,
 )
-
-DPI = 130
-INSTALL_HINT = "pip install 'longrecall[plot]'"
-
-# tab10, in order; well-known mixers always get the same slot.
-# tab10, then 10 more distinct colours so a frontier of ~20 mixers needs no repeated colour
-PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
-           "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
-           "#000075", "#808000", "#800000", "#469990", "#f032e6",
-           "#9a6324", "#ffb000", "#00cc96", "#911eb4", "#aaaa00")
-MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<")
-LINESTYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)))
-KNOWN_MIXERS = ("attention", "sliding_window", "s4d", "mamba")
-# KV-cache policies get their own 16 distinct colours (dark enough for hollow markers), and are drawn
-# with hollow markers wherever they share a figure with the mixers' filled ones
-POLICY_PALETTE = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#17becf", "#f032e6", "#9a6324",
-                  "#469990", "#000075", "#808000", "#800000", "#ffb000", "#7f7f7f", "#e377c2", "#00cc96")
-POLICY_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "h", "<", ">", "p", "*")
-
-
-class PlotDependencyError(ImportError):
-    """matplotlib is not installed."""
-
-
-def require_matplotlib():
-    """Import matplotlib's Figure and Agg canvas, or raise a clear ``PlotDependencyError``."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as exc:
-        raise PlotDependencyError(
-            f"longrecall's report needs matplotlib for its plots; install it with: {INSTALL_HINT}"
-        ) from exc
-    return Figure, FigureCanvasAgg
-
-
-# ----------------------------------------------------------------------------------------------
-# consistent style
-# ----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Style:
-    colors: dict = field(default_factory=dict)
-    markers: dict = field(default_factory=dict)
-    linestyles: dict = field(default_factory=dict)
-    policy_colors: dict = field(default_factory=dict)
-    policy_markers: dict = field(default_factory=dict)
-
-    def policy_color(self, policy: str) -> str:
-        return self.policy_colors.get(policy, "#333333")
-
-    def policy_marker(self, policy: str) -> str:
-        return self.policy_markers.get(policy, "o")
-
-    def color(self, mixer: str) -> str:
-        return self.colors.get(mixer, "#333333")
-
-    def marker(self, mixer: str) -> str:
-        return self.markers.get(mixer, "o")
-
-    def linestyle(self, width) -> object:
-        return self.linestyles.get(width, "-")
-
-
-def style_for(records: Sequence[dict], policy_evals: Sequence[dict] = ()) -> Style:
-    """One colour and marker per mixer (attention, sliding_window, s4d, mamba keep fixed ones),
-    one line style per width, for every mixer and width in ``records``; one colour and marker per
-    KV-cache policy label in ``policy_evals``."""
-    mixers = sorted({mixer_name(r) for r in records if r.get("labels")})
-    style = Style()
-    used: set[int] = set()
-    for m in mixers:  # well-known mixers without kwargs first, at their fixed slot
-        base = m.split("(")[0]
-        if base in KNOWN_MIXERS and KNOWN_MIXERS.index(base) not in used:
-            slot = KNOWN_MIXERS.index(base)
-            used.add(slot)
-            style.colors[m], style.markers[m] = PALETTE[slot], MARKERS[slot]
-    free = [i for i in range(len(PALETTE)) if i not in used]
-    taken = {(PALETTE[i], MARKERS[i]) for i in used}
-    for k, m in enumerate(m for m in mixers if m not in style.colors):
-        # a unique (colour, marker) pair per mixer: free colours first; past the palette the
-        # colours repeat with a shifted marker, never reusing a pair
-        i = free[k] if k < len(free) else k
-        shift = 0
-        while True:
-            pair = (PALETTE[i % len(PALETTE)], MARKERS[(i + shift + i // len(PALETTE)) % len(MARKERS)])
-            if pair not in taken or shift >= len(MARKERS):
-                break
-            shift += 1
-        taken.add(pair)
-        style.colors[m], style.markers[m] = pair
-    widths = sorted({w for w in (labels_of(r).get("d_model") for r in records) if w is not None},
-                    key=lambda w: (not is_finite(w), w if is_finite(w) else 0, str(w)))
-    for i, w in enumerate(widths):
-        style.linestyles[w] = LINESTYLES[i % len(LINESTYLES)]
-    for i, label in enumerate(sorted({str(e.get("policy_label")) for e in policy_evals})):
-        style.policy_colors[label] = POLICY_PALETTE[i % len(POLICY_PALETTE)]
-        style.policy_markers[label] = POLICY_MARKERS[(i + i // len(POLICY_PALETTE)) % len(POLICY_MARKERS)]
-    return style
-
-
-# ----------------------------------------------------------------------------------------------
-# helpers
-# ----------------------------------------------------------------------------------------------
-
-
-def _figure(nrows: int, ncols: int, panel_w: float = 4.6, panel_h: float = 3.4, extra_w: float = 1.8):
-    Figure, FigureCanvasAgg = require_matplotlib()
-    width = max(ncols * panel_w + extra_w, 8.0 if extra_w else 0.0)
-    fig = Figure(figsize=(width, nrows * panel_h + 0.6), dpi=DPI, layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(nrows, ncols, squeeze=False)
-    return fig, axes
-
-
-def _save(fig, path) -> Path:
-    path = Path(path)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
-
-
-def _empty(path, title: str, message: str) -> Path:
-    fig, axes = _figure(1, 1, 6.0, 3.0, 0.0)
-    ax = axes[0][0]
-    ax.set_axis_off()
-    ax.set_title(title)
-    ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=12, color="#555555", transform=ax.transAxes)
-    return _save(fig, path)
-
-
-def _suptitle(fig, title: str, detail: str = "") -> None:
-    """Figure title, with ``detail`` on the same line when it fits beside the legend, else wrapped
-    below it (a long title on a one-panel figure would run into the legend)."""
-    avail_chars = max(30, int((fig.get_figwidth() - 2.6) * 10.5))  # ~10.5 chars per inch at 12 pt
-    one_line = f"{title} ({detail})" if detail else title
-    if len(one_line) <= avail_chars:
-        text = one_line
-    else:
-        text = "\n".join(textwrap.wrap(title, avail_chars) + textwrap.wrap(detail, avail_chars))
-    fig.suptitle(text, fontsize=12, x=0.01, ha="left")  # left: clear of the legend at the top right
-
-
-def _note(ax, message: str) -> None:
-    ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=10, color="#777777", transform=ax.transAxes)
-
-
-def _percent_y(ax, label: str | None = "accuracy (% of scored tokens)") -> None:
-    from matplotlib.ticker import PercentFormatter
-
-    ax.set_ylim(-0.03, 1.05)
-    ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
-    if label:
-        ax.set_ylabel(label)
-    ax.grid(True, alpha=0.3)
-
-
-def _hide_unused(axes, used: int) -> None:
-    flat = [ax for row in axes for ax in row]
-    for ax in flat[used:]:
-        ax.set_axis_off()
-
-
-def _legend(fig, style: Style, mixers: Sequence[str], widths: Sequence = (), *, lines: bool = True,
-            extra: Sequence = ()) -> None:
-    """Figure legend on the right: one entry per mixer (colour + marker), then per width (style)."""
-    from matplotlib.lines import Line2D
-
-    handles = [Line2D([], [], color=style.color(m), marker=style.marker(m), linestyle="-" if lines else "",
-                      label=m) for m in mixers]
-    if len(widths) > 1 and lines:
-        handles.append(Line2D([], [], linestyle="", label=""))
-        handles += [Line2D([], [], color="#444444", linestyle=style.linestyle(w), label=f"d_model={w}")
-                    for w in widths]
-    handles += list(extra)
-    if handles:
-        fig.legend(handles=handles, loc="outside right upper", frameon=False, fontsize=9,
-                   title="mixer" if not (len(widths) > 1 and lines) else "mixer / width")
-
-
-def _chance_line(ax, records: Sequence[dict]) -> bool:
-    """A dotted line at the task's chance accuracy, when every run of the panel reports the same one."""
-    values = {metrics_of(r).get("chance") for r in records}
-    if len(values) != 1 or not is_finite(next(iter(values))):
-        return False
-    ax.axhline(next(iter(values)), color="#888888", linestyle=":", linewidth=1.0, zorder=1)
-    return True
-
-
-def _chance_handle():
-    from matplotlib.lines import Line2D
-
-    return Line2D([], [], color="#888888", linestyle=":", label="chance")
-
-
-def _hollow_handle():
-    """Legend entry explaining hollow markers: the run did not converge, its accuracy is a lower bound."""
-    from matplotlib.lines import Line2D
-
-    return Line2D([], [], color="#444444", marker="o", markerfacecolor="white", linestyle="",
-                  label="hollow: not converged\n(accuracy is a lower bound)")
-
-
-def _sorted_values(values) -> list:
-    return sorted({v for v in values if v is not None},
-                  key=lambda v: (not is_finite(v), v if is_finite(v) else 0, str(v)))
-
-
-def _log2_ticks(ax, values, axis: str = "x") -> None:
-    from matplotlib.ticker import FixedLocator, NullLocator
-
-    values = [v for v in _sorted_values(values) if is_finite(v)]
-    if not values:
-        return
-    a = ax.xaxis if axis == "x" else ax.yaxis
-    a.set_major_locator(FixedLocator(values))
-    a.set_major_formatter(_int_formatter())
-    a.set_minor_locator(NullLocator())
-
-
-def _int_formatter():
-    from matplotlib.ticker import FuncFormatter
-
-    return FuncFormatter(lambda v, _pos: f"{int(round(v))}" if v >= 1 or v == 0 else f"{v:g}")
-
-
-def _done(records: Sequence[dict]) -> list[dict]:
-    return [r for r in records if r.get("status") == "done"]
-
+from .tables import (
+    accuracy_of,
+    bucket_low,
+    by_distance_of,
+    convergence_of,
+    is_finite,
+    labels_of,
+    leaderboard,
+    mixer_name,
+    pareto_front,
+    policy_leaderboard,
+    state_bytes_at,
+)
 
 # ----------------------------------------------------------------------------------------------
 # 1. accuracy vs sequence length
@@ -310,19 +115,6 @@ def plot_accuracy_vs_length(records: Sequence[dict], path, style: Style | None =
 # ----------------------------------------------------------------------------------------------
 # 2. accuracy vs state bytes: the memory frontier
 # ----------------------------------------------------------------------------------------------
-
-
-def _bytes_ticks(ax, lo: float, hi: float) -> None:
-    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
-
-    lo_e, hi_e = math.floor(math.log2(lo)), math.ceil(math.log2(hi))
-    step = 1
-    while (hi_e - lo_e) / step > 7:
-        step *= 2
-    ticks = [2.0 ** e for e in range(lo_e - lo_e % step, hi_e + step, step)]
-    ax.xaxis.set_major_locator(FixedLocator(ticks))
-    ax.xaxis.set_minor_locator(NullLocator())
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: fmt_bytes(v)))
 
 
 def _policy_points(records: Sequence[dict], policy_evals: Sequence[dict]) -> list[dict]:
@@ -512,215 +304,6 @@ def plot_accuracy_vs_distance(records: Sequence[dict], path, style: Style | None
         detail += f"; the {max_lengths} longest sequence lengths per task"
     _suptitle(fig, title, detail + "; hollow markers: not converged")
     _legend(fig, style, mixers, widths, extra=[_hollow_handle()])
-    return _save(fig, path)
-
-
-# ----------------------------------------------------------------------------------------------
-# 4. training curves
-# ----------------------------------------------------------------------------------------------
-
-
-def _smooth(values: list[float], window: int) -> list[float]:
-    if window <= 1:
-        return values
-    out, acc, q = [], 0.0, []
-    for v in values:
-        q.append(v)
-        acc += v
-        if len(q) > window:
-            acc -= q.pop(0)
-        out.append(acc / len(q))
-    return out
-
-
-def plot_training_curves(records: Sequence[dict], path, style: Style | None = None, max_groups: int = 6) -> Path:
-    """Training loss vs step (left; running mean when long) and eval accuracy vs step (right) for
-    every finished run; one row per (task, seq_len), colour per mixer, line style per width."""
-    title = "Training curves"
-    style = style or style_for(records)
-    runs = [r for r in _done(records) if r.get("history") or r.get("evals")]
-    if not runs:
-        return _empty(path, title, "no finished runs with a training history")
-    groups = sorted({(str(labels_of(r).get("task") or "?"), labels_of(r).get("seq_len")) for r in runs},
-                    key=lambda g: (g[0], g[1] if is_finite(g[1]) else -1))
-    shown = groups[-max_groups:]
-    fig, axes = _figure(len(shown), 2, 5.0, 3.0)
-    mixers = sorted({mixer_name(r) for r in runs})
-    widths = _sorted_values(labels_of(r).get("d_model") for r in runs)
-    smoothed = False
-    for i, (task, seq_len) in enumerate(shown):
-        ax_loss, ax_acc = axes[i]
-        mine = [r for r in runs
-                if (str(labels_of(r).get("task") or "?"), labels_of(r).get("seq_len")) == (task, seq_len)]
-        mine.sort(key=lambda r: (mixer_name(r), str(labels_of(r).get("d_model")), str(labels_of(r).get("seed"))))
-        any_loss = any_eval = False
-        all_positive = True
-        for r in mine:
-            m, w = mixer_name(r), labels_of(r).get("d_model")
-            hist = [h for h in (r.get("history") or []) if is_finite(h.get("step")) and is_finite(h.get("loss"))]
-            if hist:
-                steps, losses = [h["step"] for h in hist], [h["loss"] for h in hist]
-                window = max(1, len(losses) // 50)
-                smoothed |= window > 1
-                all_positive &= all(v > 0 for v in losses)
-                ax_loss.plot(steps, _smooth(losses, window), color=style.color(m), linestyle=style.linestyle(w),
-                             linewidth=1.2, alpha=0.85)
-                any_loss = True
-            evals = [e for e in (r.get("evals") or []) if is_finite(e.get("step")) and is_finite(e.get("accuracy"))]
-            if evals:
-                ax_acc.plot([e["step"] for e in evals], [e["accuracy"] for e in evals], color=style.color(m),
-                            linestyle=style.linestyle(w), marker=style.marker(m), markersize=3, linewidth=1.2,
-                            alpha=0.85)
-                any_eval = True
-        if any_loss and all_positive:
-            ax_loss.set_yscale("log")
-        if not any_loss:
-            _note(ax_loss, "no training history")
-        if not any_eval:
-            _note(ax_acc, "no evaluations recorded")
-        ax_loss.set_title(f"{task}, seq_len={seq_len}: training loss", fontsize=10)
-        ax_acc.set_title(f"{task}, seq_len={seq_len}: eval accuracy", fontsize=10)
-        log_loss = any_loss and all_positive
-        ax_loss.set_ylabel("cross-entropy loss (nats, log scale)" if log_loss else "cross-entropy loss (nats)")
-        ax_loss.grid(True, alpha=0.3)
-        _percent_y(ax_acc, "eval accuracy (%)")
-        for ax in (ax_loss, ax_acc):
-            ax.set_xlabel("training step")
-    note = "one line per run" + ("; loss is a running mean" if smoothed else "")
-    if len(shown) < len(groups):
-        note += f"; last {len(shown)} of {len(groups)} (task, length) groups"
-    _suptitle(fig, title, note)
-    _legend(fig, style, mixers, widths)
-    return _save(fig, path)
-
-
-# ----------------------------------------------------------------------------------------------
-# 5. accuracy vs KV-cache budget
-# ----------------------------------------------------------------------------------------------
-
-
-def plot_learning_curves(records: Sequence[dict], path, style: Style | None = None, max_panels: int = 30) -> Path:
-    """Held-out accuracy vs step, one panel per mixer (and task, length, width), one line per recipe:
-    colour per learning rate, solid for the loss on answers, dashed for the loss on every position.
-    Drawn when the runs compare recipes (``tables.recipe_varies``)."""
-    title = "Learning curves by recipe"
-    from matplotlib import colormaps
-
-    runs = [r for r in _done(records) if r.get("evals")]
-    if not runs:
-        return _empty(path, title, "no finished runs with evaluations")
-    panels: dict[tuple, list[dict]] = defaultdict(list)
-    for r in runs:
-        lab = labels_of(r)
-        panels[(mixer_name(r).split(" [loss on ")[0], str(lab.get("task") or "?"), lab.get("seq_len"),
-                lab.get("d_model"))].append(r)
-    keys = sorted(panels, key=lambda k: (k[1], _sort_key(k[2]), _sort_key(k[3]), k[0]))[:max_panels]
-    lrs = _sorted_values(lr_of(r) for r in runs)
-    cmap = colormaps["viridis"]
-    colour = {lr: cmap(0.1 + 0.75 * i / max(1, len(lrs) - 1)) for i, lr in enumerate(lrs)}
-    ncols = min(5, len(keys))
-    nrows = math.ceil(len(keys) / ncols)
-    fig, axes = _figure(nrows, ncols, 3.2, 2.5)
-    for k, key in enumerate(keys):
-        ax = axes[k // ncols][k % ncols]
-        for r in sorted(panels[key], key=lambda r: (str(labels_of(r).get("loss_on")), lr_of(r) or 0)):
-            evals = [e for e in r["evals"] if is_finite(e.get("accuracy"))]
-            loss_on = labels_of(r).get("loss_on") or (r.get("config") or {}).get("loss_on") or "answers"
-            ax.plot([e["step"] for e in evals], [e["accuracy"] for e in evals], color=colour.get(lr_of(r), "#333333"),
-                    linestyle="-" if loss_on == "answers" else "--", linewidth=1.3)
-        mixer, task, seq_len, d_model = key
-        ax.set_title(f"{mixer}" + (f" ({task}, T={seq_len}, d={d_model})" if len(set(k[1:] for k in keys)) > 1 else ""),
-                     fontsize=9)
-        ax.set_xlabel("step", fontsize=8)
-        ax.tick_params(labelsize=7)
-        _percent_y(ax, "held-out accuracy" if k % ncols == 0 else None)
-    _hide_unused(axes, len(keys))
-    from matplotlib.lines import Line2D
-
-    handles = [Line2D([], [], color=colour[lr], label=f"lr {lr:g}") for lr in lrs]
-    handles += [Line2D([], [], linestyle="", label=""),
-                Line2D([], [], color="#444444", linestyle="-", label="loss on answers"),
-                Line2D([], [], color="#444444", linestyle="--", label="loss on every\nposition")]
-    fig.legend(handles=handles, loc="outside right upper", frameon=False, fontsize=9, title="recipe")
-    group = keys[0][1:]
-    _suptitle(fig, title, f"{group[0]}, T={group[1]}, d_model={group[2]}" if len(set(k[1:] for k in keys)) == 1 else "")
-    return _save(fig, path)
-
-
-def _sort_key(value):
-    return (not is_finite(value), value if is_finite(value) else 0, str(value))
-
-
-def _fraction_formatter():
-    from matplotlib.ticker import FuncFormatter
-
-    return FuncFormatter(lambda v, _pos: fmt_budget(float(v)) if v < 1 else "1")
-
-
-def plot_accuracy_vs_budget(records: Sequence[dict], path, style: Style | None = None,
-                            policy_evals: Sequence[dict] = ()) -> Path:
-    """Accuracy vs KV-cache budget as a fraction of the context (log2 x), one line per policy
-    (mean over seeds), the full-cache accuracy of the same runs as a dashed line, and policies that
-    take no budget (lossy ones that keep every token, e.g. quantised) as dotted levels; one panel
-    per (task, seq_len, model). Token budgets are placed at tokens / length; budgets a policy
-    rejected (skipped) or failed leave gaps."""
-    title = "Accuracy vs KV-cache budget"
-    style = style or style_for(records, policy_evals)
-    rows = [r for r in policy_leaderboard(records, policy_evals) if is_finite(r["fraction"])]
-    bounded = [r for r in rows if not r["unbounded"]]
-    if not any(math.isfinite(r["accuracy"]) for r in bounded):
-        return _empty(path, title, "no KV-cache policy evaluations with a budget")
-    panels = sorted({(r["task"], r["seq_len"], r["model"]) for r in bounded},
-                    key=lambda g: (g[0], g[1] if is_finite(g[1]) else -1, g[2]))
-    ncols = min(3, len(panels))
-    nrows = math.ceil(len(panels) / ncols)
-    policies = sorted({r["policy"] for r in bounded if math.isfinite(r["accuracy"])})  # all skipped: no line
-    n_levels = len({r["policy"] for r in rows if r["unbounded"]})
-    fig, axes = _figure(nrows, ncols, 4.8, max(3.6, 0.2 * (len(policies) + n_levels + 5) / nrows))
-    for k, (task, seq_len, model) in enumerate(panels):
-        ax = axes[k // ncols][k % ncols]
-        mine = [r for r in rows if (r["task"], r["seq_len"], r["model"]) == (task, seq_len, model)]
-        fractions = sorted({r["fraction"] for r in mine if not r["unbounded"]})
-        for p in policies:
-            pts = sorted((r for r in mine if r["policy"] == p and not r["unbounded"]), key=lambda r: r["fraction"])
-            if not pts:
-                continue
-            xs = [r["fraction"] for r in pts]
-            ys = [r["accuracy"] if math.isfinite(r["accuracy"]) else float("nan") for r in pts]
-            ax.plot(xs, ys, color=style.policy_color(p), marker=style.policy_marker(p), markersize=4.5,
-                    linewidth=1.5, alpha=0.9)
-        for r in mine:  # policies without a budget (lossy ones keep every token): a dotted level
-            if r["unbounded"] and r["policy_name"] != "full" and math.isfinite(r["accuracy"]):
-                ax.axhline(r["accuracy"], color=style.policy_color(r["policy"]), linestyle=":", linewidth=1.4,
-                           alpha=0.9, zorder=1)
-        refs = [r["reference"] for r in mine if r["reference"] is not None]
-        full = [r["accuracy"] for r in mine if r["unbounded"] and math.isfinite(r["accuracy"])]
-        reference = sum(refs) / len(refs) if refs else (full[0] if full else None)
-        if reference is not None:
-            ax.axhline(reference, color="black", linestyle="--", linewidth=1.1, alpha=0.8, zorder=1)
-        ax.set_xscale("log", base=2)
-        if fractions:
-            from matplotlib.ticker import FixedLocator, NullLocator
-
-            ticks = fractions if len(fractions) <= 8 else fractions[::2]
-            ax.xaxis.set_major_locator(FixedLocator(ticks))
-            ax.xaxis.set_minor_locator(NullLocator())
-            ax.xaxis.set_major_formatter(_fraction_formatter())
-            ax.set_xlim(fractions[0] / 1.4, min(1.0, fractions[-1]) * 1.4)
-        ax.set_xlabel("KV budget (fraction of the context, log2)")
-        ax.set_title(f"{task}, seq_len={seq_len}, {model}", fontsize=10)
-        _percent_y(ax, "accuracy (% of scored tokens)" if k % ncols == 0 else None)
-    _hide_unused(axes, len(panels))
-    from matplotlib.lines import Line2D
-
-    handles = [Line2D([], [], color=style.policy_color(p), marker=style.policy_marker(p), label=p) for p in policies]
-    levels = sorted({r["policy"] for r in rows if r["unbounded"] and r["policy_name"] != "full"
-                     and math.isfinite(r["accuracy"])})
-    handles += [Line2D([], [], color=style.policy_color(p), linestyle=":", label=f"{p} (no budget)") for p in levels]
-    handles += [Line2D([], [], linestyle="", label=""),
-                Line2D([], [], color="black", linestyle="--", label="full cache\n(no policy)")]
-    fig.legend(handles=handles, loc="outside right upper", frameon=False, fontsize=9, title="policy")
-    _suptitle(fig, title, "query-agnostic: context compressed before the question; mean over seeds")
     return _save(fig, path)
 
 
