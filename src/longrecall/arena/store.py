@@ -36,200 +36,43 @@ policies), ``eval_seconds``, ``checkpoint_step``, ``protocol``, versions, ``owne
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
-import socket
 import sqlite3
-import subprocess
 from contextlib import contextmanager
-from datetime import datetime, timezone
-from functools import lru_cache
 from pathlib import Path
-from typing import Any, Collection, Iterable, Iterator
+from typing import Collection, Iterable, Iterator
+
+from .export import policy_csv, runs_csv, write_records
+from .owners import code_version, default_owner, owner_alive, torch_version
+from .store_schema import (  # noqa: F401  (re-exported)
+    _SCHEMA,
+    _SCHEMA_V2,
+    _SPLIT_EVAL_KEYS,
+    APP,
+    BUSY_TIMEOUT_S,
+    JSON_COLUMNS,
+    POLICY_COLUMNS,
+    POLICY_JSON_COLUMNS,
+    POLICY_STATUSES,
+    SCHEMA_VERSION,
+    SQLITE_HEADER,
+    STATUSES,
+    _decode,
+    _dumps,
+    convergence_of,
+    migrate,
+    now,
+)
 
 __all__ = ["Store", "StoreError", "SCHEMA_VERSION", "APP", "STATUSES", "POLICY_STATUSES", "code_version",
            "default_owner"]
-
-APP = "longrecall"
-# 1: runs; 2: + policy_evals (KV-cache policy x budget evaluations of finished runs) and policy_claims;
-# 3: + runs.convergence (converged / learning / plateau / diverged, longrecall.convergence)
-SCHEMA_VERSION = 3
-STATUSES = ("pending", "running", "done", "failed")
-# done: evaluated; skipped: the policy rejects the budget at this length (e.g. fewer tokens than
-# its sinks), stored so it is not retried; failed: the evaluation raised (retried with retry_failed)
-POLICY_STATUSES = ("done", "skipped", "failed")
-SQLITE_HEADER = b"SQLite format 3\x00"
-BUSY_TIMEOUT_S = 60.0
-
-_SCHEMA = [
-    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    """CREATE TABLE IF NOT EXISTS runs (
-        id TEXT PRIMARY KEY,
-        spec_name TEXT,
-        status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'running', 'done', 'failed')),
-        config TEXT NOT NULL,
-        labels TEXT NOT NULL,
-        metrics TEXT,
-        by_distance TEXT,
-        by_slice TEXT,
-        state_bytes TEXT,
-        history TEXT,
-        evals TEXT,
-        task_config TEXT,
-        train_status TEXT,
-        convergence TEXT,
-        steps INTEGER,
-        params INTEGER,
-        train_seconds REAL,
-        eval_seconds REAL,
-        tokens_per_s REAL,
-        code_version TEXT,
-        torch_version TEXT,
-        device TEXT,
-        created_at TEXT NOT NULL,
-        started_at TEXT,
-        finished_at TEXT,
-        error TEXT,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        owner TEXT
-    )""",
-    "CREATE INDEX IF NOT EXISTS runs_status ON runs (status)",
-]
-# schema 2: tables added to a version-1 store by the migration, and created with every new store
-_SCHEMA_V2 = [
-    """CREATE TABLE IF NOT EXISTS policy_evals (
-        run_id TEXT NOT NULL REFERENCES runs (id),
-        policy_key TEXT NOT NULL,
-        budget_key TEXT NOT NULL,
-        policy TEXT NOT NULL,
-        policy_label TEXT NOT NULL,
-        policy_kwargs TEXT NOT NULL,
-        mode TEXT NOT NULL,
-        budget TEXT,
-        budget_tokens INTEGER,
-        context_len INTEGER,
-        status TEXT NOT NULL CHECK (status IN ('done', 'skipped', 'failed')),
-        metrics TEXT,
-        by_distance TEXT,
-        by_slice TEXT,
-        state_bytes INTEGER,
-        state_bytes_end INTEGER,
-        resident_bytes INTEGER,
-        resident_bytes_end INTEGER,
-        eval_seconds REAL,
-        checkpoint_step INTEGER,
-        protocol TEXT,
-        code_version TEXT,
-        torch_version TEXT,
-        owner TEXT,
-        error TEXT,
-        created_at TEXT NOT NULL,
-        PRIMARY KEY (run_id, policy_key, budget_key)
-    )""",
-    """CREATE TABLE IF NOT EXISTS policy_claims (
-        run_id TEXT PRIMARY KEY,
-        owner TEXT NOT NULL,
-        claimed_at TEXT NOT NULL
-    )""",
-]
-POLICY_JSON_COLUMNS = ("policy_kwargs", "budget", "metrics", "by_distance", "by_slice")
-POLICY_COLUMNS = ("run_id", "policy_key", "budget_key", "policy", "policy_label", "policy_kwargs", "mode", "budget",
-                  "budget_tokens", "context_len", "status", "metrics", "by_distance", "by_slice", "state_bytes",
-                  "state_bytes_end", "resident_bytes", "resident_bytes_end", "eval_seconds", "checkpoint_step",
-                  "protocol", "code_version", "torch_version", "owner", "error", "created_at")
-JSON_COLUMNS = ("config", "labels", "metrics", "by_distance", "by_slice", "state_bytes", "history", "evals", "task_config")
-# final_eval keys that get their own columns (the rest of final_eval goes to ``metrics``)
-_SPLIT_EVAL_KEYS = ("by_distance", "by_slice", "state_bytes")
-
 
 class StoreError(RuntimeError):
     """The file is not a usable longrecall store, or a write was refused."""
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
-def default_owner() -> str:
-    """``host:pid`` of the calling process."""
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def owner_alive(owner: str | None) -> bool:
-    """False only when ``owner`` is a process on this host that no longer exists."""
-    if not owner:
-        return False
-    host, _, pid = owner.rpartition(":")
-    if host != socket.gethostname():
-        return True  # cannot tell for another machine: assume it is still working
-    try:
-        pid_int = int(pid)
-    except ValueError:
-        return False
-    if pid_int <= 0:
-        return False
-    try:
-        os.kill(pid_int, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by another user
-    return True
-
-
-@lru_cache(maxsize=None)
-def code_version() -> str:
-    """``git describe --always --dirty`` of the package's repository, else the package version."""
-    package_dir = Path(__file__).resolve().parents[1]
-    try:
-        out = subprocess.run(
-            ["git", "describe", "--always", "--dirty"], cwd=package_dir, capture_output=True, text=True, timeout=10,
-        )
-        if out.returncode == 0 and out.stdout.strip():
-            return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    from .. import __version__
-
-    return __version__
-
-
-def convergence_of(config: dict, history: list, evals: list) -> str:
-    """A finished run's convergence status from its stored histories (``longrecall.convergence``)."""
-    from ..convergence import status
-
-    return status(history, evals, (config or {}).get("target_accuracy", 0.99))
-
-
-def _dumps(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, sort_keys=True)
-
-
-def _decode(row: sqlite3.Row, columns: tuple = JSON_COLUMNS) -> dict:
-    record = dict(row)
-    for key in columns:
-        if record.get(key) is not None:
-            record[key] = json.loads(record[key])
-    return record
-
-
-def _largest_length(table: dict | None) -> tuple[str | None, Any]:
-    if not table:
-        return None, None
-
-    def order(key):
-        try:
-            return (0, int(key))
-        except (TypeError, ValueError):
-            return (1, 0)
-
-    key = max(table, key=order)
-    return key, table[key]
 
 
 # ----------------------------------------------------------------------------- the store
@@ -323,38 +166,12 @@ class Store:
                         conn.executemany("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
                                          [("app", APP), ("schema_version", str(SCHEMA_VERSION)), ("created_at", now())])
                     else:
-                        self._migrate(conn)
+                        migrate(conn)
             except BaseException:
                 conn.close()
                 raise
         self._conn, self._pid = conn, os.getpid()
         return conn
-
-    @staticmethod
-    def _migrate(conn: sqlite3.Connection) -> None:
-        """Bring an older store up to this schema, inside the caller's write transaction.
-
-        1 -> 2: add the ``policy_evals`` and ``policy_claims`` tables (the runs are untouched).
-        2 -> 3: add ``runs.convergence``, computed for every done run from its stored ``history`` and
-        ``evals`` (``longrecall.convergence.status``; the target is the run config's
-        ``target_accuracy``, 0.99 for configs written before it existed).
-        """
-        version = int(conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
-        if version >= SCHEMA_VERSION:
-            return
-        if version < 2:
-            for statement in _SCHEMA_V2:
-                conn.execute(statement)
-        if version < 3:
-            columns = {r[1] for r in conn.execute("PRAGMA table_info(runs)")}
-            if "convergence" not in columns:
-                conn.execute("ALTER TABLE runs ADD COLUMN convergence TEXT")
-            for row in conn.execute("SELECT id, config, history, evals FROM runs WHERE status = 'done'").fetchall():
-                verdict = convergence_of(json.loads(row[1] or "{}"), json.loads(row[2] or "null") or [],
-                                         json.loads(row[3] or "null") or [])
-                conn.execute("UPDATE runs SET convergence = ? WHERE id = ?", (verdict, row[0]))
-        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
-        conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (f"migrated_from_{version}_at", now()))
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -513,7 +330,7 @@ class Store:
             "eval_seconds": eval_seconds if eval_seconds is not None else metrics.get("eval_seconds"),
             "tokens_per_s": metrics.get("train_tokens_per_second"),
             "code_version": versions.get("code") or code_version(),
-            "torch_version": versions.get("torch") or _torch_version(),
+            "torch_version": versions.get("torch") or torch_version(),
             "device": device or config.get("device"),
             "finished_at": now(),
         }
@@ -592,7 +409,7 @@ class Store:
         values = {key: record.get(key) for key in POLICY_COLUMNS}
         values["created_at"] = values["created_at"] or now()
         values["code_version"] = values["code_version"] or code_version()
-        values["torch_version"] = values["torch_version"] or _torch_version()
+        values["torch_version"] = values["torch_version"] or torch_version()
         if values["status"] not in POLICY_STATUSES:
             raise ValueError(f"status must be one of {', '.join(POLICY_STATUSES)}, got {values['status']!r}")
         for key in POLICY_JSON_COLUMNS:
@@ -655,7 +472,7 @@ class Store:
     def export(self, path: str | Path, format: str | None = None) -> Path:
         """Write every run to ``path`` atomically: ``csv`` (one flat row per run) or ``jsonl`` (one
         decoded row per line). The format defaults to the file's suffix (csv unless ``.jsonl``)."""
-        return _write_records(path, format, self.runs(), _to_csv)
+        return write_records(path, format, self.runs(), runs_csv)
 
     def export_policy_evals(self, path: str | Path, format: str | None = None) -> Path:
         """Write every policy evaluation to ``path`` atomically: ``csv`` (one flat row per
@@ -664,89 +481,6 @@ class Store:
         labels = {r["id"]: (r.get("labels") or {}, r.get("spec_name")) for r in self.runs()}
         records = [dict(r, labels=labels.get(r["run_id"], ({}, None))[0], spec=labels.get(r["run_id"], ({}, None))[1])
                    for r in self.policy_evals()]
-        return _write_records(path, format, records, _policy_csv)
+        return write_records(path, format, records, policy_csv)
 
 
-def _write_records(path: str | Path, format: str | None, records: list[dict], to_csv) -> Path:
-    """``records`` to ``path`` atomically as csv (``to_csv``) or jsonl; the format defaults to the suffix."""
-    from ..checkpoint import atomic_write_bytes
-
-    path = Path(path)
-    format = format or ("jsonl" if path.suffix == ".jsonl" else "csv")
-    if format == "jsonl":
-        text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
-    elif format == "csv":
-        text = to_csv(records)
-    else:
-        raise ValueError(f"format must be 'csv' or 'jsonl', got {format!r}")
-    atomic_write_bytes(path, text.encode())
-    return path
-
-
-def _torch_version() -> str | None:
-    try:
-        import torch
-    except ImportError:  # pragma: no cover
-        return None
-    return torch.__version__
-
-
-CSV_TAIL = ("accuracy", "convergence", "loss", "params", "state_bytes", "state_bytes_seq_len", "tokens_per_s",
-            "train_seconds", "eval_seconds", "steps", "train_status", "attempts", "code_version", "torch_version", "device",
-            "created_at", "started_at", "finished_at", "owner", "error")
-
-
-def _to_csv(records: list[dict]) -> str:
-    """One row per run: id, spec, status, every label, then metrics, largest-length state bytes, timings."""
-    label_keys: list[str] = []
-    for r in records:
-        for key in (r.get("labels") or {}):
-            if key not in label_keys and key not in ("spec",):
-                label_keys.append(key)
-    columns = ["id", "spec", "status", *label_keys, *CSV_TAIL]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    for r in records:
-        labels = r.get("labels") or {}
-        metrics = r.get("metrics") or {}
-        seq_len, state = _largest_length(r.get("state_bytes"))
-        row = {"id": r["id"], "spec": r.get("spec_name") or labels.get("spec"), "status": r["status"]}
-        for key in label_keys:
-            value = labels.get(key)
-            row[key] = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
-        row.update({
-            "accuracy": metrics.get("accuracy"), "loss": metrics.get("loss"), "params": r.get("params"),
-            "state_bytes": state, "state_bytes_seq_len": seq_len,
-        })
-        for key in CSV_TAIL:
-            if key not in row:
-                row[key] = r.get(key)
-        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
-    return buffer.getvalue()
-
-
-POLICY_CSV_COLUMNS = (
-    "run_id", "spec", "task", "seq_len", "mixer", "d_model", "seed", "policy", "policy_label", "mode", "policy_kwargs",
-    "budget", "budget_fraction", "budget_tokens", "context_len", "status", "accuracy", "loss", "scored",
-    "reference_accuracy", "state_bytes", "state_bytes_end", "resident_bytes", "resident_bytes_end", "eval_seconds",
-    "checkpoint_step", "protocol", "code_version", "torch_version", "created_at", "error",
-)
-
-
-def _policy_csv(records: list[dict]) -> str:
-    from ..report.tables import budget_fraction
-
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=POLICY_CSV_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for r in records:
-        labels, metrics = r.get("labels") or {}, r.get("metrics") or {}
-        row = {key: r.get(key) for key in POLICY_CSV_COLUMNS}
-        row.update({key: labels.get(key) for key in ("task", "seq_len", "mixer", "d_model", "seed")})
-        row.update({key: metrics.get(key) for key in ("accuracy", "loss", "scored", "reference_accuracy")})
-        row["policy_kwargs"] = json.dumps(r.get("policy_kwargs"), sort_keys=True)
-        row["budget"] = json.dumps(r.get("budget"))
-        row["budget_fraction"] = budget_fraction(r)
-        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
-    return buffer.getvalue()
