@@ -466,7 +466,7 @@ class LongrecallCache(Cache):
             raise NotImplementedError(f"LongrecallCache supports full-attention layers only; this model has {others}")
         self.policy = policy
         self.context_len = context_len
-        self.needs_surprisal = bool(getattr(policy, "needs_surprisal", False))
+        self.needs_surprisal = policy.needs_surprisal
         self.last_hidden: Tensor | None = None  # (B, D) last token's final hidden state (surprisal policies)
         self._call: tuple[Tensor, Tensor] | None = None  # (input_ids, first surprisal) of the running call
         layers = [PolicyCacheLayer(policy.bind(n_heads=n_kv, layer=i, n_layers=n_layers, context_len=context_len))

@@ -1,69 +1,17 @@
 """KV-cache policies: what an attention layer's cache keeps, and for how many bytes.
 
-Design note (read this before writing a policy)
-===============================================
-
 A policy is a registered dataclass (``@register_policy("key")`` on a ``Policy`` subclass) whose
-fields are its configuration.  Every policy has ``budget`` and ``mode``:
-
-* ``budget``: ``None`` = unlimited; an ``int >= 1`` = tokens kept per layer per head; a ``float``
-  in (0, 1] = a ratio of the context length, resolved (floor, at least 1) with the
-  ``context_len`` the caller gives when the policy is applied.
-* ``mode``: ``"step"`` evicts whenever the cache exceeds its budget, so ``forward`` equals the
-  step loop; ``"prefill"`` compresses once at the end of each ``forward`` (the prompt pass), and
-  ``step`` then only appends (kvpress / SnapKV protocol).
-
-Applying a policy: ``LanguageModel.set_kv_policy(policy, context_len=T)`` calls
-``Attention.set_policy(policy, layer=i, n_layers=L, context_len=T)`` on each plain ``attention``
-layer ``i`` of ``L``; that resolves the budget once per layer (``Policy.bind`` -> ``BoundPolicy``).
-The policy is configuration, not a parameter: it is not in the state dict.
-
-The state (``PolicyKVState``)
------------------------------
-``KVState``'s four fields, then two tuples::
-
-    k, v:   (B, H, S, K) keys (rotated at their absolute positions) and values, position order
-    pos:    (B, H, S) int32 absolute positions; -1 marks an empty slot
-    length: (B,) int64 tokens seen (the next token's position)
-    extra:  per-token statistics, each (B, H, S, ...), gathered with the tokens on eviction
-            (H2O's accumulated attention)
-    aux:    policy-managed tensors not aligned with the token axis (page summaries, packed
-            quantised blocks); leading dimension B so ``state_select`` works; not gathered
-
-Empty slots exist when heads (per-head budgets) or batch rows (``cat_states`` of sequences of
-different lengths) hold different numbers of tokens: the tensors have the largest count, the others
-are padded with ``pos = -1`` and zero k, v, extra.  Those slots occupy memory, so ``state_bytes``
-(the sum over all tensors, ``state_nbytes``) counts them: it is honest about allocated bytes.
-Plain ``attention`` without a policy keeps its ``KVState`` unchanged.
-
-The cycle (run by ``mixers/attention.py``)
-------------------------------------------
-step:    append the new token (``new_extra`` gives its statistics) -> attend over cache + itself
-         (``attend_view``, ``attend_mask``) -> ``observe`` (update statistics) -> in step mode
-         ``compress`` back to at most ``budget`` tokens.  So the state between steps never
-         exceeds the budget and each query sees at most ``budget + 1`` tokens.
-forward: step mode: position-only policies (``keep_position``, no statistics: ``closed_form``)
-         use a closed-form mask, token t seeing itself and what the rule keeps at length t; the
-         others run the step loop (exact by construction).  Prefill mode: full causal attention over
-         the prompt (and the carried cache), ``observe`` with all the prompt's queries (and their
-         attention probabilities when ``needs_attention``), then one ``compress``.
-
-In prefill mode every ``forward`` call is a prompt pass and compresses at its end, so a prompt
-fed in chunks is compressed after each chunk (``forward`` in two pieces then differs from one
-``forward``); step mode keeps the chunked-carry property of the Mixer contract.
-
-``compress`` by default either keeps the tokens ``keep_position`` says (position-only policies),
-or scores tokens with ``score(state, obs) -> (B, H, S)`` (higher = keep), forces ``protected``
-tokens (sinks, a recent window) in, and keeps the top ``budget`` per head with ``keep_topk``.
-``keep_mask`` is the one gather: it keeps any boolean selection in position order and allocates
-tensors of exactly the kept size, so dropped tokens' memory is really released.
-
-A whole score-based policy (cf. ``knorm.py``)::
+fields are its configuration; every policy has ``budget`` (None: unlimited; an int: tokens per layer
+and head; a float in (0, 1]: a ratio of the context length) and ``mode`` (``"step"``: evict whenever
+the cache exceeds the budget, so ``forward`` equals the step loop; ``"prefill"``: compress once at the
+end of each forward pass, then decode by appending). ``mixers/attention.py`` runs the cycle: append
+the new tokens, attend over the view, ``observe``, and in step mode ``compress`` back to the budget.
+A policy overrides only what it decides (the hooks on ``Policy``, each documented there): a
+score-based policy is one ``score(state, obs) -> (B, H, S)`` (higher = keep), as in ``knorm.py``::
 
     @register_policy("knorm")
     @dataclass
     class KNorm(Policy):
-        # class docstring: its first line is what `longrecall ls policies` shows
         recent: int = 0
 
         def score(self, state, obs):
@@ -72,26 +20,13 @@ A whole score-based policy (cf. ``knorm.py``)::
         def protected(self, state, budget):
             return recent_mask(state, self.recent) if self.recent else None
 
-Budgets are resolved when the policy is applied: mutating a policy afterwards changes nothing
-until ``set_policy`` / ``set_kv_policy`` is called again.
-
-Extension points for the policies still to come
------------------------------------------------
-* SnapKV: ``mode="prefill"``; ``score`` reads the prompt's queries ``obs.q[:, :, -w:]`` and calls
-  ``attention_probs`` on them (no need for ``needs_attention``, which materialises all T x S).
-* PyramidKV: override ``layer_budget(budget, layer, n_layers)`` (depth-decreasing budgets).
-* Per-head budgets (AdaKV, DuoAttention): static ones override ``head_budgets``; dynamic ones
-  override ``compress`` and build any (B, H, S) mask for ``keep_mask`` (variable per head).
-* Quest / InfLLM (keep everything, attend to a subset): budget ``None`` for storage (or an own
-  ``compress`` that offloads to ``aux``), ``attend_mask(state, q, q_pos) -> (B, H, Tq, S)``
-  selects pages per query; ``resident_bytes`` reports what stays on device next to the total
-  ``state_bytes``.
-* KIVI / ThinK (compressed representation): keep packed codes and scales in ``aux`` (uint8, so
-  ``state_bytes`` counts packed bytes) and override ``attend_view(state) -> (k, v, pos)`` to
-  dequantise them next to the full-precision residual window (``obs.probs`` is then aligned with
-  the view's slots, not the state's).
-* SirLLM / SCOPE (token entropy, decode-only budgets): per-token statistics in ``extra``; the
-  model-level signal (logits) needs a model hook that is not here yet.
+The state (``PolicyKVState``) is ``KVState``'s ``k, v, pos, length`` plus ``extra`` (per-token
+statistics, (B, H, S, ...), gathered with their tokens on eviction) and ``aux`` (policy tensors not
+aligned with tokens, leading dimension B). Empty slots (``pos = -1``) pad heads or rows holding fewer
+tokens; they are allocated memory and ``state_bytes`` counts them. ``keep_mask`` is the one gather:
+it allocates tensors of exactly the kept size, so evicted tokens' memory is really released. The
+decisions behind this design (budgets, modes, chunked prompts, surprisal) are in
+``docs/architecture.md``, "KV-cache policies".
 """
 
 from __future__ import annotations
@@ -294,6 +229,10 @@ class Policy:
     # compress also runs with an unlimited budget (then ``budget`` is None): compressed
     # representations that evict no token (ThinK's key-channel pruning)
     compress_unbounded: ClassVar[bool] = False
+    # the layer's state needs the model's per-token surprisal, -log p(x_t | x_<t): the model hands
+    # it through ``with_surprisal`` before each call and ``fill_surprisal`` after a prompt pass
+    # (``models/lm.py``, ``adapters/hf.py``; SirLLM and EM-LLM set it)
+    needs_surprisal: ClassVar[bool] = False
 
     def __post_init__(self):
         self.validate()
@@ -432,6 +371,14 @@ class Policy:
     def resident_bytes(self, state: PolicyKVState) -> int:
         """Bytes an attention step needs on device; retrieval policies (offloading) override it."""
         return state_nbytes(state)
+
+    def with_surprisal(self, state, surprisal: Tensor) -> PolicyKVState:
+        """Hand the (B, T) surprisal of the next T tokens to the state (NaN: known only after the pass)."""
+        raise NotImplementedError(f"{type(self).__name__} does not read surprisal (needs_surprisal is False)")
+
+    def fill_surprisal(self, state: PolicyKVState, surprisal: Tensor) -> PolicyKVState:
+        """Set the surprisal of the last T positions read, once a prompt pass has produced it."""
+        raise NotImplementedError(f"{type(self).__name__} does not read surprisal (needs_surprisal is False)")
 
     def config(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
