@@ -30,6 +30,9 @@ __all__ = [
     "Mixer",
     "State",
     "StateGrowth",
+    "check_bool",
+    "check_choice",
+    "check_int",
     "check_positive",
     "state_leaves",
     "state_nbytes",
@@ -114,6 +117,19 @@ def check_positive(**values: int | float) -> None:
             raise ValueError(f"{name} must be a positive number, got {value!r}")
 
 
+def check_int(**values) -> None:
+    """Raise ``ValueError`` naming the argument when a count is not a positive int."""
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def check_bool(**values) -> None:
+    for name, value in values.items():
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
 def check_choice(name: str, value: str, choices: tuple[str, ...] | list[str]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
@@ -125,10 +141,12 @@ def check_choice(name: str, value: str, choices: tuple[str, ...] | list[str]) ->
 class Mixer(nn.Module):
     """Sequence mixer with explicit memory: ``x (B, T, D) -> y (B, T, D)``.
 
-    Subclasses set ``state_growth`` and implement ``init_state`` and ``step``; the default
-    ``forward`` loops over ``step`` and is the slow reference.  Mechanisms override ``forward``
-    with a parallel form, which the contract suite holds to the step loop.  ``bounded`` mixers
-    also expose ``state_capacity``: the number of tokens after which the state stops growing.
+    Subclasses set ``state_growth`` and implement ``init_state`` and ``step``.  ``forward`` validates
+    ``x``, starts from ``init_state`` when no state is given, answers an empty sequence with zeros and
+    hands the rest to ``_forward(x, state)``: the step loop by default (the slow reference), which
+    mechanisms override with a parallel form that the contract suite holds to the step loop.
+    ``bounded`` mixers also expose ``state_capacity``: the number of tokens after which the state
+    stops growing.
 
     Args:
         d_model: width D of the input and output.
@@ -160,14 +178,20 @@ class Mixer(nn.Module):
         """One token: ``x (B, D) -> y (B, D)``. Returns a new state; never mutates ``state``."""
         raise NotImplementedError
 
+    def _forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        """The parallel form over a checked, non-empty ``x (B, T, D)`` from ``state``; default: the step loop."""
+        return self.step_loop(x, state)
+
     # -- provided -------------------------------------------------------------------------
 
     def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
-        """Whole sequence ``x (B, T, D)``. The default loops over ``step`` (the reference)."""
+        """Whole sequence ``x (B, T, D) -> (y (B, T, D), new state)``; continues from ``state``."""
         self.check_input(x)
         if state is None:
             state = self.init_state(x.shape[0], device=x.device, dtype=x.dtype)
-        return self.step_loop(x, state)
+        if x.shape[1] == 0:
+            return torch.zeros_like(x), state
+        return self._forward(x, state)
 
     def step_loop(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         """The recurrent form over a whole sequence; the spec every parallel form must match."""

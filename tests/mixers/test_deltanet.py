@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from longrecall.contract import assert_close
-from longrecall.mixers.deltanet import DeltaNet, DeltaNetState, delta_rule_step, l2norm
+from longrecall.mixers.deltanet import DeltaNet, DeltaNetState
+from longrecall.modules import delta_rule_step, l2norm
 from longrecall.ops.linear_attn import delta_rule, linear_attn
 from longrecall.protocol import state_clone
 from longrecall.registry import get_mixer

@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from longrecall.contract import assert_close
-from longrecall.mixers.deltanet import DeltaNet, delta_rule_step
+from longrecall.mixers.deltanet import DeltaNet
 from longrecall.mixers.gated_deltanet import GatedDeltaNet, GatedDeltaNetState
+from longrecall.modules import delta_rule_step
 from longrecall.protocol import state_clone
 from longrecall.registry import get_mixer
 

@@ -10,6 +10,7 @@ from longrecall.contract import assert_close
 from longrecall.mixers.gated_deltanet import GatedDeltaNet
 from longrecall.mixers.mom import (MoM, MoMState, ShiftedProducts, gathered_short_conv, route_index,
                                    routed_short_conv, routed_short_conv_step, shifted_products)
+from longrecall.modules import ShortConvolution
 from longrecall.protocol import state_clone
 from longrecall.registry import get_mixer
 
@@ -100,7 +101,7 @@ def test_routed_conv_sees_only_routed_tokens():
     mask = torch.rand(B, M, T, generator=g) < 0.4
     mask[0, 0] = False  # a memory that gets nothing this segment
     buffer = torch.randn(B, M, C, W - 1, generator=g, dtype=F64)
-    conv = torch.nn.Conv1d(C, C, W, groups=C, bias=True).double()
+    conv = ShortConvolution(C, W, bias=True).double()
     y, new_buffer = routed_short_conv(u, mask, buffer, conv)
     for b in range(B):
         for m in range(M):
@@ -249,7 +250,7 @@ def test_gathered_short_conv_equals_routed_short_conv():
     mask = torch.rand(B, M, T, generator=g) < 0.4
     mask[1, 0] = False
     buffer = torch.randn(B, M, C, W - 1, generator=g, dtype=F64)
-    conv = torch.nn.Conv1d(C, C, W, groups=C, bias=True).double()
+    conv = ShortConvolution(C, W, bias=True).double()
     y_ref, buffer_ref = routed_short_conv(u, mask, buffer, conv)
     index, count = route_index(mask)  # (M, B, L)
     gathered = u.transpose(0, 1).gather(2, index[..., None].expand(-1, -1, -1, C))  # (M, B, L, C)

@@ -115,12 +115,13 @@ class Attention(Mixer):
     # -- the two forms ----------------------------------------------------------------------
 
     def forward(self, x: Tensor, state: KVState | None = None) -> tuple[Tensor, KVState]:
+        if self.kv_policy is None:
+            self._check_plain(state)
+            return super().forward(x, state)
         self.check_input(x)
-        if self.kv_policy is not None:
-            return self._policy_forward(x, state)
-        self._check_plain(state)
-        if state is None:
-            state = self.init_state(x.shape[0], device=x.device, dtype=x.dtype)
+        return self._policy_forward(x, state)  # the policy adopts a given state first, even for T = 0
+
+    def _forward(self, x: Tensor, state: KVState) -> tuple[Tensor, KVState]:
         q, k, v, positions = self.project(x, state.length)
         new_state = self.append(state, k, v, positions)
         if state.k.shape[2] == 0:
@@ -146,7 +147,7 @@ class Attention(Mixer):
     @property
     def supports_policy(self) -> bool:
         """Policies drive this class's forward/step; subclasses that override them opt out."""
-        return type(self).forward is Attention.forward and type(self).step is Attention.step
+        return all(getattr(type(self), name) is getattr(Attention, name) for name in ("forward", "_forward", "step"))
 
     def set_policy(
         self, policy: Policy | None, *, layer: int = 0, n_layers: int = 1, context_len: int | None = None

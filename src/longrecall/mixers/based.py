@@ -54,7 +54,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from ..ops.linear_attn import IMPLS, linear_attn, state_dtype
-from ..protocol import Mixer, check_choice, check_positive
+from ..protocol import Mixer, check_choice, check_int, check_positive
 from ..registry import register_mixer
 from .attention import KVState
 from .sliding_window import SlidingWindowAttention
@@ -133,9 +133,7 @@ class Based(Mixer):
         chunk_size: int = 64,
     ):
         super().__init__(d_model)
-        for name, value in (("n_heads", n_heads), ("feature_dim", feature_dim), ("chunk_size", chunk_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_int(n_heads=n_heads, feature_dim=feature_dim, chunk_size=chunk_size)
         check_choice("impl", impl, IMPLS)
         if self.d_model % n_heads:
             raise ValueError(f"n_heads must divide d_model={self.d_model}, got n_heads={n_heads}")
@@ -242,11 +240,7 @@ class Based(Mixer):
 
     # ----------------------------------------------------------------------------- forward / step
 
-    def forward(self, x: Tensor, state: BasedState | None = None) -> tuple[Tensor, BasedState]:
-        """Whole sequence ``x (B, T, D) -> (y (B, T, D), new state)``; continues from ``state``."""
-        self.check_input(x)
-        if state is None:
-            state = self.init_state(x.shape[0], device=x.device, dtype=x.dtype)
+    def _forward(self, x: Tensor, state: BasedState) -> tuple[Tensor, BasedState]:
         o, kv, z = self.linear_branch(x, state.kv, state.z)  # (B, H, T, V)
         y_lin = self.out_proj(rearrange(o, "b h t v -> b t (h v)").to(x.dtype))
         y_win, window = self.window_attn(x, state.window)  # (B, T, D), cache of <= W tokens

@@ -17,11 +17,8 @@ its epsilon)::
     o_t = RMSNorm(q_t S_t) [* SiLU(x_t W_g)_h when use_gate]       y_t = concat_h(o_t) W_o
 
 With ``beta_t = 1`` and a unit key the write *replaces* what the memory held for that key: that is
-the difference from plain linear attention, which only adds.
-
-This file also holds the pieces Gated DeltaNet and MoM share (``DeltaRuleBlock``, the short
-convolution, the single-token delta-rule update, the gated RMSNorm); each of those files holds one
-mechanism.
+the difference from plain linear attention, which only adds.  ``DeltaRuleBlock`` is the body Gated
+DeltaNet extends with a decay.
 """
 
 from __future__ import annotations
@@ -29,15 +26,14 @@ from __future__ import annotations
 from typing import ClassVar, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..modules import RMSNorm, ShortConvolution, delta_rule_step, head_dims, l2norm, own
 from ..ops.linear_attn import IMPLS, delta_rule, state_dtype
-from ..protocol import Mixer, check_choice, check_positive
+from ..protocol import Mixer, check_bool, check_choice, check_int, check_positive
 from ..registry import register_mixer
 
-__all__ = ["DeltaNet", "DeltaNetState", "DeltaRuleBlock", "GatedRMSNorm", "check_int", "check_bool", "l2norm",
-           "short_conv", "short_conv_step", "delta_rule_step", "own", "head_dims"]
+__all__ = ["DeltaNet", "DeltaNetState", "DeltaRuleBlock"]
 
 
 class DeltaNetState(NamedTuple):
@@ -52,103 +48,6 @@ class DeltaNetState(NamedTuple):
     conv_k: Tensor
     conv_v: Tensor
     memory: Tensor
-
-
-# ----------------------------------------------------------------------------- shared helpers
-
-
-def head_dims(d_model: int, n_heads: int, head_dim: int | None, default_head_dim: int,
-              expand_v: int | float) -> tuple[int, int]:
-    """(K, V) per head: ``head_dim`` (or the mixer's default) and ``expand_v * head_dim``, checked."""
-    if head_dim is None:
-        head_dim = default_head_dim
-        if head_dim <= 0:
-            raise ValueError(f"head_dim: the default is 0 for d_model={d_model}, n_heads={n_heads}; pass head_dim")
-    check_int(head_dim=head_dim)
-    head_v = head_dim * expand_v
-    if head_v != int(head_v) or int(head_v) <= 0:
-        raise ValueError(f"expand_v * head_dim must be a positive integer, got expand_v={expand_v!r}, "
-                         f"head_dim={head_dim}")
-    return head_dim, int(head_v)
-
-
-def check_int(**values) -> None:
-    """Raise ``ValueError`` naming the argument when a count is not a positive int."""
-    for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-
-def check_bool(**values) -> None:
-    for name, value in values.items():
-        if not isinstance(value, bool):
-            raise ValueError(f"{name} must be True or False, got {value!r}")
-
-
-def l2norm(x: Tensor, eps: float = 1e-6) -> Tensor:
-    """``x / sqrt(|x|^2 + eps)`` over the last dimension (fla's ``l2norm``; 0 stays 0, gradient finite)."""
-    return x * torch.rsqrt(x.square().sum(-1, keepdim=True) + eps)
-
-
-def own(t: Tensor) -> Tensor:
-    """``t`` itself if it owns its storage, else a copy (a state must hold exactly the bytes it reports)."""
-    return t if t.untyped_storage().nbytes() == t.numel() * t.element_size() else t.clone()
-
-
-def make_short_conv(channels: int, size: int, bias: bool) -> nn.Conv1d:
-    """fla's ``ShortConvolution`` parameters: a depthwise ``Conv1d`` (weight (C, 1, size))."""
-    return nn.Conv1d(channels, channels, size, groups=channels, padding=size - 1, bias=bias)
-
-
-def short_conv(x: Tensor, buffer: Tensor, conv: nn.Conv1d) -> tuple[Tensor, Tensor]:
-    """``SiLU(causal depthwise conv)`` of ``x (B, T, C)`` continuing from ``buffer (B, C, W-1)``.
-
-    The carried last W-1 inputs are prepended instead of zero padding, so splitting a sequence
-    anywhere gives the same outputs.  Returns (B, T, C) and the new buffer (its own memory).
-    """
-    T = x.shape[1]
-    padded = torch.cat([buffer.to(x.dtype), x.transpose(1, 2)], dim=-1)  # (B, C, W-1+T)
-    y = F.conv1d(padded, conv.weight, conv.bias, groups=conv.groups)  # (B, C, T)
-    return F.silu(y).transpose(1, 2), padded[:, :, T:].clone()
-
-
-def short_conv_step(x: Tensor, buffer: Tensor, conv: nn.Conv1d) -> tuple[Tensor, Tensor]:
-    """One token of :func:`short_conv`: ``x (B, C)`` -> (B, C), new buffer (B, C, W-1)."""
-    window = torch.cat([buffer.to(x.dtype), x.unsqueeze(-1)], dim=-1)  # (B, C, W): a new tensor
-    y = (window * conv.weight.squeeze(1)).sum(-1)  # (B, C)
-    if conv.bias is not None:
-        y = y + conv.bias
-    return F.silu(y), window[:, :, 1:].contiguous()
-
-
-def delta_rule_step(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, log_decay: Tensor | None,
-                    S: Tensor) -> tuple[Tensor, Tensor]:
-    """One token of the (gated) delta rule, in ``S``'s dtype, written as the kernel's spec.
-
-    q, k (B, H, K); v (B, H, V); beta, log_decay (B, H) (log_decay None: no decay); S (B, H, K, V).
-    Returns o (B, H, V) in S's dtype and the new S (a new tensor; ``S`` is not touched).
-    """
-    dtype = S.dtype
-    q, k, v, beta = (t.to(dtype) for t in (q, k, v, beta))
-    if log_decay is not None:
-        S = log_decay.to(dtype).exp()[..., None, None] * S  # alpha_t S_{t-1}
-    predicted = torch.einsum("bhk,bhkv->bhv", k, S)  # what the memory recalls for k_t
-    S = S + k.unsqueeze(-1) * (beta.unsqueeze(-1) * (v - predicted)).unsqueeze(-2)
-    return torch.einsum("bhk,bhkv->bhv", q, S), S
-
-
-class GatedRMSNorm(nn.Module):
-    """Per-head RMSNorm with a learned scale, optionally times ``SiLU(gate)`` (fla's ``RMSNorm`` /
-    ``FusedRMSNormGated`` with its default swish activation)."""
-
-    def __init__(self, dim: int, eps: float = 1e-5):
-        super().__init__()
-        self.eps = float(eps)
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: Tensor, gate: Tensor | None = None) -> Tensor:
-        y = x * torch.rsqrt(x.square().mean(-1, keepdim=True) + self.eps) * self.weight
-        return y if gate is None else y * F.silu(gate)
 
 
 # ----------------------------------------------------------------------------- the block
@@ -180,12 +79,12 @@ class DeltaRuleBlock(Mixer):
         self.k_proj = nn.Linear(self.d_model, H * K, bias=False)
         self.v_proj = nn.Linear(self.d_model, H * V, bias=False)
         self.b_proj = nn.Linear(self.d_model, H, bias=False)  # beta_t = sigmoid(x W_beta), per head
-        self.q_conv1d = make_short_conv(H * K, conv_size, conv_bias)
-        self.k_conv1d = make_short_conv(H * K, conv_size, conv_bias)
-        self.v_conv1d = make_short_conv(H * V, conv_size, conv_bias)
+        self.q_conv1d = ShortConvolution(H * K, conv_size, bias=conv_bias)
+        self.k_conv1d = ShortConvolution(H * K, conv_size, bias=conv_bias)
+        self.v_conv1d = ShortConvolution(H * V, conv_size, bias=conv_bias)
         if use_gate:
             self.g_proj = nn.Linear(self.d_model, H * V, bias=False)
-        self.o_norm = GatedRMSNorm(V, eps=norm_eps)
+        self.o_norm = RMSNorm(V, eps=norm_eps)  # gated by SiLU(x W_g) when use_gate
         self.o_proj = nn.Linear(H * V, self.d_model, bias=False)
 
     # ----------------------------------------------------------------------------- state
@@ -194,10 +93,11 @@ class DeltaRuleBlock(Mixer):
         check_int(batch_size=batch_size)
         device = self.q_proj.weight.device if device is None else device
         dtype = self.q_proj.weight.dtype if dtype is None else dtype
-        H, K, V, W1 = self.n_heads, self.head_k_dim, self.head_v_dim, self.conv_size - 1
-        conv = lambda c: torch.zeros(batch_size, c, W1, device=device, dtype=dtype)  # noqa: E731
+        H, K, V = self.n_heads, self.head_k_dim, self.head_v_dim
+        convs = [conv.init_state(batch_size, device=device, dtype=dtype)
+                 for conv in (self.q_conv1d, self.k_conv1d, self.v_conv1d)]
         memory = torch.zeros(batch_size, H, K, V, device=device, dtype=state_dtype(dtype))
-        return self.State(conv(H * K), conv(H * K), conv(H * V), memory)
+        return self.State(*convs, memory)
 
     # ----------------------------------------------------------------------------- shared pieces
 
@@ -219,16 +119,10 @@ class DeltaRuleBlock(Mixer):
 
     # ----------------------------------------------------------------------------- forward / step
 
-    def forward(self, x: Tensor, state=None):
-        """Whole sequence ``x (B, T, D) -> (y (B, T, D), new state)``; continues from ``state``."""
-        self.check_input(x)
-        if state is None:
-            state = self.init_state(x.shape[0], device=x.device, dtype=x.dtype)
-        if x.shape[1] == 0:
-            return x.new_zeros(x.shape), state
-        q, conv_q = short_conv(self.q_proj(x), state.conv_q, self.q_conv1d)  # (B, T, H*K)
-        k, conv_k = short_conv(self.k_proj(x), state.conv_k, self.k_conv1d)  # (B, T, H*K)
-        v, conv_v = short_conv(self.v_proj(x), state.conv_v, self.v_conv1d)  # (B, T, H*V)
+    def _forward(self, x: Tensor, state):
+        q, conv_q = self.q_conv1d(self.q_proj(x), state.conv_q)  # (B, T, H*K)
+        k, conv_k = self.k_conv1d(self.k_proj(x), state.conv_k)  # (B, T, H*K)
+        v, conv_v = self.v_conv1d(self.v_proj(x), state.conv_v)  # (B, T, H*V)
         q, k, v = (t.transpose(1, 2) for t in self._heads(q, k, v))  # (B, H, T, K|V)
         beta = torch.sigmoid(self.b_proj(x)).transpose(1, 2)  # (B, H, T)
         g = self.log_decay(x)  # (B, T, H) or None
@@ -240,9 +134,9 @@ class DeltaRuleBlock(Mixer):
     def step(self, x: Tensor, state):
         """One token ``x (B, D)``: the convolutions as dot products with their buffers, one delta-rule write."""
         self.check_input(x, step=True)
-        q, conv_q = short_conv_step(self.q_proj(x), state.conv_q, self.q_conv1d)  # (B, H*K)
-        k, conv_k = short_conv_step(self.k_proj(x), state.conv_k, self.k_conv1d)
-        v, conv_v = short_conv_step(self.v_proj(x), state.conv_v, self.v_conv1d)
+        q, conv_q = self.q_conv1d.step(self.q_proj(x), state.conv_q)  # (B, H*K)
+        k, conv_k = self.k_conv1d.step(self.k_proj(x), state.conv_k)
+        v, conv_v = self.v_conv1d.step(self.v_proj(x), state.conv_v)
         q, k, v = self._heads(q, k, v)  # (B, H, K|V)
         beta = torch.sigmoid(self.b_proj(x))  # (B, H)
         o, memory = delta_rule_step(q, k, v, beta, self.log_decay(x), state.memory)  # (B, H, V)

@@ -21,22 +21,16 @@ log-uniform in [0.001, 0.1] (floored at 1e-4) stored through the inverse softplu
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..ops.linear_attn import state_dtype
+from ..modules import decay_init, gated_log_decay
+from ..protocol import check_int
 from ..registry import register_mixer
-from .deltanet import DeltaRuleBlock, check_int
+from .deltanet import DeltaRuleBlock
 
-__all__ = ["GatedDeltaNet", "GatedDeltaNetState", "decay_init", "gated_log_decay"]
-
-# Mamba-2 / fla initialisation of the decay (hard-coded in the reference too)
-A_INIT_RANGE = (0.0, 16.0)
-DT_MIN, DT_MAX, DT_INIT_FLOOR = 0.001, 0.1, 1e-4
+__all__ = ["GatedDeltaNet", "GatedDeltaNetState"]
 
 
 class GatedDeltaNetState(NamedTuple):
@@ -51,24 +45,6 @@ class GatedDeltaNetState(NamedTuple):
     conv_k: Tensor
     conv_v: Tensor
     memory: Tensor
-
-
-def decay_init(n: int) -> tuple[nn.Parameter, nn.Parameter]:
-    """``A_log`` and ``dt_bias`` (each (n,)) initialised as Mamba-2 / fla's GatedDeltaNet."""
-    A = torch.empty(n, dtype=torch.float32).uniform_(*A_INIT_RANGE)
-    A_log = nn.Parameter(torch.log(A))
-    dt = torch.exp(torch.rand(n) * (math.log(DT_MAX) - math.log(DT_MIN)) + math.log(DT_MIN))
-    dt = dt.clamp(min=DT_INIT_FLOOR)
-    dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus, stable for small dt
-    A_log._no_weight_decay = True
-    dt_bias._no_weight_decay = True
-    return A_log, dt_bias
-
-
-def gated_log_decay(a: Tensor, A_log: Tensor, dt_bias: Tensor) -> Tensor:
-    """g = -exp(A_log) * softplus(a + dt_bias) <= 0, in float32 at least; a (..., H), A_log and dt_bias (H,)."""
-    dtype = state_dtype(a.dtype)
-    return -torch.exp(A_log.to(dtype)) * F.softplus(a.to(dtype) + dt_bias.to(dtype))
 
 
 @register_mixer("gated_deltanet")

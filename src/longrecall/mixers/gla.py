@@ -145,13 +145,7 @@ class GLA(Mixer):
 
     # ----------------------------------------------------------------------------- forward / step
 
-    def forward(self, x: Tensor, state: GLAState | None = None) -> tuple[Tensor, GLAState]:
-        """Whole sequence ``x (B, T, D) -> (y (B, T, D), new state)``; continues from ``state``."""
-        self.check_input(x)
-        if state is None:
-            state = self.init_state(x.shape[0], device=x.device, dtype=x.dtype)
-        if x.shape[1] == 0:
-            return x.new_zeros(x.shape), state
+    def _forward(self, x: Tensor, state: GLAState) -> tuple[Tensor, GLAState]:
         q, k, v, log_decay = self._projections(x, state.S.dtype)  # (B, T, H, K|V)
         q, k, v, log_decay = (t.transpose(1, 2) for t in (q, k, v, log_decay))  # (B, H, T, K|V)
         o, S = linear_attn(q, k, v, log_decay, state.S, impl=self.impl, chunk_size=self.chunk_size)

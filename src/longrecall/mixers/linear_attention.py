@@ -108,14 +108,7 @@ class LinearAttention(Mixer):
 
     # ----------------------------------------------------------------------------- forward / step
 
-    def forward(self, x: Tensor, state: LinearAttentionState | None = None) -> tuple[Tensor, LinearAttentionState]:
-        """Whole sequence ``x (B, T, D) -> (y (B, T, D), new state)``; continues from ``state``."""
-        self.check_input(x)
-        batch, T, _ = x.shape
-        if state is None:
-            state = self.init_state(batch, device=x.device, dtype=x.dtype)
-        if T == 0:
-            return x.new_zeros(x.shape), state
+    def _forward(self, x: Tensor, state: LinearAttentionState) -> tuple[Tensor, LinearAttentionState]:
         dtype = state.memory.dtype
         phi_q, phi_k, v = self._features(x, dtype)
         V = v.shape[-1]

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..modules import ShortConvolution, init_dt_bias
 from ..ops.scan import fused_scan_available, selective_scan_chunked, selective_scan_fused, selective_scan_naive
 from ..ops.scan.naive import scan_dtype
 from ..protocol import Mixer, check_choice, check_positive
@@ -106,9 +107,7 @@ class Mamba(Mixer):
         E, N, R = self.d_inner, self.d_state, self.dt_rank
 
         self.in_proj = nn.Linear(self.d_model, 2 * E, bias=False)
-        # padding=d_conv-1 is unused by forward (it prepends the carried inputs instead); it is kept
-        # so the module is the reference's, for anyone calling self.conv1d directly
-        self.conv1d = nn.Conv1d(E, E, kernel_size=self.d_conv, groups=E, padding=self.d_conv - 1, bias=True)
+        self.conv1d = ShortConvolution(E, self.d_conv, bias=True)  # SiLU(causal depthwise conv)
         self.x_proj = nn.Linear(E, R + 2 * N, bias=False)
         self.dt_proj = nn.Linear(R, E, bias=True)
         self.out_proj = nn.Linear(E, self.d_model, bias=False)
@@ -117,11 +116,8 @@ class Mamba(Mixer):
         # sizes softplus(bias) are log-uniform in [dt_min, dt_max] (the reference's "random" dt_init)
         dt_init_std = R**-0.5
         nn.init.uniform_(self.dt_proj.weight, -dt_init_std, dt_init_std)
-        dt = torch.exp(torch.rand(E) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-        dt = dt.clamp(min=dt_init_floor)
-        inv_dt = dt + torch.log(-torch.expm1(-dt))  # inverse softplus, stable for small dt
         with torch.no_grad():
-            self.dt_proj.bias.copy_(inv_dt)
+            self.dt_proj.bias.copy_(init_dt_bias(E, dt_min, dt_max, dt_init_floor))
         self.dt_proj.bias._no_reinit = True  # as the reference: a generic init must not zero it
 
         # S4D-real initialisation A = -(n + 1); stored as log so that A = -exp(A_log) stays negative
@@ -136,7 +132,7 @@ class Mamba(Mixer):
     def init_state(self, batch_size: int, *, device=None, dtype=None) -> MambaState:
         device = self.A_log.device if device is None else device
         dtype = self.in_proj.weight.dtype if dtype is None else dtype
-        conv = torch.zeros(batch_size, self.d_inner, self.d_conv - 1, device=device, dtype=dtype)
+        conv = self.conv1d.init_state(batch_size, device=device, dtype=dtype)
         ssm = torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=scan_dtype(dtype))
         return MambaState(conv, ssm)
 
@@ -150,22 +146,9 @@ class Mamba(Mixer):
 
     # ----------------------------------------------------------------------------- forward / step
 
-    def forward(self, x: Tensor, state: MambaState | None = None) -> tuple[Tensor, MambaState]:
-        """Whole sequence ``x (B, T, D) -> (y (B, T, D), new state)``; continues from ``state``."""
-        self.check_input(x)
-        batch, T, _ = x.shape
-        if state is None:
-            state = self.init_state(batch, device=x.device, dtype=x.dtype)
-        if T == 0:  # nothing to read; conv1d would reject an input shorter than its kernel
-            return x.new_zeros(x.shape), state
-
+    def _forward(self, x: Tensor, state: MambaState) -> tuple[Tensor, MambaState]:
         xs, z = self.in_proj(x).chunk(2, dim=-1)  # (B, T, E) each
-        # Causal depthwise conv: prepend the carried last d_conv-1 inputs instead of zero padding, so
-        # that forward(x[:, :k]) then forward(x[:, k:], state) sees exactly what forward(x) sees.
-        padded = torch.cat([state.conv.to(xs.dtype), xs.transpose(1, 2)], dim=-1)  # (B, E, d_conv-1+T)
-        conv = F.conv1d(padded, self.conv1d.weight, self.conv1d.bias, groups=self.d_inner)  # (B, E, T)
-        new_conv = padded[:, :, T:].clone()  # the last d_conv-1 inputs; clone: don't pin `padded`
-        u = F.silu(conv).transpose(1, 2)  # (B, T, E)
+        u, conv = self.conv1d(xs, state.conv)  # (B, T, E), continuing from the carried inputs
 
         delta, B, C = self._ssm_inputs(u)  # (B, T, E), (B, T, N), (B, T, N)
         # A and D in at least float32 (the reference's .float(); float64 stays float64 for tests)
@@ -181,15 +164,13 @@ class Mamba(Mixer):
         else:
             y, ssm = selective_scan_naive(u, delta, A, B, C, D, state.ssm)
         y = y * F.silu(z)  # (B, T, E) gate
-        return self.out_proj(y), MambaState(new_conv, ssm)
+        return self.out_proj(y), MambaState(conv, ssm)
 
     def step(self, x: Tensor, state: MambaState) -> tuple[Tensor, MambaState]:
         """One token ``x (B, D)``: the conv as a dot product with the buffer, the diagonal SSM update."""
         self.check_input(x, step=True)
         xs, z = self.in_proj(x).chunk(2, dim=-1)  # (B, E) each
-        window = torch.cat([state.conv.to(xs.dtype), xs.unsqueeze(-1)], dim=-1)  # (B, E, d_conv), new tensor
-        conv = (window * self.conv1d.weight.squeeze(1)).sum(-1) + self.conv1d.bias  # (B, E)
-        u = F.silu(conv)
+        u, conv = self.conv1d.step(xs, state.conv)  # (B, E), new buffer
 
         delta, B, C = self._ssm_inputs(u)  # (B, E), (B, N), (B, N)
         dtype = state.ssm.dtype  # float32 state even for low-precision activations
@@ -200,8 +181,7 @@ class Mamba(Mixer):
         ssm = decay * state.ssm + drive  # out of place: the given state is never touched
         y = torch.einsum("ben,bn->be", ssm, C.to(dtype)) + self.D.to(dtype) * u_  # (B, E)
         y = y.to(x.dtype) * F.silu(z)
-        # contiguous copy of the shifted window, so the state holds exactly the bytes it reports
-        return self.out_proj(y), MambaState(window[:, :, 1:].contiguous(), ssm)
+        return self.out_proj(y), MambaState(conv, ssm)
 
     def extra_repr(self) -> str:
         return (

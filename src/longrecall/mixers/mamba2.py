@@ -15,7 +15,6 @@ non-fused path, ``ngroups=1``) with the same parameter names and shapes (``in_pr
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
@@ -23,11 +22,12 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from ..modules import RMSNorm, ShortConvolution, init_dt_bias
 from ..ops.linear_attn import IMPLS, linear_attn, state_dtype
-from ..protocol import Mixer, check_choice, check_positive
+from ..protocol import Mixer, check_choice, check_int, check_positive
 from ..registry import register_mixer
 
-__all__ = ["Mamba2", "Mamba2State", "RMSNormGated"]
+__all__ = ["Mamba2", "Mamba2State"]
 
 
 class Mamba2State(NamedTuple):
@@ -40,21 +40,6 @@ class Mamba2State(NamedTuple):
 
     conv: Tensor
     ssm: Tensor
-
-
-class RMSNormGated(nn.Module):
-    """``rmsnorm(y * silu(z)) * weight``: the reference's ``RMSNormGated(norm_before_gate=False)``."""
-
-    def __init__(self, d: int, eps: float = 1e-5):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(d))
-
-    def forward(self, y: Tensor, z: Tensor) -> Tensor:
-        dtype = state_dtype(y.dtype)  # float32 at least (float64 stays float64)
-        g = y.to(dtype) * F.silu(z.to(dtype))
-        g = g * torch.rsqrt(g.pow(2).mean(-1, keepdim=True) + self.eps)
-        return g.to(y.dtype) * self.weight
 
 
 @register_mixer("mamba2")
@@ -119,9 +104,7 @@ class Mamba2(Mixer):
         check_positive(d_state=d_state, d_conv=d_conv, expand=expand, headdim=headdim, chunk_size=chunk_size)
         check_positive(dt_min=dt_min, dt_max=dt_max, dt_init_floor=dt_init_floor, norm_eps=norm_eps)
         check_choice("impl", impl, IMPLS)
-        for name, value in (("d_state", d_state), ("d_conv", d_conv), ("headdim", headdim)):
-            if not isinstance(value, int):
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_int(d_state=d_state, d_conv=d_conv, headdim=headdim)
         if dt_min > dt_max:
             raise ValueError(f"dt_min must be <= dt_max, got dt_min={dt_min!r}, dt_max={dt_max!r}")
         try:
@@ -143,19 +126,15 @@ class Mamba2(Mixer):
 
         # order of the projection: [z, x, B, C, dt], as the reference
         self.in_proj = nn.Linear(self.d_model, 2 * E + 2 * N + H, bias=False)
-        # padding is unused by forward (it prepends the carried inputs); kept so the module is the reference's
-        self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, self.d_conv, groups=self.conv_dim, padding=d_conv - 1)
-
-        # dt_bias: softplus(dt_bias) log-uniform in [dt_min, dt_max], floored (the reference's init)
-        dt = torch.exp(torch.rand(H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-        dt = dt.clamp(min=dt_init_floor)
-        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus, stable for small dt
+        self.conv1d = ShortConvolution(self.conv_dim, self.d_conv, bias=True)  # SiLU(causal depthwise conv)
+        # softplus(dt_bias) log-uniform in [dt_min, dt_max], floored (the reference's init)
+        self.dt_bias = nn.Parameter(init_dt_bias(H, dt_min, dt_max, dt_init_floor))
         # A = -exp(A_log) < 0, one scalar per head, -A uniform in A_init_range
         self.A_log = nn.Parameter(torch.log(torch.empty(H).uniform_(A_lo, A_hi)))
         self.D = nn.Parameter(torch.ones(H))  # skip connection, one per head
         for p in (self.dt_bias, self.A_log, self.D):
             p._no_weight_decay = True
-        self.norm = RMSNormGated(E, eps=norm_eps)
+        self.norm = RMSNorm(E, eps=norm_eps, gate_first=True, upcast=True)  # rmsnorm(y * SiLU(z)) * weight
         self.out_proj = nn.Linear(E, self.d_model, bias=False)
 
     # ----------------------------------------------------------------------------- state
@@ -163,7 +142,7 @@ class Mamba2(Mixer):
     def init_state(self, batch_size: int, *, device=None, dtype=None) -> Mamba2State:
         device = self.A_log.device if device is None else device
         dtype = self.in_proj.weight.dtype if dtype is None else dtype
-        conv = torch.zeros(batch_size, self.conv_dim, self.d_conv - 1, device=device, dtype=dtype)
+        conv = self.conv1d.init_state(batch_size, device=device, dtype=dtype)
         ssm = torch.zeros(batch_size, self.nheads, self.d_state, self.headdim, device=device, dtype=state_dtype(dtype))
         return Mamba2State(conv, ssm)
 
@@ -183,21 +162,9 @@ class Mamba2(Mixer):
 
     # ----------------------------------------------------------------------------- forward / step
 
-    def forward(self, x: Tensor, state: Mamba2State | None = None) -> tuple[Tensor, Mamba2State]:
-        """Whole sequence ``x (B, T, D) -> (y (B, T, D), new state)``; continues from ``state``."""
-        self.check_input(x)
-        batch, T, _ = x.shape
-        if state is None:
-            state = self.init_state(batch, device=x.device, dtype=x.dtype)
-        if T == 0:
-            return x.new_zeros(x.shape), state
-
+    def _forward(self, x: Tensor, state: Mamba2State) -> tuple[Tensor, Mamba2State]:
         z, xBC, dt = self._split(self.in_proj(x))  # (B, T, E), (B, T, E+2N), (B, T, H)
-        # causal depthwise conv continuing from the carried d_conv-1 inputs instead of zero padding
-        padded = torch.cat([state.conv.to(xBC.dtype), xBC.transpose(1, 2)], dim=-1)  # (B, E+2N, d_conv-1+T)
-        conv = F.conv1d(padded, self.conv1d.weight, self.conv1d.bias, groups=self.conv_dim)  # (B, E+2N, T)
-        new_conv = padded[:, :, T:].clone()  # clone: the state must not pin `padded`
-        xBC = F.silu(conv).transpose(1, 2)  # (B, T, E+2N)
+        xBC, conv = self.conv1d(xBC, state.conv)  # (B, T, E+2N), continuing from the carried inputs
 
         dtype = state_dtype(x.dtype)  # the SSM runs in float32 at least
         xh, Bm, Cm, dt, log_a = self._ssm_inputs(xBC, dt, dtype)  # (B,T,H,P), (B,T,N), (B,T,N), (B,T,H), (B,T,H)
@@ -209,14 +176,13 @@ class Mamba2(Mixer):
                              impl=self.impl, chunk_size=self.chunk_size)  # y (B, H, T, P)
         y = rearrange(y, "b h t p -> b t h p") + self.D.to(dtype)[:, None] * xh  # D skip
         y = self.norm(y.flatten(2).to(x.dtype), z)  # (B, T, E)
-        return self.out_proj(y), Mamba2State(new_conv, ssm)
+        return self.out_proj(y), Mamba2State(conv, ssm)
 
     def step(self, x: Tensor, state: Mamba2State) -> tuple[Tensor, Mamba2State]:
         """One token ``x (B, D)``: the conv as a dot product with the buffer, then the SSD update."""
         self.check_input(x, step=True)
         z, xBC, dt = self._split(self.in_proj(x))  # (B, E), (B, E+2N), (B, H)
-        window = torch.cat([state.conv.to(xBC.dtype), xBC.unsqueeze(-1)], dim=-1)  # (B, E+2N, d_conv), new
-        xBC = F.silu((window * self.conv1d.weight.squeeze(1)).sum(-1) + self.conv1d.bias)  # (B, E+2N)
+        xBC, conv = self.conv1d.step(xBC, state.conv)  # (B, E+2N), new buffer
 
         dtype = state.ssm.dtype
         xh, Bm, Cm, dt, log_a = self._ssm_inputs(xBC, dt, dtype)  # (B,H,P), (B,N), (B,N), (B,H), (B,H)
@@ -224,8 +190,7 @@ class Mamba2(Mixer):
         ssm = torch.exp(log_a)[..., None, None] * state.ssm + write  # out of place: `state` is untouched
         y = torch.einsum("bn,bhnp->bhp", Cm, ssm) + self.D.to(dtype)[:, None] * xh  # (B, H, P)
         y = self.norm(y.flatten(1).to(x.dtype), z)  # (B, E)
-        # contiguous copy of the shifted window, so the state holds exactly the bytes it reports
-        return self.out_proj(y), Mamba2State(window[:, :, 1:].contiguous(), ssm)
+        return self.out_proj(y), Mamba2State(conv, ssm)
 
     def extra_repr(self) -> str:
         return (

@@ -164,15 +164,9 @@ class MLSTM(Mixer):
 
     # ----------------------------------------------------------------------------- forward / step
 
-    def forward(self, x: Tensor, state: MLSTMState | None = None) -> tuple[Tensor, MLSTMState]:
-        """Whole sequence ``x (B, T, D) -> (y (B, T, D), new state)``; continues from ``state``."""
-        self.check_input(x)
-        if state is None:
-            state = self.init_state(x.shape[0], device=x.device, dtype=x.dtype)
+    def _forward(self, x: Tensor, state: MLSTMState) -> tuple[Tensor, MLSTMState]:
         if self.impl == "naive":
             return self.step_loop(x, state)
-        if x.shape[1] == 0:
-            return x.new_zeros(x.shape), state
         q, k, v, i_pre, log_f = self._cell_inputs(x, state.C.dtype)  # (B, T, H, d) x 3, (B, T, H) x 2
         q, k, v, i_pre, log_f = (t.transpose(1, 2) for t in (q, k, v, i_pre, log_f))  # (B, H, T, ...)
         hs = []

@@ -45,12 +45,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..modules import (RMSNorm, ShortConvolution, decay_init, delta_rule_step, gated_log_decay, head_dims, l2norm,
+                       own)
 from ..ops.linear_attn import IMPLS, delta_rule, state_dtype
-from ..protocol import Mixer, check_choice, check_positive
+from ..protocol import Mixer, check_bool, check_choice, check_int, check_positive
 from ..registry import register_mixer
-from .deltanet import (GatedRMSNorm, check_bool, check_int, delta_rule_step, head_dims, l2norm, make_short_conv, own,
-                       short_conv, short_conv_step)
-from .gated_deltanet import decay_init, gated_log_decay
 
 __all__ = ["MoM", "MoMState", "Routing", "ShiftedProducts", "routed_short_conv", "routed_short_conv_step",
            "shifted_products"]
@@ -84,7 +83,7 @@ class Routing(NamedTuple):
     mask: Tensor
 
 
-def routed_short_conv(u: Tensor, mask: Tensor, buffer: Tensor, conv: nn.Conv1d) -> tuple[Tensor, Tensor]:
+def routed_short_conv(u: Tensor, mask: Tensor, buffer: Tensor, conv: ShortConvolution) -> tuple[Tensor, Tensor]:
     """SiLU(causal depthwise conv) of each memory over only the tokens routed to it.
 
     u (B, M, T, C) inputs at every token; mask (B, M, T) bool; buffer (B, M, C, W-1) the last W-1
@@ -105,13 +104,10 @@ def routed_short_conv(u: Tensor, mask: Tensor, buffer: Tensor, conv: nn.Conv1d) 
     return y, padded.gather(3, last.expand(-1, -1, C, -1))  # the last W1 routed inputs (own memory)
 
 
-def routed_short_conv_step(u: Tensor, mask: Tensor, buffer: Tensor, conv: nn.Conv1d) -> tuple[Tensor, Tensor]:
+def routed_short_conv_step(u: Tensor, mask: Tensor, buffer: Tensor, conv: ShortConvolution) -> tuple[Tensor, Tensor]:
     """One token of :func:`routed_short_conv`: u (B, M, C), mask (B, M); unselected buffers are kept as is."""
     window = torch.cat([buffer.to(u.dtype), u.unsqueeze(-1)], dim=-1)  # (B, M, C, W)
-    y = (window * conv.weight.squeeze(1)).sum(-1)  # (B, M, C)
-    if conv.bias is not None:
-        y = y + conv.bias
-    return F.silu(y), torch.where(mask[..., None, None], window[..., 1:], buffer.to(u.dtype))
+    return conv.last(window), torch.where(mask[..., None, None], window[..., 1:], buffer.to(u.dtype))
 
 
 def route_index(mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -167,7 +163,7 @@ class ShiftedProducts(torch.autograd.Function):
         return g_padded, g_w.to(w.dtype)
 
 
-def gathered_short_conv(u: Tensor, count: Tensor, buffer: Tensor, conv: nn.Conv1d) -> tuple[Tensor, Tensor]:
+def gathered_short_conv(u: Tensor, count: Tensor, buffer: Tensor, conv: ShortConvolution) -> tuple[Tensor, Tensor]:
     """:func:`routed_short_conv` on gathered inputs: u (G, B, L, C), each memory's routed tokens first,
     count (G, B) of them real; buffer (B, G, C, W-1).  Returns (G, B, L, C) (garbage past the count)
     and the new buffer (B, G, C, W-1).  Channels last, as a sum of shifted products (no transposes)."""
@@ -238,12 +234,12 @@ class MoM(Mixer):
         self.b_proj = nn.Linear(D, Mt * H, bias=False)
         self.a_proj = nn.Linear(D, Mt * H, bias=False)
         self.A_log, self.dt_bias = decay_init(H)  # per head, shared by the memories (as the reference)
-        self.q_conv1d = make_short_conv(H * K, conv_size, conv_bias)
-        self.k_conv1d = make_short_conv(H * K, conv_size, conv_bias)  # weights shared by the memories
-        self.v_conv1d = make_short_conv(H * V, conv_size, conv_bias)
+        self.q_conv1d = ShortConvolution(H * K, conv_size, bias=conv_bias)
+        self.k_conv1d = ShortConvolution(H * K, conv_size, bias=conv_bias)  # weights shared by the memories
+        self.v_conv1d = ShortConvolution(H * V, conv_size, bias=conv_bias)
         if use_gate:
             self.g_proj = nn.Linear(D, H * V, bias=False)
-        self.o_norm = GatedRMSNorm(V, eps=norm_eps)
+        self.o_norm = RMSNorm(V, eps=norm_eps)  # gated by SiLU(x W_g) when use_gate
         self.o_proj = nn.Linear(H * V, D, bias=False)
 
     # ----------------------------------------------------------------------------- state
@@ -254,7 +250,7 @@ class MoM(Mixer):
         dtype = self.q_proj.weight.dtype if dtype is None else dtype
         B, Mt, H, K, V, W1 = batch_size, self.n_mem, self.n_heads, self.head_k_dim, self.head_v_dim, self.conv_size - 1
         return MoMState(
-            conv_q=torch.zeros(B, H * K, W1, device=device, dtype=dtype),
+            conv_q=self.q_conv1d.init_state(B, device=device, dtype=dtype),
             conv_k=torch.zeros(B, Mt, H * K, W1, device=device, dtype=dtype),
             conv_v=torch.zeros(B, Mt, H * V, W1, device=device, dtype=dtype),
             memory=torch.zeros(B, Mt, H, K, V, device=device, dtype=state_dtype(dtype)),
@@ -342,21 +338,14 @@ class MoM(Mixer):
             memories.append(S)
         return out, conv_k, conv_v, torch.stack(memories, dim=1)
 
-    def forward(self, x: Tensor, state: MoMState | None = None) -> tuple[Tensor, MoMState]:
-        """Whole sequence ``x (B, T, D) -> (y (B, T, D), new state)``; continues from ``state``.
-
-        Each routed memory runs over only its routed tokens (gathered, padded to the longest), the
+    def _forward(self, x: Tensor, state: MoMState) -> tuple[Tensor, MoMState]:
+        """Each routed memory runs over only its routed tokens (gathered, padded to the longest), the
         shared memory over every token; the same numbers as :meth:`forward_masked`.
         """
-        self.check_input(x)
         B, T, D = x.shape
-        if state is None:
-            state = self.init_state(B, device=x.device, dtype=x.dtype)
-        if T == 0:
-            return x.new_zeros(x.shape), state
         M, H, K, V = self.num_memories, self.n_heads, self.head_k_dim, self.head_v_dim
         route = self.route(x)  # weights, mask (B, T, Mt)
-        q, conv_q = short_conv(self.q_proj(x), state.conv_q, self.q_conv1d)  # (B, T, H*K), every token
+        q, conv_q = self.q_conv1d(self.q_proj(x), state.conv_q)  # (B, T, H*K), every token
         q, x_flat, W = self._query(q).reshape(B * T, H, K), x.reshape(B * T, D), self._projections()
         index, count = route_index(route.mask[..., :M].transpose(1, 2))  # (M, B, L), (M, B)
         L = index.shape[-1]
@@ -381,11 +370,11 @@ class MoM(Mixer):
         if state is None:
             state = self.init_state(B, device=x.device, dtype=x.dtype)
         if T == 0:
-            return x.new_zeros(x.shape), state
+            return torch.zeros_like(x), state
         Mt, H, K, V = self.n_mem, self.n_heads, self.head_k_dim, self.head_v_dim
         route = self.route(x)  # weights, mask (B, T, Mt)
         mask = route.mask.transpose(1, 2)  # (B, Mt, T)
-        q, conv_q = short_conv(self.q_proj(x), state.conv_q, self.q_conv1d)  # (B, T, H*K), every token
+        q, conv_q = self.q_conv1d(self.q_proj(x), state.conv_q)  # (B, T, H*K), every token
         q = self._query(q)  # (B, T, H, K)
         k, v, beta, g = self._memory_inputs(x)  # (B, T, Mt, H*K), (B, T, Mt, H*V), (B, T, Mt, H) x2
         k, conv_k = routed_short_conv(k.transpose(1, 2), mask, state.conv_k, self.k_conv1d)  # (B, Mt, T, H*K)
@@ -412,7 +401,7 @@ class MoM(Mixer):
         B = x.shape[0]
         Mt, H, K, V = self.n_mem, self.n_heads, self.head_k_dim, self.head_v_dim
         route = self.route(x)  # weights, mask (B, Mt)
-        q, conv_q = short_conv_step(self.q_proj(x), state.conv_q, self.q_conv1d)  # (B, H*K)
+        q, conv_q = self.q_conv1d.step(self.q_proj(x), state.conv_q)  # (B, H*K)
         q = self._query(q)  # (B, H, K)
         k, v, beta, g = self._memory_inputs(x)  # (B, Mt, H*K), (B, Mt, H*V), (B, Mt, H) x2
         k, conv_k = routed_short_conv_step(k, route.mask, state.conv_k, self.k_conv1d)

@@ -151,14 +151,8 @@ class RetNet(Mixer):
 
     # ----------------------------------------------------------------------------- forward / step
 
-    def forward(self, x: Tensor, state: RetNetState | None = None) -> tuple[Tensor, RetNetState]:
-        """Whole sequence ``x (B, T, D) -> (y (B, T, D), new state)``; continues from ``state``."""
-        self.check_input(x)
+    def _forward(self, x: Tensor, state: RetNetState) -> tuple[Tensor, RetNetState]:
         batch, T, _ = x.shape
-        if state is None:
-            state = self.init_state(batch, device=x.device, dtype=x.dtype)
-        if T == 0:
-            return x.new_zeros(x.shape), state
         dtype = state.memory.dtype
         q, k, v = self._qkv(x, state.length, dtype)
         log_decay = self.log_gamma.to(dtype)[None, :, None].expand(batch, -1, T)  # (B, H, T): log γ_h

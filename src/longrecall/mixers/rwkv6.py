@@ -171,14 +171,8 @@ class RWKV6(Mixer):
 
     # ----------------------------------------------------------------------------- forward / step
 
-    def forward(self, x: Tensor, state: RWKV6State | None = None) -> tuple[Tensor, RWKV6State]:
-        """Whole sequence ``x (B, T, D) -> (y (B, T, D), new state)``; continues from ``state``."""
-        self.check_input(x)
+    def _forward(self, x: Tensor, state: RWKV6State) -> tuple[Tensor, RWKV6State]:
         batch, T, D = x.shape
-        if state is None:
-            state = self.init_state(batch, device=x.device, dtype=x.dtype)
-        if T == 0:
-            return x.new_zeros(x.shape), state
         # token shift: x_{t-1}, the carried last token for t = 0 (zeros at the start of a sequence)
         x_prev = torch.cat([state.shift.to(x.dtype).unsqueeze(1), x[:, :-1]], dim=1)  # (B, T, D)
         r, k, v, log_decay, g = self._mix(x, x_prev, state.wkv.dtype)  # (B, T, H, K) x 4, (B, T, D)

@@ -244,6 +244,7 @@ class S4D(Mixer):
         return self._output(y), S4DState(torch.view_as_real(s))
 
     def forward(self, x: Tensor, state: S4DState | None = None) -> tuple[Tensor, S4DState]:
+        """Overrides ``Mixer.forward``: without a state the carried-state terms are skipped, not run on zeros."""
         self.check_input(x)
         B, T, _ = x.shape
         s0 = None if state is None else self._check_state(state, B)  # (B, H, M) complex

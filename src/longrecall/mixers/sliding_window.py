@@ -69,10 +69,7 @@ class SlidingWindowAttention(Attention):
             return state
         return KVState(*(t[:, :, S - n :].clone() for t in state[:3]), state.length)
 
-    def forward(self, x: Tensor, state: KVState | None = None) -> tuple[Tensor, KVState]:
-        self.check_input(x)
-        if state is None:
-            state = self.init_state(x.shape[0], device=x.device, dtype=x.dtype)
+    def _forward(self, x: Tensor, state: KVState) -> tuple[Tensor, KVState]:
         q, k, v, positions = self.project(x, state.length)  # q: (B, H, T, K)
         full = self.append(state, k, v, positions)  # cache (<= W) + T new tokens
         cached = state.k.shape[2]
@@ -91,8 +88,7 @@ class SlidingWindowAttention(Attention):
                     q[:, :, start:stop], full.k[:, :, lo:hi], full.v[:, :, lo:hi], attn_mask=visible
                 )
             )
-        y = torch.cat(outputs, dim=2) if outputs else q
-        return self.merge_heads(y), self.keep_last(full, W)
+        return self.merge_heads(torch.cat(outputs, dim=2)), self.keep_last(full, W)
 
     def step(self, x: Tensor, state: KVState) -> tuple[Tensor, KVState]:
         # the new token attends to itself and the W - 1 most recent cached tokens,

@@ -67,8 +67,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from ..modules import rms_norm
 from ..ops.linear_attn import state_dtype
-from ..protocol import Mixer, check_positive
+from ..protocol import Mixer, check_int, check_positive
 from ..registry import register_mixer
 
 __all__ = ["Titans", "TitansState", "memory_apply", "memory_backward", "memory_grads"]
@@ -259,9 +260,7 @@ class Titans(Mixer):
         value_norm: bool = True,
     ):
         super().__init__(d_model)
-        for name, value in (("n_heads", n_heads), ("memory_depth", memory_depth), ("chunk_size", chunk_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_int(n_heads=n_heads, memory_depth=memory_depth, chunk_size=chunk_size)
         check_positive(memory_expansion=memory_expansion, max_lr=max_lr)
         for name, flag in (("output_gate", output_gate), ("value_norm", value_norm)):
             if not isinstance(flag, bool):
@@ -327,7 +326,7 @@ class Titans(Mixer):
 
     def output(self, o: Tensor, x: Tensor) -> Tensor:
         """Per-head RMSNorm of the read-out ``o (B, H, T, d)``, optional gate, out_proj -> (B, T, D)."""
-        o = o * torch.rsqrt(o.square().mean(-1, keepdim=True) + 1e-6)
+        o = rms_norm(o, 1e-6)
         o = rearrange(o, "b h t d -> b t (h d)").to(x.dtype) * self.norm_weight
         if self.gate_proj is not None:
             o = o * F.silu(self.gate_proj(x))
@@ -417,14 +416,9 @@ class Titans(Mixer):
 
     # ----------------------------------------------------------------------------- forward / step
 
-    def forward(self, x: Tensor, state: TitansState | None = None) -> tuple[Tensor, TitansState]:
-        """Whole sequence ``x (B, T, D) -> (y (B, T, D), new state)``: a loop over windows of whole chunks."""
-        self.check_input(x)
-        if state is None:
-            state = self.init_state(x.shape[0], device=x.device, dtype=x.dtype)
+    def _forward(self, x: Tensor, state: TitansState) -> tuple[Tensor, TitansState]:
+        """A loop over windows of whole chunks."""
         T = x.shape[1]
-        if T == 0:
-            return x.new_zeros(x.shape), state
         if not bool((state.position == state.position[0]).all()):
             return self.step_loop(x, state)  # rows at different chunk positions: the recurrent form
         q, k, v, eta, lr, alpha = (t.contiguous() for t in self.project(x))  # (B, H, T, d), (B, H, T)

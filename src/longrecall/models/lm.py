@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..modules import RMSNorm, ShortConvolution
 from ..protocol import Mixer, check_positive, state_nbytes
 from ..registry import MIXERS
 
@@ -60,34 +61,17 @@ class ShortConv(nn.Module):
         super().__init__()
         check_positive(short_conv=width)
         self.width = width
-        self.conv = nn.Conv1d(d_model, d_model, width, groups=d_model, bias=True)
+        self.conv = ShortConvolution(d_model, width, bias=True, activation=None)  # `conv`: the state-dict name
 
     def init_state(self, batch_size: int, *, device=None, dtype=None) -> Tensor:
-        return torch.zeros(batch_size, self.conv.in_channels, self.width - 1, device=device, dtype=dtype)
+        return self.conv.init_state(batch_size, device=device, dtype=dtype)
 
     def forward(self, x: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
         """x (B, T, D) -> (B, T, D); the carried inputs replace zero padding."""
-        padded = torch.cat([state, x.transpose(1, 2)], dim=2)  # (B, D, width - 1 + T)
-        y = self.conv(padded).transpose(1, 2)
-        return y, padded[:, :, padded.shape[2] - (self.width - 1) :].clone()
+        return self.conv(x, state)
 
     def step(self, x: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
-        window = torch.cat([state, x[:, :, None]], dim=2)  # (B, D, width)
-        y = (window * self.conv.weight[:, 0]).sum(-1) + self.conv.bias
-        return y, window[:, :, 1:].clone()
-
-
-class RMSNorm(nn.Module):
-    """x / rms(x) * weight, computed in float32 for stability."""
-
-    def __init__(self, d_model: int, eps: float = 1e-6):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(d_model))
-
-    def forward(self, x: Tensor) -> Tensor:
-        x32 = x.float()
-        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+        return self.conv.step(x, state)
 
 
 class SwiGLU(nn.Module):
@@ -109,10 +93,10 @@ class Block(nn.Module):
 
     def __init__(self, mixer: Mixer, d_model: int, mlp: bool = True, short_conv: int = 0):
         super().__init__()
-        self.mixer_norm = RMSNorm(d_model)
+        self.mixer_norm = RMSNorm(d_model, eps=1e-6, upcast=torch.float32)  # float32: stability
         self.short_conv = ShortConv(d_model, short_conv) if short_conv else None
         self.mixer = mixer
-        self.mlp_norm = RMSNorm(d_model) if mlp else None
+        self.mlp_norm = RMSNorm(d_model, eps=1e-6, upcast=torch.float32) if mlp else None
         self.mlp = SwiGLU(d_model) if mlp else None
 
     def forward(self, x: Tensor, state, conv_state=None) -> tuple[Tensor, Any, Any]:
@@ -182,7 +166,7 @@ class LanguageModel(nn.Module):
         self.blocks = nn.ModuleList(
             Block(self._build_mixer(name, d_model, mixer_kwargs or {}), d_model, mlp, short_conv) for name in layers
         )
-        self.norm = RMSNorm(d_model)
+        self.norm = RMSNorm(d_model, eps=1e-6, upcast=torch.float32)
         self.head = nn.Linear(d_model, vocab_size, bias=False)
         nn.init.normal_(self.embedding.weight, std=0.02)
         nn.init.normal_(self.head.weight, std=0.02)
@@ -314,7 +298,7 @@ class LanguageModel(nn.Module):
         out = []
         for i, block in enumerate(self.blocks):
             bound = getattr(block.mixer, "kv_policy", None)
-            if bound is not None and getattr(bound.policy, "needs_surprisal", False):
+            if bound is not None and bound.policy.needs_surprisal:
                 out.append((i, bound))
         return out
 
