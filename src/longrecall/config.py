@@ -27,18 +27,19 @@ else:  # pragma: no cover
 
 from .registry import MIXERS, TASKS
 from .tasks.mqar import CPU_SCALE
+from .validation import (ArgumentError, check_bool, check_choice, check_int, check_positive, check_ratio, is_int,
+                         is_number)
 
 
 class ConfigError(ValueError):
     pass
 
 
+class ConfigArgumentError(ConfigError, ArgumentError):
+    """A config field with a bad value: a ``ConfigError`` whose ``arg`` names the field."""
+
+
 LOSS_ON = ("answers", "all")
-
-
-def check_choice_key(name: str, value, accepted: tuple) -> None:
-    if value not in accepted:
-        raise ConfigError(f"{name} must be one of {', '.join(repr(a) for a in accepted)}, got {value!r}")
 
 
 @dataclass
@@ -83,34 +84,10 @@ class TrainConfig:
     def __post_init__(self):
         if self.task_kwargs is None:
             self.task_kwargs = default_task_kwargs(self.task)
-        for name in ("d_model", "steps", "batch_size", "eval_every", "eval_examples"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"{name} must be a positive int, got {value!r}")
-        for name in ("warmup_steps", "checkpoint_every"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigError(f"{name} must be a non-negative int, got {value!r}")
-        if not self.lr > 0:
-            raise ConfigError(f"lr must be positive, got {self.lr!r}")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ConfigError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
-        if not self.grad_clip > 0:
-            raise ConfigError(f"grad_clip must be positive, got {self.grad_clip!r}")
-        check_choice_key("loss_on", self.loss_on, LOSS_ON)
-        if self.max_steps is not None:
-            if isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int) or self.max_steps < self.steps:
-                raise ConfigError(f"max_steps must be None or an int >= steps ({self.steps}), got {self.max_steps!r}")
-        for name in ("target_accuracy", "early_stop_accuracy"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1):
-                raise ConfigError(f"{name} must be None or a number in (0, 1], got {value!r}")
-        if not isinstance(self.compile, bool):
-            raise ConfigError(f"compile must be true or false, got {self.compile!r}")
-        if self.threads is not None and self.threads <= 0:
-            raise ConfigError(f"threads must be positive or None, got {self.threads!r}")
-        if isinstance(self.layers, str) or not self.layers:
-            raise ConfigError(f"layers must be a non-empty list of mixer names, got {self.layers!r}")
+        try:
+            self._check_values()
+        except ArgumentError as error:  # raised as a ConfigError, which loaders and the CLI report
+            raise ConfigArgumentError(error.arg, error.accepted, error.got) from None
         for name in self.layers:
             try:
                 MIXERS.get(name)
@@ -120,8 +97,24 @@ class TrainConfig:
             TASKS.get(self.task)
         except KeyError as error:
             raise ConfigError(f"task: {error.args[0]}") from None
+
+    def _check_values(self) -> None:
+        check_int(d_model=self.d_model, steps=self.steps, batch_size=self.batch_size, eval_every=self.eval_every,
+                  eval_examples=self.eval_examples)
+        check_int(warmup_steps=self.warmup_steps, checkpoint_every=self.checkpoint_every, minimum=0)
+        check_positive(lr=self.lr, grad_clip=self.grad_clip)
+        check_ratio("min_lr_ratio", self.min_lr_ratio)
+        check_choice("loss_on", self.loss_on, LOSS_ON)
+        if self.max_steps is not None and (not is_int(self.max_steps) or self.max_steps < self.steps):
+            raise ArgumentError("max_steps", f"None or an int >= steps ({self.steps})", repr(self.max_steps))
+        check_ratio("target_accuracy", self.target_accuracy, low_open=True, allow_none=True)
+        check_ratio("early_stop_accuracy", self.early_stop_accuracy, low_open=True, allow_none=True)
+        check_bool(compile=self.compile)
+        check_int(threads=self.threads, allow_none=True)
+        if isinstance(self.layers, str) or not self.layers:
+            raise ArgumentError("layers", "a non-empty list of mixer names", repr(self.layers))
         if not isinstance(self.eval_task_kwargs, list) or not all(isinstance(d, dict) for d in self.eval_task_kwargs):
-            raise ConfigError(f"eval_task_kwargs must be a list of dicts, got {self.eval_task_kwargs!r}")
+            raise ArgumentError("eval_task_kwargs", "a list of dicts", repr(self.eval_task_kwargs))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -148,9 +141,9 @@ def _type_ok(value: Any, annotation: Any) -> bool:
     if origin is not None:
         annotation = origin
     if annotation is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+        return is_number(value)
     if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool)
+        return is_int(value)
     return isinstance(value, annotation)
 
 
@@ -185,7 +178,7 @@ def apply_overrides(base: dict, overrides: dict, fields: dict) -> dict:
             target[parts[-1]] = value
             continue
         if not _type_ok(value, fields[top].type):
-            raise ConfigError(f"{top} must be of type {fields[top].type}, got {value!r} ({type(value).__name__})")
+            raise ConfigArgumentError(top, f"of type {fields[top].type}", f"{value!r} ({type(value).__name__})")
         merged[top] = value
     return merged
 

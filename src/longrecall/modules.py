@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from .ops.linear_attn import state_dtype
 from .protocol import check_int
+from .validation import ArgumentError
 
 __all__ = ["ShortConvolution", "RMSNorm", "rms_norm", "l2norm", "own", "head_dims", "delta_rule_step",
            "init_dt_bias", "decay_init", "gated_log_decay"]
@@ -109,12 +110,13 @@ def head_dims(d_model: int, n_heads: int, head_dim: int | None, default_head_dim
     if head_dim is None:
         head_dim = default_head_dim
         if head_dim <= 0:
-            raise ValueError(f"head_dim: the default is 0 for d_model={d_model}, n_heads={n_heads}; pass head_dim")
+            raise ArgumentError("head_dim", "given (its default, d_model // n_heads, is 0)",
+                                f"d_model={d_model}, n_heads={n_heads}")
     check_int(head_dim=head_dim)
     head_v = head_dim * expand_v
     if head_v != int(head_v) or int(head_v) <= 0:
-        raise ValueError(f"expand_v * head_dim must be a positive integer, got expand_v={expand_v!r}, "
-                         f"head_dim={head_dim}")
+        raise ArgumentError("expand_v", "such that expand_v * head_dim is a positive int",
+                            f"expand_v={expand_v!r}, head_dim={head_dim}")
     return head_dim, int(head_v)
 
 

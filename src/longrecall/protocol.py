@@ -22,6 +22,8 @@ from typing import Any, Callable, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
+from .validation import check_bool, check_choice, check_int, check_positive  # re-exported: mixers import them here
+
 State = Any  # a NamedTuple of tensors; each mixer defines its own
 StateGrowth = Literal["constant", "bounded", "linear"]
 STATE_GROWTHS: tuple[str, ...] = ("constant", "bounded", "linear")
@@ -105,34 +107,6 @@ def state_select(state: State, index: Tensor | slice | int) -> State:
     if isinstance(index, int):
         index = slice(index, index + 1)
     return state_map(lambda t: t[index], state)
-
-
-# ----------------------------------------------------------------------------- validation
-
-
-def check_positive(**values: int | float) -> None:
-    """Raise ``ValueError`` naming the argument when a size or rate is not positive."""
-    for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise ValueError(f"{name} must be a positive number, got {value!r}")
-
-
-def check_int(**values) -> None:
-    """Raise ``ValueError`` naming the argument when a count is not a positive int."""
-    for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-
-def check_bool(**values) -> None:
-    for name, value in values.items():
-        if not isinstance(value, bool):
-            raise ValueError(f"{name} must be True or False, got {value!r}")
-
-
-def check_choice(name: str, value: str, choices: tuple[str, ...] | list[str]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
 
 
 # ----------------------------------------------------------------------------- the contract

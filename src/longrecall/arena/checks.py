@@ -1,7 +1,8 @@
 """Validation of a spec's parts: mixer and task entries, their keyword arguments, the train section.
 
 Every error is a ``ConfigError`` naming the offending key as a dotted path (``mixers[1].kwargs.window``,
-``train.stpes``) and, where there is a closed set, the accepted values.
+``train.stpes``) and, where there is a closed set, the accepted values.  A constructor's error names its
+argument when it is an ``ArgumentError`` (``error.arg``); any other error names the whole entry.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import Any
 
 from ..config import ConfigError, TrainConfig, _type_ok, apply_overrides
 from ..registry import MIXERS, TASKS
+from ..validation import ArgumentError
+from ..validation import is_int as _is_int  # spec.py imports it from here
 
 __all__ = ["GRID_KEYS", "check_mixer_kwargs", "resolve_mixer_kwargs", "build_mixer_check", "check_task_kwargs",
            "base_task_kwargs", "instantiate_task", "resolve_task_kwargs", "registry_entry", "check_train", "make_config"]
@@ -37,10 +40,6 @@ _TRAIN_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 def _close(name: str, accepted) -> str:
     close = difflib.get_close_matches(str(name), list(accepted), n=3)
     return f" Did you mean: {', '.join(close)}?" if close else ""
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _int_list(value: Any, key: str, *, minimum: int) -> list[int]:
@@ -72,10 +71,10 @@ def _floatify(value: Any, annotation: Any) -> Any:
     return value
 
 
-def _error_key(message: str, names) -> str | None:
-    """The argument a constructor's error message starts with (``"window must be ..."``), if known."""
-    first = message.split(" ", 1)[0].strip(":,'\"")
-    return first if first in names else None
+def _blamed_arg(error: Exception, names) -> str | None:
+    """The argument an error names, if it is one of ``names``; None for errors that name none."""
+    arg = error.arg if isinstance(error, ArgumentError) else None
+    return arg if arg in names else None
 
 
 # ----------------------------------------------------------------------------- mixers
@@ -127,10 +126,9 @@ def build_mixer_check(name: str, kwargs: dict, d_model: int, key: str, width_key
         with torch.no_grad():
             cls(d_model, **kwargs)
     except (TypeError, ValueError) as error:
-        message = str(error)
-        arg = _error_key(message, kwargs)
+        arg = _blamed_arg(error, kwargs)
         where = f"{key}.{arg}" if arg else key
-        raise ConfigError(f"{where} (with {width_key}={d_model}): mixer {name!r} rejects it: {message}") from None
+        raise ConfigError(f"{where} (with {width_key}={d_model}): mixer {name!r} rejects it: {error}") from None
 
 
 # ----------------------------------------------------------------------------- tasks
@@ -169,8 +167,7 @@ def instantiate_task(task: str, kwargs: dict, key: str, *, seq_len_key: str | No
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as error:
-        message = str(error)
-        arg = _error_key(message, _task_params(cls))
+        arg = _blamed_arg(error, _task_params(cls))
         if arg == "seq_len" and seq_len_key:
             where = seq_len_key
         elif arg:
@@ -178,7 +175,7 @@ def instantiate_task(task: str, kwargs: dict, key: str, *, seq_len_key: str | No
         else:
             where = key
         extra = f" ({context})" if context and where != seq_len_key else ""
-        raise ConfigError(f"{where}{extra}: task {task!r} rejects it: {message}") from None
+        raise ConfigError(f"{where}{extra}: task {task!r} rejects it: {error}") from None
 
 
 def resolve_task_kwargs(task_obj, kwargs: dict) -> dict:
@@ -238,6 +235,5 @@ def make_config(values: dict, key: str) -> TrainConfig:
         merged = apply_overrides(dataclasses.asdict(TrainConfig()), values, _TRAIN_FIELDS)
         return TrainConfig(**merged)
     except ConfigError as error:
-        message = str(error)
-        arg = _error_key(message, _TRAIN_FIELDS)
-        raise ConfigError(f"{key}.{arg}: {message}" if arg else f"{key}: {message}") from None
+        arg = _blamed_arg(error, _TRAIN_FIELDS)
+        raise ConfigError(f"{key}.{arg}: {error}" if arg else f"{key}: {error}") from None

@@ -10,8 +10,9 @@ import json
 from typing import Any
 
 from ..config import ConfigError, TrainConfig
+from ..policies.base import MODES, is_budget
 from ..registry import POLICIES
-from .checks import _close, _error_key, _floatify, _is_int, _plain, registry_entry
+from .checks import _blamed_arg, _close, _floatify, _plain, registry_entry
 from .ids import canonical_json
 
 __all__ = ["POLICY_ENTRY_KEYS", "check_budget", "check_budgets", "budget_key", "policy_applies", "policy_pairs",
@@ -27,7 +28,7 @@ _POLICY_RESERVED = {"budget": "set by budgets (or the entry's own budgets)", "mo
 
 def check_budget(value: Any, key: str) -> int | float:
     """A budget: an int >= 1 (tokens per layer per head) or a float in (0, 1] (a fraction of the length)."""
-    if (_is_int(value) and value >= 1) or (isinstance(value, float) and 0.0 < value <= 1.0):
+    if is_budget(value):
         return value
     raise ConfigError(f"{key} must be a positive int (tokens kept per layer per head) or a float in (0, 1] "
                       f"(a fraction of the evaluated sequence length), got {value!r}")
@@ -93,8 +94,6 @@ def takes_budget(cls, mode: str, kwargs: dict) -> bool:
 
 def check_policy_entry(i: int, entry: Any, spec_budgets: list) -> dict:
     """One validated entry of ``policies``: name, resolved kwargs, mode, budgets, key and label."""
-    from ..policies.base import MODES
-
     key = f"policies[{i}]"
     name, kwargs = registry_entry(key, entry, "name", POLICIES, "policy", extra=("mode", "budgets"))
     cls = POLICIES.get(name)
@@ -136,15 +135,14 @@ def check_policy_entry(i: int, entry: Any, spec_budgets: list) -> dict:
         try:
             obj = cls(budget=budget, mode=mode, **kwargs)
         except (TypeError, ValueError) as error:
-            message = str(error)
-            arg = _error_key(message, list(kwargs) + ["budget"])
+            arg = _blamed_arg(error, [*kwargs, "budget"])
             if arg == "budget" and bkey:
                 where = bkey
             elif arg:
                 where = f"{key}.kwargs.{arg}"
             else:
                 where = key
-            raise ConfigError(f"{where}: policy {name!r} rejects it: {message}") from None
+            raise ConfigError(f"{where}: policy {name!r} rejects it: {error}") from None
         resolved = {k: v for k, v in obj.config().items() if k not in _POLICY_RESERVED}
     if not _plain(resolved):
         resolved = {k: v for k, v in resolved.items() if _plain(v)} | kwargs

@@ -32,8 +32,9 @@ from torch import Tensor, nn
 
 from ..ops.rotary import apply_rotary, rotary_angles
 from ..policies.base import BoundPolicy, Observation, Policy, PolicyKVState, attention_probs
-from ..protocol import Mixer, check_positive
+from ..protocol import Mixer
 from ..registry import register_mixer
+from ..validation import ArgumentError, check_divisor, check_positive
 
 
 class KVState(NamedTuple):
@@ -59,13 +60,11 @@ class Attention(Mixer):
 
     def __init__(self, d_model: int, *, n_heads: int = 2, rope_base: float = 10000.0, bias: bool = False):
         super().__init__(d_model)
-        check_positive(n_heads=n_heads, rope_base=rope_base)
-        if d_model % n_heads:
-            raise ValueError(f"n_heads must divide d_model={d_model}, got n_heads={n_heads}")
+        check_positive(rope_base=rope_base)
+        check_divisor("n_heads", n_heads, d_model, "d_model")
         if (d_model // n_heads) % 2:
-            raise ValueError(
-                f"d_model / n_heads must be even for rotary embeddings, got {d_model}/{n_heads}={d_model // n_heads}"
-            )
+            raise ArgumentError("n_heads", "such that d_model / n_heads is even (rotary embeddings rotate pairs)",
+                                f"{d_model}/{n_heads}={d_model // n_heads}")
         self.n_heads = n_heads
         self.head_dim = d_model // n_heads
         self.rope_base = float(rope_base)

@@ -54,8 +54,9 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from ..ops.linear_attn import IMPLS, linear_attn, state_dtype
-from ..protocol import Mixer, check_choice, check_int, check_positive
+from ..protocol import Mixer
 from ..registry import register_mixer
+from ..validation import check_choice, check_divisor, check_int, check_positive
 from .attention import KVState
 from .sliding_window import SlidingWindowAttention
 
@@ -133,10 +134,9 @@ class Based(Mixer):
         chunk_size: int = 64,
     ):
         super().__init__(d_model)
-        check_int(n_heads=n_heads, feature_dim=feature_dim, chunk_size=chunk_size)
+        check_int(feature_dim=feature_dim, chunk_size=chunk_size)
         check_choice("impl", impl, IMPLS)
-        if self.d_model % n_heads:
-            raise ValueError(f"n_heads must divide d_model={self.d_model}, got n_heads={n_heads}")
+        check_divisor("n_heads", n_heads, self.d_model, "d_model")
         self.n_heads, self.feature_dim = n_heads, feature_dim
         self.head_dim = self.d_model // n_heads
         self.n_features = 1 + feature_dim + feature_dim**2  # F

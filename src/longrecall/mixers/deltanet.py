@@ -30,8 +30,9 @@ from torch import Tensor, nn
 
 from ..modules import RMSNorm, ShortConvolution, delta_rule_step, head_dims, l2norm, own
 from ..ops.linear_attn import IMPLS, delta_rule, state_dtype
-from ..protocol import Mixer, check_bool, check_choice, check_int, check_positive
+from ..protocol import Mixer
 from ..registry import register_mixer
+from ..validation import check_bool, check_choice, check_int, check_positive
 
 __all__ = ["DeltaNet", "DeltaNetState", "DeltaRuleBlock"]
 

@@ -26,8 +26,8 @@ from typing import NamedTuple
 from torch import Tensor, nn
 
 from ..modules import decay_init, gated_log_decay
-from ..protocol import check_int
 from ..registry import register_mixer
+from ..validation import check_int
 from .deltanet import DeltaRuleBlock
 
 __all__ = ["GatedDeltaNet", "GatedDeltaNetState"]

@@ -25,8 +25,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops.linear_attn import IMPLS, linear_attn, state_dtype
-from ..protocol import Mixer, check_choice, check_positive
+from ..protocol import Mixer
 from ..registry import register_mixer
+from ..validation import ArgumentError, check_choice, check_int, check_positive
 
 __all__ = ["GLA", "GLAState"]
 
@@ -85,18 +86,19 @@ class GLA(Mixer):
         chunk_size: int = 64,
     ):
         super().__init__(d_model)
-        check_positive(n_heads=n_heads, expand_k=expand_k, expand_v=expand_v, gate_low_rank_dim=gate_low_rank_dim)
+        check_int(n_heads=n_heads)
+        check_positive(expand_k=expand_k, expand_v=expand_v, gate_low_rank_dim=gate_low_rank_dim)
         check_positive(gate_logit_normalizer=gate_logit_normalizer, norm_eps=norm_eps, chunk_size=chunk_size)
         check_choice("impl", impl, IMPLS)
-        if not isinstance(n_heads, int):
-            raise ValueError(f"n_heads must be an int, got {n_heads!r}")
         key_dim, value_dim = int(expand_k * self.d_model), int(expand_v * self.d_model)
-        check_positive(key_dim=key_dim, value_dim=value_dim)  # a small expand can round to 0
+        for name, expand, width, dim in (("expand_k", expand_k, key_dim, "key_dim"),
+                                         ("expand_v", expand_v, value_dim, "value_dim")):
+            if width < 1:  # a small expand can round to 0
+                accepted = f"large enough that {dim} = int({name} * d_model) >= 1 (d_model={self.d_model})"
+                raise ArgumentError(name, accepted, repr(expand))
         if key_dim % n_heads or value_dim % n_heads:
-            raise ValueError(
-                f"n_heads must divide the key width {key_dim} and the value width {value_dim} "
-                f"(expand_k * d_model, expand_v * d_model), got n_heads={n_heads}"
-            )
+            raise ArgumentError("n_heads", f"an int dividing the key width {key_dim} and the value width {value_dim} "
+                                "(expand_k * d_model, expand_v * d_model)", repr(n_heads))
         self.n_heads, self.key_dim, self.value_dim = int(n_heads), key_dim, value_dim
         self.head_k_dim, self.head_v_dim = key_dim // n_heads, value_dim // n_heads
         self.gate_low_rank_dim, self.gate_logit_normalizer = int(gate_low_rank_dim), float(gate_logit_normalizer)

@@ -22,8 +22,9 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from ..ops.linear_attn import IMPLS, linear_attn, state_dtype
-from ..protocol import Mixer, check_choice, check_positive
+from ..protocol import Mixer
 from ..registry import register_mixer
+from ..validation import check_choice, check_divisor, check_positive
 
 __all__ = ["LinearAttention", "LinearAttentionState", "elu_feature_map"]
 
@@ -80,8 +81,7 @@ class LinearAttention(Mixer):
         super().__init__(d_model)
         check_positive(n_heads=n_heads, eps=eps, chunk_size=chunk_size)
         check_choice("impl", impl, IMPLS)
-        if not isinstance(n_heads, int) or d_model % n_heads:
-            raise ValueError(f"n_heads must be an int dividing d_model={d_model}, got n_heads={n_heads!r}")
+        check_divisor("n_heads", n_heads, d_model, "d_model")
         self.n_heads, self.head_dim = n_heads, d_model // n_heads
         self.eps, self.chunk_size, self.impl = float(eps), int(chunk_size), impl
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=bias)

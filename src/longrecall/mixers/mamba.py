@@ -18,8 +18,9 @@ from torch import Tensor, nn
 from ..modules import ShortConvolution, init_dt_bias
 from ..ops.scan import fused_scan_available, selective_scan_chunked, selective_scan_fused, selective_scan_naive
 from ..ops.scan.naive import scan_dtype
-from ..protocol import Mixer, check_choice, check_positive
+from ..protocol import Mixer
 from ..registry import register_mixer
+from ..validation import ArgumentError, check_choice, check_positive, is_int
 
 __all__ = ["Mamba", "MambaState"]
 
@@ -94,12 +95,14 @@ class Mamba(Mixer):
         check_choice("scan", scan, SCANS)
         if dt_rank == "auto":
             dt_rank = math.ceil(self.d_model / 16)
-        if isinstance(dt_rank, bool) or not isinstance(dt_rank, int) or dt_rank <= 0:
-            raise ValueError(f"dt_rank must be 'auto' or a positive int, got {dt_rank!r}")
+        if not is_int(dt_rank) or dt_rank <= 0:
+            raise ArgumentError("dt_rank", "'auto' or a positive int", repr(dt_rank))
         if dt_min > dt_max:
-            raise ValueError(f"dt_min must be <= dt_max, got dt_min={dt_min!r}, dt_max={dt_max!r}")
+            raise ArgumentError("dt_min", "<= dt_max", f"dt_min={dt_min!r}, dt_max={dt_max!r}")
         d_inner = int(expand * self.d_model)
-        check_positive(d_inner=d_inner)  # a fractional expand can round to 0
+        if d_inner < 1:  # a fractional expand can round to 0
+            raise ArgumentError("expand", f"large enough that int(expand * d_model) >= 1 (d_model={self.d_model})",
+                                repr(expand))
 
         self.d_state, self.d_conv, self.expand = int(d_state), int(d_conv), expand
         self.d_inner, self.dt_rank = d_inner, int(dt_rank)

@@ -24,8 +24,9 @@ from torch import Tensor, nn
 
 from ..modules import RMSNorm, ShortConvolution, init_dt_bias
 from ..ops.linear_attn import IMPLS, linear_attn, state_dtype
-from ..protocol import Mixer, check_choice, check_int, check_positive
+from ..protocol import Mixer
 from ..registry import register_mixer
+from ..validation import ArgumentError, check_choice, check_divisor, check_int, check_positive
 
 __all__ = ["Mamba2", "Mamba2State"]
 
@@ -101,22 +102,24 @@ class Mamba2(Mixer):
         impl: str = "chunked",
     ):
         super().__init__(d_model)
-        check_positive(d_state=d_state, d_conv=d_conv, expand=expand, headdim=headdim, chunk_size=chunk_size)
+        check_int(d_state=d_state, d_conv=d_conv, headdim=headdim)
+        check_positive(expand=expand, chunk_size=chunk_size)
         check_positive(dt_min=dt_min, dt_max=dt_max, dt_init_floor=dt_init_floor, norm_eps=norm_eps)
         check_choice("impl", impl, IMPLS)
-        check_int(d_state=d_state, d_conv=d_conv, headdim=headdim)
         if dt_min > dt_max:
-            raise ValueError(f"dt_min must be <= dt_max, got dt_min={dt_min!r}, dt_max={dt_max!r}")
+            raise ArgumentError("dt_min", "<= dt_max", f"dt_min={dt_min!r}, dt_max={dt_max!r}")
+        A_accepted = "a pair (low, high) with 0 < low <= high"
         try:
             A_lo, A_hi = (float(a) for a in A_init_range)
         except (TypeError, ValueError):
-            raise ValueError(f"A_init_range must be a pair (low, high), got {A_init_range!r}") from None
+            raise ArgumentError("A_init_range", A_accepted, repr(A_init_range)) from None
         if not 0 < A_lo <= A_hi:
-            raise ValueError(f"A_init_range must satisfy 0 < low <= high, got {A_init_range!r}")
+            raise ArgumentError("A_init_range", A_accepted, repr(A_init_range))
         d_inner = int(expand * self.d_model)
-        check_positive(d_inner=d_inner)  # a fractional expand can round to 0
-        if d_inner % headdim:
-            raise ValueError(f"headdim must divide the inner width E = expand * d_model = {d_inner}, got {headdim}")
+        if d_inner < 1:  # a fractional expand can round to 0
+            raise ArgumentError("expand", f"large enough that int(expand * d_model) >= 1 (d_model={self.d_model})",
+                                repr(expand))
+        check_divisor("headdim", headdim, d_inner, "E = expand * d_model")
 
         self.d_state, self.d_conv, self.expand, self.headdim = d_state, d_conv, expand, headdim
         self.d_inner, self.nheads = d_inner, d_inner // headdim

@@ -28,8 +28,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops.linear_attn import IMPLS, state_dtype
-from ..protocol import Mixer, check_choice, check_positive
+from ..protocol import Mixer
 from ..registry import register_mixer
+from ..validation import check_choice, check_divisor, check_positive
 
 __all__ = ["MLSTM", "MLSTMState"]
 
@@ -80,10 +81,9 @@ class MLSTM(Mixer):
         chunk_size: int = 64,
     ):
         super().__init__(d_model)
-        check_positive(n_heads=n_heads, norm_eps=norm_eps, chunk_size=chunk_size)
+        check_positive(norm_eps=norm_eps, chunk_size=chunk_size)
         check_choice("impl", impl, IMPLS)
-        if isinstance(n_heads, float) or self.d_model % n_heads:
-            raise ValueError(f"n_heads must be an int dividing d_model={self.d_model}, got n_heads={n_heads!r}")
+        check_divisor("n_heads", n_heads, self.d_model, "d_model")
         self.n_heads, self.head_dim = int(n_heads), self.d_model // int(n_heads)
         self.impl, self.chunk_size = impl, int(chunk_size)
         D, H = self.d_model, self.n_heads

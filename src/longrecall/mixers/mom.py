@@ -48,8 +48,9 @@ from torch import Tensor, nn
 from ..modules import (RMSNorm, ShortConvolution, decay_init, delta_rule_step, gated_log_decay, head_dims, l2norm,
                        own)
 from ..ops.linear_attn import IMPLS, delta_rule, state_dtype
-from ..protocol import Mixer, check_bool, check_choice, check_int, check_positive
+from ..protocol import Mixer
 from ..registry import register_mixer
+from ..validation import ArgumentError, check_bool, check_choice, check_int, check_positive
 
 __all__ = ["MoM", "MoMState", "Routing", "ShiftedProducts", "routed_short_conv", "routed_short_conv_step",
            "shifted_products"]
@@ -216,7 +217,7 @@ class MoM(Mixer):
         check_bool(shared_memory=shared_memory, use_gate=use_gate, conv_bias=conv_bias)
         check_choice("impl", impl, IMPLS)
         if topk > num_memories:
-            raise ValueError(f"topk must be <= num_memories={num_memories}, got {topk}")
+            raise ArgumentError("topk", f"<= num_memories={num_memories}", repr(topk))
         head_dim, head_v = head_dims(d_model, n_heads, head_dim, (self.d_model // 2) // n_heads, expand_v)
         self.num_memories, self.topk, self.shared_memory = num_memories, topk, shared_memory
         self.n_mem = num_memories + int(shared_memory)  # Mt, the memories held in the state

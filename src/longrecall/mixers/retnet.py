@@ -27,8 +27,9 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from ..ops.linear_attn import IMPLS, linear_attn, state_dtype
-from ..protocol import Mixer, check_choice, check_positive
+from ..protocol import Mixer
 from ..registry import register_mixer
+from ..validation import ArgumentError, check_choice, check_divisor, check_positive
 
 __all__ = ["RetNet", "RetNetState", "retnet_gammas"]
 
@@ -82,19 +83,17 @@ class RetNet(Mixer):
         impl: str = "chunked",
     ):
         super().__init__(d_model)
-        check_positive(n_heads=n_heads, value_factor=value_factor, rope_base=rope_base, norm_eps=norm_eps,
-                       chunk_size=chunk_size)
+        check_positive(value_factor=value_factor, rope_base=rope_base, norm_eps=norm_eps, chunk_size=chunk_size)
         check_choice("impl", impl, IMPLS)
-        if not isinstance(n_heads, int) or d_model % n_heads:
-            raise ValueError(f"n_heads must be an int dividing d_model={d_model}, got n_heads={n_heads!r}")
+        check_divisor("n_heads", n_heads, d_model, "d_model")
         key_dim = d_model // n_heads
         if key_dim % 2:
-            raise ValueError(
-                f"d_model / n_heads must be even for the rotary (xPos) rotation, got {d_model}/{n_heads}={key_dim}"
-            )
+            raise ArgumentError("n_heads", "such that d_model / n_heads is even (the xPos rotation pairs channels)",
+                                f"{d_model}/{n_heads}={key_dim}")
         value_dim = value_factor * key_dim
         if value_dim != int(value_dim):
-            raise ValueError(f"value_factor * (d_model / n_heads) must be an integer, got {value_factor} * {key_dim}")
+            raise ArgumentError("value_factor", "such that value_factor * (d_model / n_heads) is an integer",
+                                f"{value_factor} * {key_dim}")
 
         self.n_heads, self.key_dim, self.value_dim = n_heads, key_dim, int(value_dim)
         self.value_factor, self.rope_base, self.norm_eps = value_factor, float(rope_base), norm_eps

@@ -28,8 +28,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops.linear_attn import IMPLS, linear_attn, state_dtype
-from ..protocol import Mixer, check_choice, check_positive
+from ..protocol import Mixer
 from ..registry import register_mixer
+from ..validation import check_choice, check_divisor, check_positive, check_ratio
 
 __all__ = ["RWKV6", "RWKV6State"]
 
@@ -93,12 +94,10 @@ class RWKV6(Mixer):
         chunk_size: int = 64,
     ):
         super().__init__(d_model)
-        check_positive(head_size=head_size, mix_rank=mix_rank, decay_rank=decay_rank, chunk_size=chunk_size)
+        check_positive(mix_rank=mix_rank, decay_rank=decay_rank, chunk_size=chunk_size)
         check_choice("impl", impl, IMPLS)
-        if isinstance(head_size, float) or self.d_model % head_size:
-            raise ValueError(f"head_size must be an int dividing d_model={self.d_model}, got head_size={head_size!r}")
-        if isinstance(init_depth, bool) or not isinstance(init_depth, (int, float)) or not 0 <= init_depth <= 1:
-            raise ValueError(f"init_depth must be a number in [0, 1], got {init_depth!r}")
+        check_divisor("head_size", head_size, self.d_model, "d_model")
+        check_ratio("init_depth", init_depth)
         self.head_size, self.n_heads = int(head_size), self.d_model // int(head_size)
         self.mix_rank, self.decay_rank, self.init_depth = int(mix_rank), int(decay_rank), float(init_depth)
         self.impl, self.chunk_size = impl, int(chunk_size)

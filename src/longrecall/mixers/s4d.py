@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops.conv import causal_conv_fft_freq, kernel_rfft
-from ..protocol import Mixer, check_choice, check_positive
+from ..protocol import Mixer
 from ..registry import register_mixer
+from ..validation import ArgumentError, check_choice, check_int, check_positive
 
 __all__ = ["S4D", "S4DState"]
 
@@ -116,12 +117,13 @@ class S4D(Mixer):
         kernel_cache: bool = True,
     ):
         super().__init__(d_model)
-        if isinstance(d_state, bool) or not isinstance(d_state, int) or d_state <= 0 or d_state % 2:
-            raise ValueError(f"d_state must be a positive even integer (N/2 complex modes), got {d_state!r}")
+        check_int(d_state=d_state)
+        if d_state % 2:
+            raise ArgumentError("d_state", "a positive even int (N/2 complex modes)", repr(d_state))
         check_choice("init", init, INITS)
         check_positive(dt_min=dt_min, dt_max=dt_max)
         if dt_min > dt_max:
-            raise ValueError(f"dt_min must be <= dt_max, got dt_min={dt_min!r} > dt_max={dt_max!r}")
+            raise ArgumentError("dt_min", "<= dt_max", f"dt_min={dt_min!r} > dt_max={dt_max!r}")
         H, N, M = self.d_model, d_state, d_state // 2
         self.d_state, self.init, self.kernel_cache = N, init, bool(kernel_cache)
 

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..protocol import check_positive
 from ..registry import register_mixer
+from ..validation import ArgumentError, check_positive, is_int
 from .attention import Attention, KVState
 
 
@@ -48,8 +48,8 @@ class SlidingWindowAttention(Attention):
         bias: bool = False,
     ):
         super().__init__(d_model, n_heads=n_heads, rope_base=rope_base, bias=bias)
-        if isinstance(window, bool) or not isinstance(window, int) or window <= 0:
-            raise ValueError(f"window must be a positive int (the number of tokens each query sees), got {window!r}")
+        if not is_int(window) or window <= 0:
+            raise ArgumentError("window", "a positive int (the number of tokens each query sees)", repr(window))
         check_positive(block_size=block_size)
         self.window = window
         self.block_size = int(block_size)

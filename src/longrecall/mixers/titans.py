@@ -69,8 +69,9 @@ from torch import Tensor, nn
 
 from ..modules import rms_norm
 from ..ops.linear_attn import state_dtype
-from ..protocol import Mixer, check_int, check_positive
+from ..protocol import Mixer
 from ..registry import register_mixer
+from ..validation import ArgumentError, check_bool, check_divisor, check_int, check_positive
 
 __all__ = ["Titans", "TitansState", "memory_apply", "memory_backward", "memory_grads"]
 
@@ -262,16 +263,13 @@ class Titans(Mixer):
         super().__init__(d_model)
         check_int(n_heads=n_heads, memory_depth=memory_depth, chunk_size=chunk_size)
         check_positive(memory_expansion=memory_expansion, max_lr=max_lr)
-        for name, flag in (("output_gate", output_gate), ("value_norm", value_norm)):
-            if not isinstance(flag, bool):
-                raise ValueError(f"{name} must be a bool, got {flag!r}")
-        if self.d_model % n_heads:
-            raise ValueError(f"n_heads must divide d_model={self.d_model}, got n_heads={n_heads}")
+        check_bool(output_gate=output_gate, value_norm=value_norm)
+        check_divisor("n_heads", n_heads, self.d_model, "d_model")
         self.n_heads, self.head_dim = n_heads, self.d_model // n_heads
         hidden = int(memory_expansion * self.head_dim)
         if memory_depth > 1 and hidden < 1:
-            raise ValueError(f"memory_expansion * d_model / n_heads must be >= 1, "
-                             f"got memory_expansion={memory_expansion!r}")
+            raise ArgumentError("memory_expansion", "large enough that int(memory_expansion * d_model / n_heads) >= 1",
+                                repr(memory_expansion))
         self.memory_depth, self.memory_expansion, self.hidden = memory_depth, memory_expansion, hidden
         self.chunk_size, self.max_lr = chunk_size, float(max_lr)
         self.output_gate, self.value_norm = output_gate, value_norm

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..modules import RMSNorm, ShortConvolution
-from ..protocol import Mixer, check_positive, state_nbytes
+from ..protocol import Mixer, check_int, check_positive, state_nbytes
 from ..registry import MIXERS
 
 IGNORE_INDEX = -100
@@ -160,8 +160,7 @@ class LanguageModel(nn.Module):
             "short_conv": short_conv,
             "tie_embeddings": tie_embeddings,
         }
-        if isinstance(short_conv, bool) or not isinstance(short_conv, int) or short_conv < 0:
-            raise ValueError(f"short_conv must be a non-negative int (0 disables it), got {short_conv!r}")
+        check_int(minimum=0, short_conv=short_conv)  # 0 disables it
         self.embedding = nn.Embedding(vocab_size, d_model)
         self.blocks = nn.ModuleList(
             Block(self._build_mixer(name, d_model, mixer_kwargs or {}), d_model, mlp, short_conv) for name in layers

@@ -38,7 +38,8 @@ from typing import ClassVar, NamedTuple
 import torch
 from torch import Tensor
 
-from ..protocol import check_choice, state_nbytes
+from ..protocol import state_nbytes
+from ..validation import ArgumentError, check_choice, check_int, is_int
 
 MODES: tuple[str, ...] = ("step", "prefill")
 
@@ -50,6 +51,7 @@ __all__ = [
     "PolicyKVState",
     "attention_probs",
     "cat_states",
+    "is_budget",
     "keep_mask",
     "keep_topk",
     "kept_positions",
@@ -195,14 +197,15 @@ def cat_states(states: list[PolicyKVState]) -> PolicyKVState:
     return PolicyKVState(*(cat([p[i] for p in padded]) for i in range(len(PolicyKVState._fields))))
 
 
+def is_budget(value) -> bool:
+    """A finite budget: an int >= 1 (tokens per layer per head) or a float in (0, 1] (a ratio of the context)."""
+    return (is_int(value) and value >= 1) or (isinstance(value, float) and 0.0 < value <= 1.0)
+
+
 def kept_positions(state: PolicyKVState, row: int = 0, head: int = 0) -> list[int]:
     """The absolute positions a (row, head) holds, in cache order (empty slots skipped)."""
     pos = state.pos[row, head]
     return pos[pos >= 0].tolist()
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 # ----------------------------------------------------------------------------- the policy
@@ -246,32 +249,19 @@ class Policy:
     # -- configuration ---------------------------------------------------------------------
 
     def validate(self) -> None:
-        """Raise ValueError naming the field and its accepted values; subclasses extend it."""
-        b = self.budget
-        ok = b is None or (_is_int(b) and b >= 1) or (isinstance(b, float) and 0.0 < b <= 1.0)
-        if not ok:
-            raise ValueError(
-                "budget must be None (unlimited), an int >= 1 (tokens per layer per head) or a float "
-                f"in (0, 1] (a ratio of the context length); got {b!r}"
-            )
+        """Raise ``ArgumentError`` naming the field and its accepted values; subclasses extend it."""
+        if not (self.budget is None or is_budget(self.budget)):
+            raise ArgumentError("budget", "None (unlimited), an int >= 1 (tokens per layer per head) or a float "
+                                "in (0, 1] (a ratio of the context length)", repr(self.budget))
         check_choice("mode", self.mode, MODES)
-
-    def check_int(self, name: str, minimum: int = 0, allow_none: bool = False) -> None:
-        value = getattr(self, name)
-        if allow_none and value is None:
-            return
-        if not _is_int(value) or value < minimum:
-            none = "None or " if allow_none else ""
-            raise ValueError(f"{name} must be {none}an int >= {minimum}; got {value!r}")
 
     def resolve_budget(self, context_len: int | None = None) -> int | None:
         """Tokens per layer per head before layer/head allocation (None: unlimited)."""
-        if self.budget is None or _is_int(self.budget):
+        if self.budget is None or is_int(self.budget):
             return self.budget
-        if not _is_int(context_len) or context_len < 1:
-            raise ValueError(
-                f"context_len must be a positive int to resolve the ratio budget={self.budget!r}; got {context_len!r}"
-            )
+        if not is_int(context_len) or context_len < 1:
+            raise ArgumentError("context_len", f"a positive int to resolve the ratio budget={self.budget!r}",
+                                repr(context_len))
         return max(1, math.floor(self.budget * context_len + 1e-9))
 
     def layer_budget(self, budget: int, layer: int, n_layers: int) -> int:
@@ -283,14 +273,12 @@ class Policy:
         return (budget,) * n_heads
 
     def check_budget(self, budget: int) -> None:
-        """Raise ValueError when a resolved budget cannot hold the protected tokens (sinks, window)."""
+        """Raise ``ArgumentError`` when a resolved budget cannot hold the protected tokens (sinks, window)."""
 
     def bind(self, *, n_heads: int, layer: int = 0, n_layers: int = 1, context_len: int | None = None) -> "BoundPolicy":
         """Resolve the budget for one layer: what ``Attention.set_policy`` stores."""
-        if not _is_int(n_layers) or n_layers < 1 or not _is_int(layer) or not 0 <= layer < n_layers:
-            raise ValueError(
-                f"layer must be an int in [0, n_layers) and n_layers >= 1; got layer={layer!r}, n_layers={n_layers!r}"
-            )
+        check_int(n_layers=n_layers)
+        check_int(layer=layer, minimum=0, maximum=n_layers - 1)
         budget = self.resolve_budget(context_len)
         budgets = None
         if budget is not None:

@@ -44,9 +44,10 @@ import torch
 from torch import Tensor
 
 from ..registry import register_policy
+from ..validation import ArgumentError, check_int, check_number
 from .base import PolicyKVState
 from .infllm import BIG, UnitRetrieval, split_budget
-from .sirllm import SurprisalSignal, check_number
+from .sirllm import SurprisalSignal
 
 
 @register_policy("em_llm")
@@ -77,14 +78,13 @@ class EMLLM(SurprisalSignal, UnitRetrieval):
     def validate(self) -> None:
         super().validate()
         check_number("gamma", self.gamma, 0.0, math.inf)
-        self.check_int("tau", minimum=2, allow_none=True)
-        self.check_int("max_event", minimum=1)
-        self.check_int("k_sim", minimum=1, allow_none=True)
-        self.check_int("k_contig", minimum=0, allow_none=True)
+        check_int(tau=self.tau, minimum=2, allow_none=True)
+        check_int(max_event=self.max_event)
+        check_int(k_sim=self.k_sim, allow_none=True)
+        check_int(k_contig=self.k_contig, minimum=0, allow_none=True)
         if self.budget is None and any(v is not None for v in (self.n_local, self.k_sim, self.k_contig)):
-            raise ValueError(
-                "n_local, k_sim and k_contig split a budget; with budget=None attention is full (set a budget)"
-            )
+            raise ArgumentError("budget", "set when n_local, k_sim and k_contig split a budget (with budget=None "
+                                "attention is full)", "None")
 
     def layout(self, budget: int) -> tuple[int, int, int]:
         if self.k_sim is None and self.k_contig is None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from ..registry import register_policy
+from ..validation import ArgumentError
 from .base import Policy
 
 
@@ -31,7 +32,7 @@ class Full(Policy):
     def validate(self) -> None:
         super().validate()
         if self.budget is not None:
-            raise ValueError(f"budget must be None for the full policy (it keeps every token); got {self.budget!r}")
+            raise ArgumentError("budget", "None for the full policy (it keeps every token)", repr(self.budget))
 
     def keep_position(self, pos: Tensor, length: Tensor, budget: Tensor) -> Tensor:
         return pos >= 0

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from ..registry import register_policy
+from ..validation import ArgumentError, check_int, check_ratio
 from .base import Observation, Policy, PolicyKVState, recent_mask
 
 
@@ -50,14 +51,12 @@ class H2O(Policy):
 
     def validate(self) -> None:
         super().validate()
-        self.check_int("recent", minimum=0, allow_none=True)
-        r = self.recent_ratio
-        if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0.0 <= r <= 1.0:
-            raise ValueError(f"recent_ratio must be a number in [0, 1]; got {r!r}")
+        check_int(recent=self.recent, minimum=0, allow_none=True)
+        check_ratio("recent_ratio", self.recent_ratio)
 
     def check_budget(self, budget: int) -> None:
         if self.recent is not None and self.recent > budget:
-            raise ValueError(f"recent must be <= budget; got recent={self.recent}, budget={budget}")
+            raise ArgumentError("recent", "<= budget", f"recent={self.recent}, budget={budget}")
 
     def n_recent(self, budget: Tensor) -> Tensor:
         if self.recent is not None:

@@ -42,6 +42,7 @@ from torch import Tensor
 
 from ..protocol import state_nbytes
 from ..registry import register_policy
+from ..validation import ArgumentError, check_int
 from .base import Observation, PolicyKVState
 from .quest import RetrievalPolicy
 
@@ -76,9 +77,9 @@ class UnitRetrieval(RetrievalPolicy):
 
     def validate(self) -> None:
         super().validate()
-        self.check_int("n_init", minimum=0)
-        self.check_int("n_local", minimum=1, allow_none=True)
-        self.check_int("n_repr", minimum=1)
+        check_int(n_init=self.n_init, minimum=0)
+        check_int(n_local=self.n_local, allow_none=True)
+        check_int(n_repr=self.n_repr)
 
     def check_budget(self, budget: int) -> None:
         self.layout(budget)
@@ -201,10 +202,11 @@ class InfLLM(UnitRetrieval):
 
     def validate(self) -> None:
         super().validate()
-        self.check_int("block_size", minimum=1)
-        self.check_int("topk", minimum=1, allow_none=True)
+        check_int(block_size=self.block_size)
+        check_int(topk=self.topk, allow_none=True)
         if self.budget is None and (self.n_local is not None or self.topk is not None):
-            raise ValueError("n_local and topk split a budget; with budget=None attention is full (set a budget)")
+            raise ArgumentError("budget", "set when n_local and topk split a budget (with budget=None attention "
+                                "is full)", "None")
 
     def layout(self, budget: int) -> tuple[int, int, int]:
         n_local, topk = split_budget(budget, self.n_init, self.n_local, self.topk, self.block_size, "topk")

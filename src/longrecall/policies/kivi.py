@@ -42,6 +42,7 @@ import torch
 from torch import Tensor
 
 from ..registry import register_policy
+from ..validation import ArgumentError, check_choice, check_int
 from .base import Observation, Policy, PolicyKVState, keep_mask
 
 BITS = (2, 4)
@@ -96,14 +97,14 @@ class KIVI(Policy):
     def validate(self) -> None:
         super().validate()
         if self.budget is not None:
-            raise ValueError(f"budget must be None for kivi (it keeps every token, quantised); got {self.budget!r}")
-        if isinstance(self.bits, bool) or not isinstance(self.bits, int) or self.bits not in BITS:
-            raise ValueError(f"bits must be one of {BITS}; got {self.bits!r}")
-        self.check_int("group", minimum=1)
+            raise ArgumentError("budget", "None for kivi (it keeps every token, quantised)", repr(self.budget))
+        check_int(bits=self.bits)  # first: 2.0 == 2 would pass the choice
+        check_choice("bits", self.bits, BITS)
+        check_int(group=self.group)
         if self.group % (8 // self.bits):
-            raise ValueError(
-                f"group must be a multiple of {8 // self.bits} (codes per byte at bits={self.bits}); got {self.group}")
-        self.check_int("residual", minimum=0)
+            raise ArgumentError("group", f"a multiple of {8 // self.bits} (codes per byte at bits={self.bits})",
+                                repr(self.group))
+        check_int(residual=self.residual, minimum=0)
 
     def value_group(self, head_dim: int) -> int:
         return self.group if head_dim % self.group == 0 else head_dim

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from ..registry import register_policy
+from ..validation import ArgumentError, check_int
 from .base import Observation, Policy, PolicyKVState, recent_mask
 
 
@@ -37,11 +38,11 @@ class KNorm(Policy):
 
     def validate(self) -> None:
         super().validate()
-        self.check_int("recent", minimum=0)
+        check_int(recent=self.recent, minimum=0)
 
     def check_budget(self, budget: int) -> None:
         if self.recent > budget:
-            raise ValueError(f"recent must be <= budget; got recent={self.recent}, budget={budget}")
+            raise ArgumentError("recent", "<= budget", f"recent={self.recent}, budget={budget}")
 
     def score(self, state: PolicyKVState, obs: Observation | None) -> Tensor:
         k = state.k.float() if state.k.dtype in (torch.float16, torch.bfloat16) else state.k

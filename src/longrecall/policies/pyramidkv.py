@@ -26,10 +26,12 @@ for ``min_num`` and the step (its total falls short of ``L * C``); kvpress round
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from fractions import Fraction
 
 from ..registry import register_policy
+from ..validation import check_number
 from .snapkv import SnapKV
 
 
@@ -48,9 +50,7 @@ class PyramidKV(SnapKV):
 
     def validate(self) -> None:
         super().validate()
-        b = self.beta
-        if isinstance(b, bool) or not isinstance(b, (int, float)) or not 1 <= b < float("inf"):
-            raise ValueError(f"beta must be a finite number >= 1; got {b!r}")
+        check_number("beta", self.beta, 1, math.inf, high_open=True)
 
     def layer_budget(self, budget: int, layer: int, n_layers: int) -> int:
         if n_layers == 1:

@@ -36,6 +36,7 @@ from torch import Tensor
 
 from ..protocol import state_nbytes
 from ..registry import register_policy
+from ..validation import ArgumentError, check_int
 from .base import BoundPolicy, Policy, PolicyKVState
 
 
@@ -98,11 +99,11 @@ class Quest(RetrievalPolicy):
 
     def validate(self) -> None:
         super().validate()
-        self.check_int("page_size", minimum=1)
+        check_int(page_size=self.page_size)
 
     def check_budget(self, budget: int) -> None:
         if budget < self.page_size:
-            raise ValueError(f"budget must be >= page_size={self.page_size} (it counts whole pages); got {budget}")
+            raise ArgumentError("budget", f">= page_size={self.page_size} (it counts whole pages)", repr(budget))
 
     def keep_position(self, pos: Tensor, length: Tensor, budget: Tensor) -> Tensor:
         return pos >= 0

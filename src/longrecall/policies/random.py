@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ..registry import register_policy
+from ..validation import check_int
 from .base import Observation, Policy, PolicyKVState
 
 _MASK = 0xFFFFFFFF
@@ -47,7 +48,7 @@ class Random(Policy):
 
     def validate(self) -> None:
         super().validate()
-        self.check_int("seed", minimum=0)
+        check_int(seed=self.seed, minimum=0)
 
     def score(self, state: PolicyKVState, obs: Observation | None) -> Tensor:
         return hash_scores(state.pos, self.seed)

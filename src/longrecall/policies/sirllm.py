@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from ..registry import register_policy
+from ..validation import ArgumentError, check_int, check_ratio
 from .base import Observation, Policy, PolicyKVState, keep_mask, recent_mask, sink_mask
 
 
@@ -72,12 +73,6 @@ class SurprisalSignal:
         return state._replace(extra=(torch.where(inside, filled, state.extra[0]), *state.extra[1:]))
 
 
-def check_number(name: str, value, low: float, high: float, low_open: bool = False) -> None:
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and low <= value <= high
-    if not ok or (low_open and value == low):
-        raise ValueError(f"{name} must be a number in {'(' if low_open else '['}{low}, {high}]; got {value!r}")
-
-
 @register_policy("sirllm")
 @dataclass
 class SirLLM(SurprisalSignal, Policy):
@@ -97,13 +92,12 @@ class SirLLM(SurprisalSignal, Policy):
 
     def validate(self) -> None:
         super().validate()
-        self.check_int("n_sink", minimum=0)
-        self.check_int("recent", minimum=0)
-        check_number("decay", self.decay, 0.0, 1.0, low_open=True)
+        check_int(n_sink=self.n_sink, recent=self.recent, minimum=0)
+        check_ratio("decay", self.decay, low_open=True)
 
     def check_budget(self, budget: int) -> None:
         if budget < self.n_sink + self.recent:
-            raise ValueError(f"budget must be >= n_sink + recent = {self.n_sink + self.recent}; got {budget}")
+            raise ArgumentError("budget", f">= n_sink + recent = {self.n_sink + self.recent}", repr(budget))
 
     def new_extra(self, batch: int, n_heads: int, n_tokens: int, *, device=None, dtype=None) -> tuple:
         return (torch.zeros(batch, n_heads, n_tokens, device=device, dtype=dtype),)

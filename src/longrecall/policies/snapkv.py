@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..protocol import check_choice
 from ..registry import register_policy
+from ..validation import ArgumentError, check_choice, check_int
 from .base import Observation, Policy, PolicyKVState, attention_probs, keep_topk, recent_mask
 
 POOLINGS = ("avg", "max")
@@ -64,10 +64,9 @@ class SnapKV(Policy):
 
     def validate(self) -> None:
         super().validate()
-        self.check_int("window", minimum=1)
-        self.check_int("kernel", minimum=1)
+        check_int(window=self.window, kernel=self.kernel)
         if self.kernel % 2 == 0:
-            raise ValueError(f"kernel must be an odd int >= 1 (same-length pooling); got {self.kernel!r}")
+            raise ArgumentError("kernel", "an odd int >= 1 (same-length pooling)", repr(self.kernel))
         check_choice("pooling", self.pooling, POOLINGS)
 
     def pool(self, votes: Tensor, prefix: Tensor) -> Tensor:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from ..registry import register_policy
+from ..validation import ArgumentError, check_int
 from .base import Policy
 
 
@@ -43,11 +44,11 @@ class StreamingLLM(Policy):
 
     def validate(self) -> None:
         super().validate()
-        self.check_int("n_sink", minimum=0)
+        check_int(n_sink=self.n_sink, minimum=0)
 
     def check_budget(self, budget: int) -> None:
         if budget < self.n_sink:
-            raise ValueError(f"budget must be >= n_sink={self.n_sink} (the sinks are part of the budget); got {budget}")
+            raise ArgumentError("budget", f">= n_sink={self.n_sink} (the sinks are part of the budget)", repr(budget))
 
     def keep_position(self, pos: Tensor, length: Tensor, budget: Tensor) -> Tensor:
         return (pos < self.n_sink) | (pos >= length - (budget - self.n_sink))

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from ..registry import register_policy
+from ..validation import ArgumentError, check_int, check_ratio
 from .base import Observation, Policy, PolicyKVState, keep_mask
 
 
@@ -65,13 +66,11 @@ class ThinK(Policy):
     def validate(self) -> None:
         super().validate()
         if self.budget is not None:
-            raise ValueError(
-                f"budget must be None for think (it keeps every token, with narrower keys); got {self.budget!r}")
-        r = self.pruning_ratio
-        if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0.0 <= r < 1.0:
-            raise ValueError(f"pruning_ratio must be a number in [0, 1); got {r!r}")
-        self.check_int("recent", minimum=0)
-        self.check_int("window", minimum=1)
+            raise ArgumentError("budget", "None for think (it keeps every token, with narrower keys)",
+                                repr(self.budget))
+        check_ratio("pruning_ratio", self.pruning_ratio, high_open=True)
+        check_int(recent=self.recent, minimum=0)
+        check_int(window=self.window)
 
     def kept_channels(self, head_dim: int) -> int:
         return head_dim - int(self.pruning_ratio * head_dim + 1e-9)

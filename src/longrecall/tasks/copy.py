@@ -40,8 +40,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..protocol import check_positive
 from ..registry import register_task
+from ..validation import ArgumentError, check_int, check_positive, is_int
 from .base import IGNORE_INDEX, Batch, Task
 
 BOS, SEP = 0, 1
@@ -50,10 +50,6 @@ LETTER0 = 2  # letters are LETTER0 .. LETTER0 + alphabet_size - 1
 # The paper's alphabet; string lengths up to a few hundred train in its Figure 2.
 PAPER_SCALE = dict(string_length=300, alphabet_size=26)
 CPU_SCALE = dict(string_length=64, alphabet_size=26)
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @register_task("copy")
@@ -73,10 +69,8 @@ class Copy(Task):
     version = 1
 
     def __post_init__(self):
-        for name, low in (("string_length", 1), ("alphabet_size", 2)):
-            value = getattr(self, name)
-            if not _is_int(value) or not low <= value <= 100_000:
-                raise ValueError(f"{name} must be an int in [{low}, 100000], got {value!r}")
+        check_int(string_length=self.string_length, maximum=100_000)
+        check_int(alphabet_size=self.alphabet_size, minimum=2, maximum=100_000)
 
     @property
     def seq_len(self) -> int:
@@ -85,8 +79,8 @@ class Copy(Task):
     @classmethod
     def length_kwargs(cls, seq_len: int, kwargs: dict) -> dict:
         """``string_length = (seq_len - 2) / 2``: seq_len must be even and at least 4."""
-        if not _is_int(seq_len) or seq_len < 4 or seq_len % 2:
-            raise ValueError(f"seq_len must be an even int >= 4 for copy (seq_len = 2 * string_length + 2), got {seq_len!r}")
+        if not is_int(seq_len) or seq_len < 4 or seq_len % 2:
+            raise ArgumentError("seq_len", "an even int >= 4 for copy (seq_len = 2 * string_length + 2)", repr(seq_len))
         return {"string_length": (seq_len - 2) // 2}
 
     @property

@@ -39,8 +39,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..protocol import check_positive
 from ..registry import register_task
+from ..validation import ArgumentError, check_int, check_positive, is_int
 from .base import IGNORE_INDEX, Batch, Task
 
 BLANK = 0
@@ -49,10 +49,6 @@ SYMBOL0 = 1  # symbols are 1 .. alphabet_size; the recall marker is alphabet_siz
 # Arjovsky et al. 2016 (Figure 1 sweeps T = 100, 200, 300, 500); CPU_SCALE trains in minutes.
 URNN_SCALE = dict(n_symbols=10, delay=500, alphabet_size=8)
 CPU_SCALE = dict(n_symbols=10, delay=100, alphabet_size=8)
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @register_task("delayed_copy")
@@ -74,10 +70,9 @@ class DelayedCopy(Task):
     version = 1
 
     def __post_init__(self):
-        for name, low, high in (("n_symbols", 1, 10_000), ("delay", 0, 1_000_000), ("alphabet_size", 2, 100_000)):
-            value = getattr(self, name)
-            if not _is_int(value) or not low <= value <= high:
-                raise ValueError(f"{name} must be an int in [{low}, {high}], got {value!r}")
+        check_int(n_symbols=self.n_symbols, maximum=10_000)
+        check_int(delay=self.delay, minimum=0, maximum=1_000_000)
+        check_int(alphabet_size=self.alphabet_size, minimum=2, maximum=100_000)
 
     @property
     def seq_len(self) -> int:
@@ -87,8 +82,8 @@ class DelayedCopy(Task):
     def length_kwargs(cls, seq_len: int, kwargs: dict) -> dict:
         """The delay that makes ``2 * n_symbols + delay + 1 == seq_len`` (n_symbols is kept)."""
         n = kwargs.get("n_symbols", cls.n_symbols)
-        if not _is_int(seq_len) or seq_len < 2 * n + 1:
-            raise ValueError(f"seq_len must be an int >= 2 * n_symbols + 1 = {2 * n + 1} for delayed_copy, got {seq_len!r}")
+        if not is_int(seq_len) or seq_len < 2 * n + 1:
+            raise ArgumentError("seq_len", f"an int >= 2 * n_symbols + 1 = {2 * n + 1} for delayed_copy", repr(seq_len))
         return {"delay": seq_len - 2 * n - 1}
 
     @property

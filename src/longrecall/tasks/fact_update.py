@@ -44,8 +44,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..protocol import check_positive
 from ..registry import register_task
+from ..validation import ArgumentError, check_int, check_positive
 from .base import IGNORE_INDEX, Batch, Task
 
 FILLER, QUERY = 0, 1
@@ -74,35 +74,23 @@ class FactUpdate(Task):
     version = 1
 
     def __post_init__(self):
-        for name in ("vocab_size", "seq_len", "n_keys"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        for name in ("n_updated_keys", "n_updates"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+        check_int(vocab_size=self.vocab_size, seq_len=self.seq_len, n_keys=self.n_keys)
+        check_int(n_updated_keys=self.n_updated_keys, n_updates=self.n_updates, minimum=0)
         if self.vocab_size < 6:
-            raise ValueError(f"vocab_size must be at least 6 (filler, query, keys, values), got {self.vocab_size}")
+            raise ArgumentError("vocab_size", "at least 6 (filler, query, keys, values)", repr(self.vocab_size))
         if self.n_keys > self.vocab_size // 2 - 2:
-            raise ValueError(
-                f"n_keys must be at most vocab_size // 2 - 2 = {self.vocab_size // 2 - 2} "
-                f"(distinct keys from [2, vocab_size / 2)), got {self.n_keys}"
-            )
+            raise ArgumentError("n_keys", f"at most vocab_size // 2 - 2 = {self.vocab_size // 2 - 2} "
+                                "(distinct keys from [2, vocab_size / 2))", repr(self.n_keys))
         if self.n_updated_keys > self.n_keys:
-            raise ValueError(f"n_updated_keys must be in [0, n_keys] = [0, {self.n_keys}], got {self.n_updated_keys}")
+            raise ArgumentError("n_updated_keys", f"in [0, n_keys] = [0, {self.n_keys}]", repr(self.n_updated_keys))
         n_values = self.vocab_size - self.vocab_size // 2
         if self.n_updates + 1 > n_values:
-            raise ValueError(
-                f"n_updates must be at most {n_values - 1} (each key's values are distinct tokens "
-                f"from [vocab_size / 2, vocab_size)), got {self.n_updates}"
-            )
+            raise ArgumentError("n_updates", f"at most {n_values - 1} (each key's values are distinct tokens "
+                                "from [vocab_size / 2, vocab_size))", repr(self.n_updates))
         needed = 2 * self.n_events + 3 * self.n_keys
         if self.seq_len < needed:
-            raise ValueError(
-                f"seq_len must be at least 2 * (n_keys + n_updated_keys * n_updates) + 3 * n_keys = {needed}, "
-                f"got {self.seq_len}"
-            )
+            raise ArgumentError("seq_len", "at least 2 * (n_keys + n_updated_keys * n_updates) + 3 * n_keys "
+                                f"= {needed}", repr(self.seq_len))
 
     @property
     def n_events(self) -> int:

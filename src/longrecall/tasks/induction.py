@@ -31,8 +31,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..protocol import check_positive
 from ..registry import register_task
+from ..validation import ArgumentError, check_int, check_positive
 from .base import IGNORE_INDEX, Batch, Task
 
 # Mamba section 4.1.2: vocabulary 16, training length 256.
@@ -57,21 +57,14 @@ class Induction(Task):
     version = 1
 
     def __post_init__(self):
-        for name in ("vocab_size", "seq_len", "min_distance"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_int(vocab_size=self.vocab_size, seq_len=self.seq_len, min_distance=self.min_distance)
         if self.vocab_size < 3:
-            raise ValueError(
-                f"vocab_size must be at least 3 (two ordinary tokens and the trigger), got {self.vocab_size}"
-            )
+            raise ArgumentError("vocab_size", "at least 3 (two ordinary tokens and the trigger)", repr(self.vocab_size))
         if self.seq_len < 3:
-            raise ValueError(f"seq_len must be at least 3 (trigger, answer, trigger), got {self.seq_len}")
+            raise ArgumentError("seq_len", "at least 3 (trigger, answer, trigger)", repr(self.seq_len))
         if self.min_distance > self.seq_len - 2:
-            raise ValueError(
-                f"min_distance must be in [1, seq_len - 2] = [1, {self.seq_len - 2}] (the answer sits at "
-                f"position 1 at the earliest), got {self.min_distance}"
-            )
+            raise ArgumentError("min_distance", f"in [1, seq_len - 2] = [1, {self.seq_len - 2}] (the answer sits at "
+                                "position 1 at the earliest)", repr(self.min_distance))
 
     @property
     def trigger(self) -> int:

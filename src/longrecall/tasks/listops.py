@@ -55,8 +55,8 @@ from typing import ClassVar, Sequence
 
 import torch
 
-from ..protocol import check_positive
 from ..registry import register_task
+from ..validation import ArgumentError, check_int, check_positive, is_int
 from .base import IGNORE_INDEX, Batch, Task
 
 PAD, QUERY, CLOSE, MIN, MAX, MED, SM = 0, 1, 2, 3, 4, 5, 6
@@ -173,19 +173,15 @@ class ListOps(Task):
     version = 1
 
     def __post_init__(self):
-        for name, low in (("seq_len", 5), ("max_depth", 1), ("max_args", 2)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        check_int(seq_len=self.seq_len, minimum=5)
+        check_int(max_depth=self.max_depth)
+        check_int(max_args=self.max_args, minimum=2)
         longest = min(self.seq_len - 1, max_length(self.max_depth, self.max_args))
-        if self.min_length is not None:
-            value = self.min_length
-            if isinstance(value, bool) or not isinstance(value, int) or not 4 <= value <= longest:
-                raise ValueError(
-                    f"min_length must be an int in [4, {longest}] (4 is the shortest operator expression; "
-                    f"{longest} the longest that fits seq_len - 1 = {self.seq_len - 1} and max_depth, "
-                    f"max_args), got {value!r}"
-                )
+        value = self.min_length
+        if value is not None and (not is_int(value) or not 4 <= value <= longest):
+            raise ArgumentError("min_length", f"an int in [4, {longest}] (4 is the shortest operator expression; "
+                                f"{longest} the longest that fits seq_len - 1 = {self.seq_len - 1} and max_depth, "
+                                "max_args)", repr(value))
 
     @property
     def min_tokens(self) -> int:

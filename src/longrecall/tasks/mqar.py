@@ -38,8 +38,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..protocol import check_positive
 from ..registry import register_task
+from ..validation import ArgumentError, check_int, check_positive, check_ratio
 from .base import IGNORE_INDEX, Batch, Task
 
 # Zoology's default MQAR configuration (Figure 2 sweeps seq_len 64-512 and num_kv_pairs 4-64).
@@ -71,25 +71,18 @@ class MQAR(Task):
     version = 1
 
     def __post_init__(self):
-        for name in ("vocab_size", "seq_len", "num_kv_pairs", "num_passes"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if isinstance(self.power_a, bool) or not isinstance(self.power_a, (int, float)) or not 0 < self.power_a <= 1:
-            raise ValueError(f"power_a must be a number in (0, 1], got {self.power_a!r}")
+        check_int(vocab_size=self.vocab_size, seq_len=self.seq_len, num_kv_pairs=self.num_kv_pairs,
+                  num_passes=self.num_passes)
+        check_ratio("power_a", self.power_a, low_open=True)
         if self.seq_len % 2:
-            raise ValueError(f"seq_len must be even, got {self.seq_len}")
+            raise ArgumentError("seq_len", "even", repr(self.seq_len))
         if self.num_kv_pairs > self.vocab_size // 2 - 1:
-            raise ValueError(
-                f"num_kv_pairs must be at most vocab_size // 2 - 1 = {self.vocab_size // 2 - 1} "
-                f"(keys are distinct tokens from [1, vocab_size / 2)), got {self.num_kv_pairs}"
-            )
+            raise ArgumentError("num_kv_pairs", f"at most vocab_size // 2 - 1 = {self.vocab_size // 2 - 1} "
+                                "(keys are distinct tokens from [1, vocab_size / 2))", repr(self.num_kv_pairs))
         needed = 2 * self.num_kv_pairs * (self.num_passes + 1)
         if needed > self.seq_len:
-            raise ValueError(
-                f"seq_len must be at least 2 * num_kv_pairs * (num_passes + 1) = {needed} "
-                f"for num_kv_pairs={self.num_kv_pairs}, num_passes={self.num_passes}; got {self.seq_len}"
-            )
+            raise ArgumentError("seq_len", f"at least 2 * num_kv_pairs * (num_passes + 1) = {needed} for "
+                                f"num_kv_pairs={self.num_kv_pairs}, num_passes={self.num_passes}", repr(self.seq_len))
 
     def chance_accuracy(self) -> float:
         """A uniform guess among the values (drawn from [V/2, V))."""

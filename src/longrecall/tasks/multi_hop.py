@@ -43,8 +43,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..protocol import check_positive
 from ..registry import register_task
+from ..validation import ArgumentError, check_int, check_positive
 from .base import IGNORE_INDEX, Batch, Task
 
 FILLER, ARROW, QUERY_ARROW = 0, 1, 2
@@ -74,26 +74,17 @@ class MultiHop(Task):
     version = 1
 
     def __post_init__(self):
-        for name in ("vocab_size", "seq_len", "n_hops", "n_chains"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if isinstance(self.min_gap, bool) or not isinstance(self.min_gap, int) or self.min_gap < 0:
-            raise ValueError(f"min_gap must be a non-negative int, got {self.min_gap!r}")
-        if not 1 <= self.n_hops <= 4:
-            raise ValueError(f"n_hops must be in [1, 4], got {self.n_hops}")
+        check_int(vocab_size=self.vocab_size, seq_len=self.seq_len, n_chains=self.n_chains)
+        check_int(n_hops=self.n_hops, maximum=4)
+        check_int(min_gap=self.min_gap, minimum=0)
         entities = self.n_chains * (self.n_hops + 1)
         if self.vocab_size < FIRST_ENTITY + entities:
-            raise ValueError(
-                f"vocab_size must be at least 3 + n_chains * (n_hops + 1) = {FIRST_ENTITY + entities} "
-                f"(distinct entities), got {self.vocab_size}"
-            )
+            raise ArgumentError("vocab_size", f"at least 3 + n_chains * (n_hops + 1) = {FIRST_ENTITY + entities} "
+                                "(distinct entities)", repr(self.vocab_size))
         needed = 3 * self.n_facts + (self.n_hops - 1) * self.min_gap + 2
         if self.seq_len < needed:
-            raise ValueError(
-                f"seq_len must be at least 3 * n_chains * n_hops + (n_hops - 1) * min_gap + 2 = {needed}, "
-                f"got {self.seq_len}"
-            )
+            raise ArgumentError("seq_len", f"at least 3 * n_chains * n_hops + (n_hops - 1) * min_gap + 2 = {needed}",
+                                repr(self.seq_len))
 
     @property
     def n_facts(self) -> int:

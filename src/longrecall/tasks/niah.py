@@ -54,8 +54,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..protocol import check_choice, check_positive
 from ..registry import register_task
+from ..validation import ArgumentError, check_choice, check_int, check_positive
 from .base import IGNORE_INDEX, Batch, Task
 
 BOS, NEEDLE, QUERY = 0, 1, 2
@@ -66,10 +66,6 @@ REPEAT_PERIOD = 10  # tokens in the "repeat" haystack's sentence
 
 CPU_SCALE = dict(vocab_size=256, seq_len=256, variant="multikey", haystack="noise", num_needles=4,
                  key_len=2, value_len=2)
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @register_task("niah")
@@ -97,30 +93,27 @@ class NIAH(Task):
     version = 1
 
     def __post_init__(self):
-        for name in ("vocab_size", "seq_len", "num_needles", "key_len", "value_len"):
-            value = getattr(self, name)
-            if not _is_int(value) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_int(vocab_size=self.vocab_size, seq_len=self.seq_len, num_needles=self.num_needles, key_len=self.key_len,
+                  value_len=self.value_len)
         check_choice("variant", self.variant, VARIANTS)
         check_choice("haystack", self.haystack, HAYSTACKS)
         if self.vocab_size < SPECIAL + 9:
-            raise ValueError(f"vocab_size must be at least {SPECIAL + 9} (3 special + 3 per range), got {self.vocab_size}")
+            raise ArgumentError("vocab_size", f"at least {SPECIAL + 9} (3 special + 3 per range)",
+                                repr(self.vocab_size))
         if self.variant == "single" and self.num_needles != 1:
-            raise ValueError(f"num_needles must be 1 for variant='single', got {self.num_needles}")
+            raise ArgumentError("num_needles", "1 for variant='single'", repr(self.num_needles))
         if self.variant != "single" and self.num_needles < 2:
-            raise ValueError(f"num_needles must be at least 2 for variant={self.variant!r}, got {self.num_needles}")
-        keys_needed = self.key_len * (1 if self.variant == "multivalue" else self.num_needles)
-        if keys_needed > self.n_key_tokens:
-            raise ValueError(
-                f"key_len * (distinct keys) = {keys_needed} must be at most the {self.n_key_tokens} key tokens "
-                f"of vocab_size={self.vocab_size} (distinct key tokens per example)"
-            )
+            raise ArgumentError("num_needles", f"at least 2 for variant={self.variant!r}", repr(self.num_needles))
+        distinct = 1 if self.variant == "multivalue" else self.num_needles
+        if self.key_len * distinct > self.n_key_tokens:
+            raise ArgumentError("key_len", "such that key_len * (distinct keys) is at most the "
+                                f"{self.n_key_tokens} key tokens of vocab_size={self.vocab_size} (distinct key tokens "
+                                "per example)",
+                                f"{self.key_len} * {distinct} = {self.key_len * distinct}")
         needed = 1 + self.context_needles + self.query_len
         if self.seq_len < needed:
-            raise ValueError(
-                f"seq_len must be at least {needed} (BOS, {self.num_needles} needle(s) and the queries) "
-                f"for this variant, num_needles, key_len and value_len; got {self.seq_len}"
-            )
+            raise ArgumentError("seq_len", f"at least {needed} (BOS, {self.num_needles} needle(s) and the queries) "
+                                "for this variant, num_needles, key_len and value_len", repr(self.seq_len))
 
     # ------------------------------------------------------------------ derived sizes
     @property

@@ -41,8 +41,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..protocol import check_positive
 from ..registry import register_task
+from ..validation import ArgumentError, check_int, check_positive
 from .base import IGNORE_INDEX, Batch, Task
 
 MARK, SEP, QUERY, FIRST, SECOND = 0, 1, 2, 3, 4
@@ -81,25 +81,16 @@ class OrderRecall(Task):
     version = 1
 
     def __post_init__(self):
-        for name in ("vocab_size", "seq_len", "excerpt_length"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        value = self.min_separation
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"min_separation must be a non-negative int, got {value!r}")
+        check_int(vocab_size=self.vocab_size, seq_len=self.seq_len, excerpt_length=self.excerpt_length)
+        check_int(min_separation=self.min_separation, minimum=0)
         if self.vocab_size < FIRST_CONTENT + 2:
-            raise ValueError(
-                f"vocab_size must be at least {FIRST_CONTENT + 2} (5 special tokens and 2 or more context "
-                f"tokens), got {self.vocab_size}"
-            )
+            raise ArgumentError("vocab_size", f"at least {FIRST_CONTENT + 2} (5 special tokens and 2 or more context "
+                                "tokens)", repr(self.vocab_size))
         needed = 4 * self.excerpt_length + self.min_separation + 3
         if self.seq_len < needed:
-            raise ValueError(
-                f"seq_len must be at least 4 * excerpt_length + min_separation + 3 = {needed} (a context "
-                f"holding both excerpts and their separation, then MARK, the excerpts, SEP and QUERY); "
-                f"got {self.seq_len}"
-            )
+            raise ArgumentError("seq_len", f"at least 4 * excerpt_length + min_separation + 3 = {needed} (a context "
+                                "holding both excerpts and their separation, then MARK, the excerpts, SEP and QUERY)",
+                                repr(self.seq_len))
 
     @property
     def context_len(self) -> int:

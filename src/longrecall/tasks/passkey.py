@@ -48,8 +48,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..protocol import check_positive
 from ..registry import register_task
+from ..validation import ArgumentError, check_int, check_positive, is_number
 from .base import IGNORE_INDEX, Batch, Task
 
 BOS = 0
@@ -63,12 +63,8 @@ TENTHS = [i / 10 for i in range(11)]
 CPU_SCALE = dict(seq_len=256, key_digits=5, depth=TENTHS, filler_len=10)
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _is_depth(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1
+    return is_number(value) and 0 <= value <= 1
 
 
 @register_task("passkey")
@@ -93,20 +89,16 @@ class Passkey(Task):
     version = 1
 
     def __post_init__(self):
-        for name, high in (("seq_len", None), ("key_digits", 32), ("filler_len", 1000)):
-            value = getattr(self, name)
-            if not _is_int(value) or value <= 0 or (high is not None and value > high):
-                upper = f" at most {high}" if high is not None else ""
-                raise ValueError(f"{name} must be a positive int{upper}, got {value!r}")
+        check_int(seq_len=self.seq_len)
+        check_int(key_digits=self.key_digits, maximum=32)
+        check_int(filler_len=self.filler_len, maximum=1000)
         depths = self.depth if isinstance(self.depth, (list, tuple)) else [self.depth]
         if not depths or not all(_is_depth(d) for d in depths):
-            raise ValueError(f"depth must be a number in [0, 1] or a non-empty list of them, got {self.depth!r}")
+            raise ArgumentError("depth", "a number in [0, 1] or a non-empty list of them", repr(self.depth))
         needed = 2 * self.key_digits + 5
         if self.seq_len < needed:
-            raise ValueError(
-                f"seq_len must be at least 2 * key_digits + 5 = {needed} for key_digits={self.key_digits}, "
-                f"got {self.seq_len}"
-            )
+            raise ArgumentError("seq_len", f"at least 2 * key_digits + 5 = {needed} for key_digits={self.key_digits}",
+                                repr(self.seq_len))
 
     @property
     def vocab_size(self) -> int:

@@ -34,8 +34,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..protocol import check_positive
 from ..registry import register_task
+from ..validation import ArgumentError, check_bool, check_int, check_positive
 from .base import IGNORE_INDEX, Batch, Task
 
 NOISE = 0  # the blank token; data tokens are 1..alphabet_size, the marker alphabet_size + 1
@@ -65,17 +65,11 @@ class SelectiveCopy(Task):
     version = 1
 
     def __post_init__(self):
-        for name in ("alphabet_size", "n_tokens", "seq_len"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_int(alphabet_size=self.alphabet_size, n_tokens=self.n_tokens, seq_len=self.seq_len)
         if self.seq_len < 2 * self.n_tokens:
-            raise ValueError(
-                f"seq_len must be at least 2 * n_tokens = {2 * self.n_tokens} (a prefix holding the "
-                f"n_tokens data tokens, then n_tokens answer positions); got {self.seq_len}"
-            )
-        if not isinstance(self.teacher_forcing, bool):
-            raise ValueError(f"teacher_forcing must be a bool, got {self.teacher_forcing!r}")
+            raise ArgumentError("seq_len", f"at least 2 * n_tokens = {2 * self.n_tokens} (a prefix holding the "
+                                "n_tokens data tokens, then n_tokens answer positions)", repr(self.seq_len))
+        check_bool(teacher_forcing=self.teacher_forcing)
 
     @property
     def vocab_size(self) -> int:

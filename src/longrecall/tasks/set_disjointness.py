@@ -39,8 +39,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..protocol import check_choice, check_positive
 from ..registry import register_task
+from ..validation import ArgumentError, check_choice, check_int, check_positive, is_int
 from .base import IGNORE_INDEX, Batch, Task
 
 PAD, SEP, QUERY, NO, YES = 0, 1, 2, 3, 4
@@ -72,17 +72,13 @@ class SetDisjointness(Task):
     version = 1
 
     def __post_init__(self):
-        for name in ("universe_size", "short_size", "long_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_int(universe_size=self.universe_size, short_size=self.short_size, long_size=self.long_size)
         if self.long_size < self.short_size:
-            raise ValueError(f"long_size must be at least short_size={self.short_size}, got {self.long_size}")
+            raise ArgumentError("long_size", f"at least short_size={self.short_size}", repr(self.long_size))
         if self.universe_size < self.short_size + self.long_size:
-            raise ValueError(
-                f"universe_size must be at least short_size + long_size = {self.short_size + self.long_size} "
-                f"(disjoint sets need that many distinct elements), got {self.universe_size}"
-            )
+            raise ArgumentError("universe_size", "at least short_size + long_size = "
+                                f"{self.short_size + self.long_size} (disjoint sets need that many distinct elements)",
+                                repr(self.universe_size))
         check_choice("order", self.order, ORDERS)
 
     @property
@@ -97,9 +93,9 @@ class SetDisjointness(Task):
     def length_kwargs(cls, seq_len: int, kwargs: dict) -> dict:
         """The long set that makes ``short_size + long_size + 3 == seq_len`` (short_size is kept)."""
         short = kwargs.get("short_size", cls.short_size)
-        if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 2 * short + 3:
-            raise ValueError(f"seq_len must be an int >= 2 * short_size + 3 = {2 * short + 3} for set_disjointness "
-                             f"(seq_len = short_size + long_size + 3, long_size >= short_size), got {seq_len!r}")
+        if not is_int(seq_len) or seq_len < 2 * short + 3:
+            raise ArgumentError("seq_len", f"an int >= 2 * short_size + 3 = {2 * short + 3} for set_disjointness "
+                                "(seq_len = short_size + long_size + 3, long_size >= short_size)", repr(seq_len))
         return {"long_size": seq_len - short - 3}
 
     def build(self, n: int, seed: int) -> Batch:
