@@ -1,3 +1,11 @@
+"""Test layout: one folder per package area, no ``__init__.py`` anywhere under tests/.
+
+pytest's default ``prepend`` import mode then puts each test file's folder (and tests/ itself, for this
+conftest) on ``sys.path`` and imports every file by its bare name. So test file names must be unique across
+folders, and a helper module imports by its name: ``policy_helpers`` (here, shared by tests/policies and
+tests/adapters) and ``mixer_helpers`` (tests/mixers). A helper lives in the nearest folder above all its users.
+"""
+
 import pytest
 import torch
 

@@ -1,4 +1,5 @@
-"""Shared pieces of the KV-cache policy tests: a small float64 attention layer and its step loop."""
+"""Shared pieces of the KV-cache policy tests (tests/policies, tests/adapters): a small float64 attention layer
+and its step loop. Imported by its bare name, ``from policy_helpers import ...`` (see tests/conftest.py)."""
 
 import torch
 

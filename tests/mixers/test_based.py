@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from mixer_helpers import rand_x_for, seeded
 
 from longrecall.mixers.based import Based, BasedState, taylor_feature_map, taylor_read, taylor_write
 from longrecall.mixers.sliding_window import SlidingWindowAttention
@@ -16,14 +17,12 @@ D_MODEL, N_HEADS, FEATURE_DIM, WINDOW = 8, 2, 4, 4
 
 
 def make(dtype=torch.float64, seed=0, **kwargs):
-    torch.manual_seed(seed)
     kwargs = {"n_heads": N_HEADS, "feature_dim": FEATURE_DIM, "window": WINDOW, "block_size": 3,
               "chunk_size": 4, **kwargs}
-    return Based(D_MODEL, **kwargs).to(dtype)
+    return seeded(Based, D_MODEL, dtype=dtype, seed=seed, **kwargs)
 
 
-def rand_x(batch=2, T=13, dtype=torch.float64, seed=1, d=D_MODEL):
-    return torch.randn(batch, T, d, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+rand_x = rand_x_for(D_MODEL, T=13)
 
 
 def test_registered():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from mixer_helpers import F64, rand_x_for, seeded
 
 from longrecall.contract import assert_close
 from longrecall.mixers.deltanet import DeltaNet, DeltaNetState
@@ -13,17 +14,14 @@ from longrecall.ops.linear_attn import delta_rule, linear_attn
 from longrecall.protocol import state_clone
 from longrecall.registry import get_mixer
 
-F64 = torch.float64
 D_MODEL = 16
 
 
 def make(impl="chunked", dtype=F64, seed=0, **kwargs):
-    torch.manual_seed(seed)
-    return DeltaNet(D_MODEL, impl=impl, **{"chunk_size": 4, **kwargs}).to(dtype)
+    return seeded(DeltaNet, D_MODEL, dtype=dtype, seed=seed, impl=impl, **{"chunk_size": 4, **kwargs})
 
 
-def rand_x(batch=2, T=13, dtype=F64, seed=1):
-    return torch.randn(batch, T, D_MODEL, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+rand_x = rand_x_for(D_MODEL, T=13)
 
 
 def test_registered():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from mixer_helpers import rand_x_for, seeded
 
 from longrecall.mixers.gla import GLA, GLAState
 from longrecall.protocol import state_clone
@@ -14,16 +15,15 @@ D_MODEL, N_HEADS = 16, 2
 
 
 def make(impl="chunked", dtype=torch.float64, seed=0, **kwargs):
-    torch.manual_seed(seed)
-    model = GLA(D_MODEL, n_heads=N_HEADS, impl=impl, chunk_size=kwargs.pop("chunk_size", 4), **kwargs).to(dtype)
+    model = seeded(GLA, D_MODEL, dtype=dtype, seed=seed, n_heads=N_HEADS, impl=impl,
+                   chunk_size=kwargs.pop("chunk_size", 4), **kwargs)
     with torch.no_grad():  # move the norm weight and gate bias off their init so every path shows
         model.g_norm.weight.add_(0.3 * torch.randn_like(model.g_norm.weight))
         model.gk_proj[1].bias.add_(torch.randn_like(model.gk_proj[1].bias))
     return model
 
 
-def rand_x(batch=2, T=11, dtype=torch.float64, seed=1, scale=1.0):
-    return scale * torch.randn(batch, T, D_MODEL, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+rand_x = rand_x_for(D_MODEL, T=11)
 
 
 def test_registered_and_shapes():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from mixer_helpers import rand_x_for, seeded
 
 from longrecall.mixers.linear_attention import LinearAttention, LinearAttentionState, elu_feature_map
 from longrecall.protocol import state_clone
@@ -14,12 +15,11 @@ D_MODEL, N_HEADS = 12, 3  # head width 4
 
 
 def make(impl="chunked", dtype=torch.float64, seed=0, **kwargs):
-    torch.manual_seed(seed)
-    return LinearAttention(D_MODEL, n_heads=N_HEADS, chunk_size=4, impl=impl, **kwargs).to(dtype)
+    return seeded(LinearAttention, D_MODEL, dtype=dtype, seed=seed,
+                  n_heads=N_HEADS, chunk_size=4, impl=impl, **kwargs)
 
 
-def rand_x(batch=2, T=11, dtype=torch.float64, seed=1):
-    return torch.randn(batch, T, D_MODEL, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+rand_x = rand_x_for(D_MODEL, T=11)
 
 
 def test_registered():

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from mixer_helpers import rand_x_for, seeded
 
 from longrecall.contract import assert_close
 from longrecall.mixers.mamba import Mamba
@@ -17,17 +18,15 @@ D_MODEL, D_STATE, D_CONV, EXPAND = 8, 4, 4, 2
 
 
 def make(scan="chunked", dtype=torch.float64, seed=0, **kwargs):
-    torch.manual_seed(seed)
     kwargs = {"d_state": D_STATE, "d_conv": D_CONV, "expand": EXPAND, "chunk_size": 4, **kwargs}
-    model = Mamba(D_MODEL, scan=scan, **kwargs).to(dtype)
+    model = seeded(Mamba, D_MODEL, dtype=dtype, seed=seed, scan=scan, **kwargs)
     with torch.no_grad():  # move D and the biases off their init so every path is exercised
         model.D.add_(0.3 * torch.randn_like(model.D))
         model.conv1d.bias.add_(0.1 * torch.randn_like(model.conv1d.bias))
     return model
 
 
-def rand_x(batch=2, T=13, dtype=torch.float64, seed=1):
-    return torch.randn(batch, T, D_MODEL, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+rand_x = rand_x_for(D_MODEL, T=13)
 
 
 def test_registered():

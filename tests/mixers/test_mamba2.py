@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from mixer_helpers import rand_x_for, seeded
 
 from longrecall.contract import assert_close
 from longrecall.mixers.mamba2 import Mamba2
@@ -15,9 +16,8 @@ D_MODEL, D_STATE, D_CONV, HEADDIM = 8, 4, 4, 4  # E = 16 inner channels, H = 4 h
 
 
 def make(impl="chunked", dtype=torch.float64, seed=0, **kwargs):
-    torch.manual_seed(seed)
     kwargs = {"d_state": D_STATE, "d_conv": D_CONV, "headdim": HEADDIM, "chunk_size": 4, **kwargs}
-    model = Mamba2(D_MODEL, impl=impl, **kwargs).to(dtype)
+    model = seeded(Mamba2, D_MODEL, dtype=dtype, seed=seed, impl=impl, **kwargs)
     with torch.no_grad():  # move D, the norm and the conv bias off their init so every path is exercised
         model.D.add_(0.3 * torch.randn_like(model.D))
         model.norm.weight.add_(0.3 * torch.randn_like(model.norm.weight))
@@ -25,8 +25,7 @@ def make(impl="chunked", dtype=torch.float64, seed=0, **kwargs):
     return model
 
 
-def rand_x(batch=2, T=13, d=D_MODEL, dtype=torch.float64, seed=1):
-    return torch.randn(batch, T, d, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+rand_x = rand_x_for(D_MODEL, T=13)
 
 
 def test_registered():

@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from mixer_helpers import rand_x_for, seeded
 
 from longrecall.mixers.mlstm import MLSTM, MLSTMState
 from longrecall.protocol import state_clone
@@ -17,8 +18,7 @@ DH = D_MODEL // N_HEADS
 
 
 def make(impl="chunked", dtype=torch.float64, seed=0, chunk_size=3, gate_scale=1.0, **kwargs):
-    torch.manual_seed(seed)
-    model = MLSTM(D_MODEL, n_heads=N_HEADS, impl=impl, chunk_size=chunk_size, **kwargs).to(dtype)
+    model = seeded(MLSTM, D_MODEL, dtype=dtype, seed=seed, n_heads=N_HEADS, impl=impl, chunk_size=chunk_size, **kwargs)
     with torch.no_grad():  # data-dependent gates (their weights start at 0) and a non-trivial norm
         for gate in (model.igate, model.fgate):
             gate.weight.copy_(gate_scale * torch.randn_like(gate.weight))
@@ -28,8 +28,7 @@ def make(impl="chunked", dtype=torch.float64, seed=0, chunk_size=3, gate_scale=1
     return model
 
 
-def rand_x(batch=2, T=10, dtype=torch.float64, seed=1, scale=1.0):
-    return scale * torch.randn(batch, T, D_MODEL, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+rand_x = rand_x_for(D_MODEL, T=10)
 
 
 def projections(model: MLSTM, x):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from mixer_helpers import rand_x_for, seeded
 
 from longrecall.mixers.retnet import RetNet, RetNetState, retnet_gammas
 from longrecall.protocol import state_clone
@@ -14,16 +15,14 @@ D_MODEL, N_HEADS = 16, 4  # key width 4, value width 8
 
 
 def make(impl="chunked", dtype=torch.float64, seed=0, **kwargs):
-    torch.manual_seed(seed)
-    model = RetNet(D_MODEL, n_heads=N_HEADS, chunk_size=4, impl=impl, **kwargs).to(dtype)
+    model = seeded(RetNet, D_MODEL, dtype=dtype, seed=seed, n_heads=N_HEADS, chunk_size=4, impl=impl, **kwargs)
     with torch.no_grad():  # GroupNorm's affine off its init so it is exercised
         model.group_norm.weight.add_(0.3 * torch.randn_like(model.group_norm.weight))
         model.group_norm.bias.add_(0.3 * torch.randn_like(model.group_norm.bias))
     return model
 
 
-def rand_x(batch=2, T=11, d=D_MODEL, dtype=torch.float64, seed=1):
-    return torch.randn(batch, T, d, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+rand_x = rand_x_for(D_MODEL, T=11)
 
 
 def test_registered():

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from mixer_helpers import rand_x_for, seeded
 
 from longrecall.mixers.rwkv6 import MAX_DECAY_EXPONENT, RWKV6, RWKV6State
 from longrecall.protocol import state_clone
@@ -16,9 +17,8 @@ D_MODEL, HEAD_SIZE = 8, 4
 
 
 def make(impl="chunked", dtype=torch.float64, seed=0, **kwargs):
-    torch.manual_seed(seed)
     kwargs = {"head_size": HEAD_SIZE, "mix_rank": 3, "decay_rank": 5, "chunk_size": 3, **kwargs}
-    model = RWKV6(D_MODEL, impl=impl, **kwargs).to(dtype)
+    model = seeded(RWKV6, D_MODEL, dtype=dtype, seed=seed, impl=impl, **kwargs)
     with torch.no_grad():  # LoRAs, norm and bonus off their init so every term of the equations shows
         for p in (model.time_maa_w1, model.time_maa_w2, model.time_decay_w1, model.time_decay_w2):
             p.copy_(0.5 * torch.randn_like(p))
@@ -28,8 +28,7 @@ def make(impl="chunked", dtype=torch.float64, seed=0, **kwargs):
     return model
 
 
-def rand_x(batch=2, T=7, dtype=torch.float64, seed=1, scale=1.0):
-    return scale * torch.randn(batch, T, D_MODEL, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+rand_x = rand_x_for(D_MODEL, T=7)
 
 
 def paper_recurrence(model: RWKV6, x, x_prev0=None, S0=None):

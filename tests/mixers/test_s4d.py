@@ -5,19 +5,15 @@ import math
 
 import pytest
 import torch
+from mixer_helpers import F64, random_inputs, seeded
 
 from longrecall.mixers.s4d import S4D, S4DState
 from longrecall.protocol import state_clone
 from longrecall.registry import get_mixer
 
-F64 = torch.float64
-
-
-
 
 def _model(init="lin", d_model=6, d_state=8, seed=0, **kw):
-    torch.manual_seed(seed)
-    return S4D(d_model, d_state=d_state, init=init, **kw).to(F64)
+    return seeded(S4D, d_model, seed=seed, d_state=d_state, init=init, **kw)
 
 
 def _random_state(m, B, seed=1):
@@ -26,7 +22,7 @@ def _random_state(m, B, seed=1):
 
 
 def _x(B, T, D, seed=2, dtype=F64):
-    return torch.randn(B, T, D, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    return random_inputs(B, T, D, dtype=dtype, seed=seed)
 
 
 def _reference_kernel(m, T):

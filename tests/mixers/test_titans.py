@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from mixer_helpers import rand_x_for, seeded
 
 from longrecall.mixers.titans import (DecayShares, Titans, TitansState, decay_shares_reference, memory_apply,
                                       memory_grads)
@@ -16,13 +17,11 @@ D_MODEL, N_HEADS = 8, 2
 
 
 def make(dtype=torch.float64, seed=0, **kwargs):
-    torch.manual_seed(seed)
     kwargs = {"n_heads": N_HEADS, "memory_expansion": 2, "chunk_size": 4, **kwargs}
-    return Titans(D_MODEL, **kwargs).to(dtype)
+    return seeded(Titans, D_MODEL, dtype=dtype, seed=seed, **kwargs)
 
 
-def rand_x(batch=2, T=13, dtype=torch.float64, seed=1):
-    return torch.randn(batch, T, D_MODEL, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+rand_x = rand_x_for(D_MODEL, T=13)
 
 
 def force_gate(model: Titans, which: str, logit: float):
