@@ -339,3 +339,14 @@ def test_a_mixer_entry_may_carry_its_own_lrs():
         load_spec(grid(mixers=[{"name": "mamba", "lrs": []}]))
     with pytest.raises(ConfigError, match="train.lr cannot be set together with lrs"):
         load_spec(grid(mixers=[{"name": "mamba", "lrs": [1e-3]}], train={"steps": 3, "lr": 1e-3}))
+
+
+def test_validating_a_spec_allocates_nothing_and_draws_no_random_numbers():
+    """Mixers are built on the meta device to validate a spec: a width of 4096 costs nothing, and
+    the global generator is untouched (a spec never changes what a later seed produces)."""
+    import torch
+
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    load_spec(grid(widths=[4096], seeds=[0]))
+    assert torch.equal(torch.get_rng_state(), before)

@@ -118,13 +118,24 @@ def resolve_mixer_kwargs(name: str, kwargs: dict) -> dict:
 
 
 def build_mixer_check(name: str, kwargs: dict, d_model: int, key: str, width_key: str) -> None:
-    """Build the mixer once at this width so values it rejects surface before anything runs."""
+    """Build the mixer once at this width so values it rejects surface before anything runs.
+
+    It is built on the ``meta`` device: the constructor's checks run, but no parameter memory is
+    allocated and no random number is drawn, so validating a wide spec costs nothing. A mixer whose
+    construction cannot run on ``meta`` is built on the CPU instead.
+    """
     import torch
 
     cls = MIXERS.get(name)
     try:
-        with torch.no_grad():
-            cls(d_model, **kwargs)
+        try:
+            with torch.no_grad(), torch.device("meta"):
+                cls(d_model, **kwargs)
+        except (TypeError, ValueError):
+            raise
+        except Exception:  # noqa: BLE001 - an operation without a meta kernel: build it for real
+            with torch.no_grad():
+                cls(d_model, **kwargs)
     except (TypeError, ValueError) as error:
         arg = _blamed_arg(error, kwargs)
         where = f"{key}.{arg}" if arg else key
