@@ -1,7 +1,4 @@
-"""Memory mechanisms. One file per mechanism; the file name is the registry key.
-
-The import lines below are what registers them: add yours here.
-"""
+"""Memory mechanisms, one file each (the file name is the registry key); the imports below register them."""
 
 # (a) foundation: attention baselines and state-space layers
 from . import attention, mamba, s4d, sliding_window  # noqa: F401

@@ -1,25 +1,4 @@
-"""Causal multi-head softmax attention with rotary positions; its memory is the KV cache.
-
-Vaswani et al. 2017 ("Attention Is All You Need"), with rotary position embeddings (Su et al.
-2021).  The state is the whole KV cache, so it grows linearly with the number of tokens seen: the
-reference point every bounded or constant-size memory is compared against.
-
-Shapes: x (B, T, D) -> y (B, T, D); H heads of width K = D / H.
-
-State (``KVState``):
-    k, v:   (B, H, S, K) keys (already rotated) and values of the S cached tokens
-    pos:    (B, H, S) int32 absolute position of each cached token; eviction policies keep it
-            so that rotary phases and recency stay right after tokens leave the middle
-    length: (B,) int64 number of tokens seen so far (the next token's position)
-
-``state_bytes`` therefore counts ``S * H * (2K * elem + 4) + 8`` bytes per sequence.
-
-KV-cache policies (``longrecall.policies``): ``set_policy(policy, layer=i, n_layers=L,
-context_len=T)`` (or ``LanguageModel.set_kv_policy``) makes this layer's cache a ``PolicyKVState``
-managed by the policy: step mode appends, attends over the cache plus the new token, updates the
-policy's statistics and evicts back to the budget; prefill mode compresses once at the end of each
-``forward``.  Without a policy (the default) nothing above changes.  See ``policies/base.py``.
-"""
+"""Causal multi-head softmax attention with rotary positions; its memory is the KV cache."""
 
 from __future__ import annotations
 
@@ -48,11 +27,27 @@ class KVState(NamedTuple):
 class Attention(Mixer):
     """Causal softmax attention with RoPE and a growing KV cache.
 
+    Vaswani et al. 2017, "Attention Is All You Need" (arXiv 1706.03762), with the rotary position
+    embeddings of Su et al. 2021 (RoFormer, arXiv 2104.09864); H heads of width K = D / H.  The state is
+    the whole KV cache, growing linearly with the tokens seen: the reference every bounded or
+    constant-size memory is compared against.
+
     Args:
         d_model: width D.
-        n_heads: number of heads H; must divide ``d_model`` and give an even head width.
+        n_heads: number of heads H; must divide ``d_model`` and give an even head width (2).
         rope_base: rotary frequency base (10,000 as in RoFormer / Llama).
-        bias: whether the q/k/v and output projections have biases.
+        bias: whether the q/k/v and output projections have biases (False).
+
+    State (:class:`KVState`): k, v (B, H, S, K), keys already rotated, for the S cached tokens; pos
+    (B, H, S) int32, each token's absolute position (kept so rotary phases and recency stay right when
+    a policy evicts from the middle); length (B,) int64, tokens seen.  ``S * H * (2K * elem + 4) + 8``
+    bytes per sequence.
+
+    KV-cache policies (``longrecall.policies``): ``set_policy(policy, layer=i, n_layers=L,
+    context_len=T)`` (or ``LanguageModel.set_kv_policy``) makes the cache a ``PolicyKVState`` managed by
+    the policy: step mode appends, attends over the cache plus the new token, updates the policy's
+    statistics and evicts back to the budget; prefill mode compresses once at the end of each
+    ``forward``.  Without a policy (the default) nothing changes.  See ``policies/base.py``.
     """
 
     state_growth = "linear"
@@ -71,8 +66,6 @@ class Attention(Mixer):
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=bias)
         self.out_proj = nn.Linear(d_model, d_model, bias=bias)
 
-    # -- state ------------------------------------------------------------------------------
-
     def init_state(self, batch_size: int, *, device=None, dtype=None) -> KVState:
         check_positive(batch_size=batch_size)
         dtype = dtype or self.qkv.weight.dtype
@@ -86,8 +79,6 @@ class Attention(Mixer):
         if self.kv_policy is not None:
             return self.kv_policy.policy.adopt(state)
         return state
-
-    # -- shared pieces ----------------------------------------------------------------------
 
     def project(self, x: Tensor, length: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """q, k, v (B, H, T, K) with rotary applied at absolute positions, and positions (B, T)."""
@@ -111,8 +102,6 @@ class Attention(Mixer):
     def merge_heads(self, y: Tensor) -> Tensor:
         return self.out_proj(rearrange(y, "b h t k -> b t (h k)"))
 
-    # -- the two forms ----------------------------------------------------------------------
-
     def forward(self, x: Tensor, state: KVState | None = None) -> tuple[Tensor, KVState]:
         if self.kv_policy is None:
             self._check_plain(state)
@@ -126,7 +115,7 @@ class Attention(Mixer):
         if state.k.shape[2] == 0:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # flash-style kernel on CPU
         else:
-            # Every cached token precedes every new one; new tokens see each other causally.
+            # cached tokens precede every new one; new tokens see each other causally
             visible = new_state.pos[:, :, None, :] <= positions[:, None, :, None]  # (B, H, T, S+T)
             y = F.scaled_dot_product_attention(q, new_state.k, new_state.v, attn_mask=visible)
         return self.merge_heads(y), new_state

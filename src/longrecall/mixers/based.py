@@ -1,47 +1,4 @@
-"""Based: Taylor-feature linear attention plus a small exact sliding-window softmax attention.
-
-Arora, Eyuboglu, Zhang, Timalsina, Alberti, Zinsley, Zou, Rudra, Ré 2024, "Simple linear attention
-language models balance the recall-throughput tradeoff", arXiv 2402.18668 (section 4, eq. 2-3).
-
-Linear branch (global, constant size).  Per head, q and k are projected to a small feature width
-d (``feature_dim``, 16) and mapped by the 2nd-order Taylor expansion of exp, so that with
-``q' = q / d^(1/4)`` and ``k' = k / d^(1/4)``::
-
-    phi(x)  = [1, x, (x ⊗ x) / sqrt(2)]                  F = 1 + d + d^2 features (273 for d = 16)
-    phi(q')·phi(k') = 1 + q·k/sqrt(d) + (q·k/sqrt(d))^2 / 2  ≈ exp(q·k / sqrt(d))
-
-    S_t = S_{t-1} + phi(k_t)^T v_t        (F, V)
-    z_t = z_{t-1} + phi(k_t)              (F,)
-    o_t = phi(q_t) S_t / (phi(q_t) · z_t)
-
-The denominator needs no epsilon: every kernel value 1 + s + s^2/2 = ((1 + s)^2 + 1)/2 >= 1/2, so
-``phi(q_t)·z_t >= t/2 > 0``.  Both parallel forms work on ``v`` with a column of ones appended: the
-last output column is the denominator and the last state column is ``z``, so they and the step are
-the same sums.  The default (``impl="chunked"``) never forms phi inside a chunk: the scores there are
-``1 + s + s^2/2`` of ``s = q·k / sqrt(d)`` from a (C, C) product over d = 16 channels, not F = 273;
-features enter only to read the carried state (skipped for an empty memory and a single chunk, the
-training case at T <= chunk) and to write the new one, block by block (``taylor_read`` /
-``taylor_write``).  ``linear_branch_features`` is the same branch through explicit features and
-``ops.linear_attn``, the form it is tested against; ``impl="naive"`` is the sequential spec.  Measured
-on the project's 2-core CPU (1 thread, other jobs on both cores), a 2-layer width-64 model on MQAR
-(T = 64, batch 32) trains at 71 ms per AdamW step against 121 ms with the features through
-``linear_attn`` (attention: 42 ms), all in one process.
-
-Window branch (local, exact): ``sliding_window`` (softmax attention over the last W = 64 tokens,
-RoPE), used as a submodule.  The paper interleaves separate linear-attention and sliding-window
-layers (plus gated convolutions); this mixer *sums* the two branches' outputs in one layer so that a
-single registry key carries the whole Based memory.  A model that wants the paper's layer stack can
-use ``layers=["based", ...]`` with ``window`` small, or compose ``linear_attention`` and
-``sliding_window`` layers.
-
-State (``BasedState``), per sequence and float32 (elem 4 bytes)::
-
-    kv:     (H, F, V)  H * F * V * 4 bytes   -- dominates: F = 273 at d = 16
-    z:      (H, F)     H * F * 4
-    window: KVState of at most W tokens: W * H * (2 K * elem + 4) + 8 bytes
-
-With D = 128, H = 2 (V = K = 64), F = 273: kv = 139,776 B, z = 2,184 B, a full window 66,056 B.
-"""
+"""Based: Taylor-feature linear attention plus a small exact sliding-window softmax attention."""
 
 from __future__ import annotations
 
@@ -64,10 +21,7 @@ __all__ = ["Based", "BasedState", "taylor_feature_map", "taylor_read", "taylor_w
 
 
 def taylor_feature_map(x: Tensor) -> Tensor:
-    """``x (..., d) -> [1, x, (x ⊗ x)/sqrt(2)] (..., 1 + d + d^2)``: phi(q)·phi(k) = 1 + q·k + (q·k)^2/2.
-
-    No scaling is applied here; the mixer divides q and k by d^(1/4) first (Based's ``TaylorExp``).
-    """
+    """``x (..., d) -> [1, x, (x ⊗ x)/sqrt(2)] (..., 1 + d + d^2)``, unscaled (Based's ``TaylorExp``)."""
     ones = x.new_ones(*x.shape[:-1], 1)
     outer = (x.unsqueeze(-1) * x.unsqueeze(-2)).flatten(-2) / math.sqrt(2.0)  # (..., d*d)
     return torch.cat([ones, x, outer], dim=-1)
@@ -89,12 +43,8 @@ def taylor_read(q: Tensor, S: Tensor) -> Tensor:
 
 
 class BasedState(NamedTuple):
-    """Memory of one Based layer.
-
-    kv: sum of phi(k_s)^T v_s, (B, H, F, V), float32 or wider.
-    z: sum of phi(k_s), the normaliser, (B, H, F), float32 or wider.
-    window: the sliding-window branch's KV cache (``attention.KVState``, at most W tokens).
-    """
+    """Memory of one Based layer: kv (B, H, F, V) and z (B, H, F), float32 or wider; window, the
+    sliding-window branch's ``KVState`` (at most W tokens)."""
 
     kv: Tensor
     z: Tensor
@@ -105,8 +55,26 @@ class BasedState(NamedTuple):
 class Based(Mixer):
     """Based: 2nd-order Taylor linear attention + sliding-window softmax attention (Arora et al. 2024).
 
-    ``x (B, T, D) -> y (B, T, D)``: ``y = out_proj(linear branch) + sliding_window(x)``; see the module
-    docstring for the equations and the state count.
+    "Simple linear attention language models balance the recall-throughput tradeoff", arXiv 2402.18668,
+    section 4, eq. 2-3.  ``y = out_proj(linear branch) + sliding_window(x)``.  The linear branch, per
+    head, with q, k projected to d = ``feature_dim`` and scaled by d^(-1/4)::
+
+        phi(x)  = [1, x, (x ⊗ x) / sqrt(2)]                  # F = 1 + d + d^2 features (273 for d = 16)
+        phi(q)·phi(k) = 1 + s + s^2 / 2 ≈ exp(s),   s = q·k / sqrt(d)
+        S_t = S_{t-1} + phi(k_t)^T v_t,   z_t = z_{t-1} + phi(k_t)      # (F, V), (F,)
+        o_t = phi(q_t) S_t / (phi(q_t) · z_t)
+
+    No epsilon: 1 + s + s^2/2 = ((1 + s)^2 + 1)/2 >= 1/2, so ``phi(q_t)·z_t >= t/2``.  The chunked form
+    never builds phi inside a chunk (scores from a (C, C) product over d channels, not F); features only
+    read the carried state (skipped for an empty memory in one chunk) and write the new one
+    (:func:`taylor_read`, :func:`taylor_write`); :meth:`linear_branch_features` is the explicit-feature
+    form it is tested against.  Measured (2-core CPU, 2-layer D = 64, MQAR T = 64, batch 32): 71 ms per
+    AdamW step against 121 ms with the features through ``linear_attn`` (attention: 42 ms).
+
+    The window branch is ``sliding_window`` (exact softmax over the last W tokens, RoPE).  Deviation from
+    the paper: it interleaves separate linear-attention and sliding-window layers (plus gated
+    convolutions); this mixer *sums* the two branches in one layer, so one registry key carries the
+    whole Based memory (compose ``linear_attention`` and ``sliding_window`` layers for the paper's stack).
 
     Args:
         d_model: width D.
@@ -114,9 +82,12 @@ class Based(Mixer):
         feature_dim: d, the width q and k are projected to per head before the Taylor map (16).
         window: W, tokens seen by the sliding-window branch, itself included (64).
         block_size: query block of the window branch's parallel form (speed knob, 128).
-        impl: "chunked" (the kernel form, see the module notes) or "naive" (the sequential spec) for the
-            linear branch's parallel form.
+        impl: "chunked" (the kernel form above) or "naive" (the sequential spec) for the linear branch.
         chunk_size: chunk length of the chunked form (64).
+
+    State (:class:`BasedState`), bounded, per sequence in float32: ``H * F * V * 4`` (kv, dominant) +
+    ``H * F * 4`` (z) + a window of at most ``W * H * (2 K * elem + 4) + 8`` bytes; at D = 128, H = 2,
+    F = 273: kv 139,776 B, z 2,184 B, a full window 66,056 B.
     """
 
     state_growth = "bounded"  # the window cache fills up to W tokens, then stays
@@ -147,7 +118,7 @@ class Based(Mixer):
         self.k_proj = nn.Linear(self.d_model, H * d, bias=False)
         self.v_proj = nn.Linear(self.d_model, self.d_model, bias=False)
         self.out_proj = nn.Linear(self.d_model, self.d_model, bias=False)
-        # the exact local branch; validates window and block_size (ValueError naming them)
+        # validates window and block_size (ValueError naming them)
         self.window_attn = SlidingWindowAttention(self.d_model, window=window, n_heads=n_heads, block_size=block_size)
 
     @property
@@ -157,8 +128,6 @@ class Based(Mixer):
     @property
     def state_capacity(self) -> int:
         return self.window_attn.state_capacity
-
-    # ----------------------------------------------------------------------------- state
 
     def init_state(self, batch_size: int, *, device=None, dtype=None) -> BasedState:
         check_positive(batch_size=batch_size)
@@ -171,8 +140,6 @@ class Based(Mixer):
             window=self.window_attn.init_state(batch_size, device=device, dtype=dtype),
         )
 
-    # ----------------------------------------------------------------------------- linear branch
-
     def features(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """phi(q), phi(k) (..., H, F) and v (..., H, V) for ``x (..., D)``, in the state dtype."""
         dtype = state_dtype(x.dtype)
@@ -183,13 +150,8 @@ class Based(Mixer):
         return taylor_feature_map(q), taylor_feature_map(k), v
 
     def linear_branch(self, x: Tensor, kv: Tensor, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Normalised Taylor linear attention over ``x (B, T, D)`` from ``(kv, z)``.
-
-        Returns o (B, H, T, V) in the state dtype (before the head merge and out_proj), new kv, new z.
-        ``impl="chunked"`` is the kernel form (module notes): inside a chunk the scores are
-        ``1 + s + s^2/2`` of ``s = q·k / sqrt(d)`` (d wide, not F = 1 + d + d^2), and features are formed
-        only to read and write the state; ``"naive"`` runs the features through the sequential spec.
-        """
+        """Taylor linear attention over ``x (B, T, D)`` from ``(kv, z)``: o (B, H, T, V) in the state dtype
+        (before the head merge and out_proj), new kv, new z."""
         if self.impl == "naive":
             return self.linear_branch_features(x, kv, z, impl="naive")
         dtype, H = state_dtype(x.dtype), self.n_heads
@@ -219,26 +181,21 @@ class Based(Mixer):
             S = starts[:, :, -1] + writes[:, :, -1]
         o = o.reshape(B, H, n * C, V + 1)[:, :, :T]
         o = o[..., :V] / o[..., V:]  # numerator / denominator, (B, H, T, V)
-        # copies, so the state owns exactly the bytes it reports (slices of S would pin all of S)
-        new_kv = S[..., :V].clone(memory_format=torch.contiguous_format)
+        new_kv = S[..., :V].clone(memory_format=torch.contiguous_format)  # copies: slices would pin all of S
         return o, new_kv, S[..., V].clone(memory_format=torch.contiguous_format)
 
     def linear_branch_features(self, x: Tensor, kv: Tensor, z: Tensor, impl: str = "chunked"
                                ) -> tuple[Tensor, Tensor, Tensor]:
-        """:meth:`linear_branch` through explicit features: phi(q), phi(k) and ``ops.linear_attn`` with
-        ``impl`` (the form the kernel form is tested against; "naive" is the sequential spec)."""
+        """:meth:`linear_branch` through explicit features and ``ops.linear_attn`` with ``impl``."""
         phi_q, phi_k, v = (t.transpose(1, 2) for t in self.features(x))  # (B, H, T, F), (B, H, T, V)
         V = v.shape[-1]
         v1 = torch.cat([v, v.new_ones(*v.shape[:-1], 1)], dim=-1)  # (B, H, T, V+1): last column -> z
         start = torch.cat([kv.to(v.dtype), z.to(v.dtype).unsqueeze(-1)], dim=-1)  # (B, H, F, V+1)
         o, S = linear_attn(phi_q, phi_k, v1, initial_state=start, impl=impl, chunk_size=self.chunk_size)
         o = o[..., :V] / o[..., V:]  # numerator / denominator, (B, H, T, V)
-        # copies, so the state owns exactly the bytes it reports (slices of S would pin all of S)
-        new_kv = S[..., :V].clone(memory_format=torch.contiguous_format)
+        new_kv = S[..., :V].clone(memory_format=torch.contiguous_format)  # copies: slices would pin all of S
         new_z = S[..., V].clone(memory_format=torch.contiguous_format)
         return o, new_kv, new_z
-
-    # ----------------------------------------------------------------------------- forward / step
 
     def _forward(self, x: Tensor, state: BasedState) -> tuple[Tensor, BasedState]:
         o, kv, z = self.linear_branch(x, state.kv, state.z)  # (B, H, T, V)
@@ -247,7 +204,7 @@ class Based(Mixer):
         return y_lin + y_win, BasedState(kv, z, window)
 
     def step(self, x: Tensor, state: BasedState) -> tuple[Tensor, BasedState]:
-        """One token ``x (B, D)``: add phi(k)^T v and phi(k) to the sums, read, plus one window step."""
+        """One token ``x (B, D)``: the linear branch's recurrence plus one window step."""
         self.check_input(x, step=True)
         phi_q, phi_k, v = self.features(x)  # (B, H, F), (B, H, F), (B, H, V)
         kv = state.kv + phi_k.unsqueeze(-1) * v.unsqueeze(-2)  # (B, H, F, V), out of place

@@ -1,25 +1,4 @@
-"""DeltaNet: linear attention whose matrix memory is written with the delta rule.
-
-Schlag, Irie, Schmidhuber 2021, "Linear Transformers Are Secretly Fast Weight Programmers",
-arXiv 2102.11174 (the rule); Yang, Wang, Zhang, Shen, Kim 2024, "Parallelizing Linear Transformers
-with the Delta Rule over Sequence Length", arXiv 2406.06484 (the architecture trained in that paper
-and its chunked WY-form algorithm).  The layer is fla's ``fla/layers/delta_net.py`` ``DeltaNet`` with
-its defaults (``qk_activation="silu"``, ``qk_norm="l2"``, ``use_beta=True``, ``conv_size=4``,
-``conv_bias=False``) and its parameter names and shapes.
-
-Per head h (row vectors; K key width, V value width), with ``conv`` a causal depthwise convolution
-of width ``conv_size`` over time and ``/ sqrt(K)`` fla's kernel scale (a no-op after the RMSNorm, up to
-its epsilon)::
-
-    q_t = l2norm(SiLU(conv_q(x W_q))_h) / sqrt(K)        k_t = l2norm(SiLU(conv_k(x W_k))_h)
-    v_t = SiLU(conv_v(x W_v))_h                          beta_t = sigmoid(x_t W_beta)_h in (0, 1)
-    S_t = (I - beta_t k_t^T k_t) S_{t-1} + beta_t k_t^T v_t        S: (K, V)
-    o_t = RMSNorm(q_t S_t) [* SiLU(x_t W_g)_h when use_gate]       y_t = concat_h(o_t) W_o
-
-With ``beta_t = 1`` and a unit key the write *replaces* what the memory held for that key: that is
-the difference from plain linear attention, which only adds.  ``DeltaRuleBlock`` is the body Gated
-DeltaNet extends with a decay.
-"""
+"""DeltaNet: linear attention whose matrix memory is written with the delta rule."""
 
 from __future__ import annotations
 
@@ -38,12 +17,8 @@ __all__ = ["DeltaNet", "DeltaNetState", "DeltaRuleBlock"]
 
 
 class DeltaNetState(NamedTuple):
-    """Recurrent memory of one DeltaNet layer.
-
-    conv_q, conv_k: the last ``conv_size - 1`` inputs of the q / k convolutions, (B, H*K, conv_size-1).
-    conv_v: the same for v, (B, H*V, conv_size-1).  Activation dtype.
-    memory: the fast-weight matrix per head, (B, H, K, V), float32 at least.
-    """
+    """Recurrent memory of one DeltaNet layer: the last inputs of the q, k, v convolutions (B, H*K | H*K |
+    H*V, conv_size-1), activation dtype; memory (B, H, K, V), float32 at least."""
 
     conv_q: Tensor
     conv_k: Tensor
@@ -51,14 +26,8 @@ class DeltaNetState(NamedTuple):
     memory: Tensor
 
 
-# ----------------------------------------------------------------------------- the block
-
-
 class DeltaRuleBlock(Mixer):
-    """Shared body of DeltaNet and Gated DeltaNet: projections, short convs, delta rule, norm, gate.
-
-    Subclasses set ``State`` and may override ``log_decay`` (None here: no decay).
-    """
+    """Shared body of DeltaNet and Gated DeltaNet; subclasses set ``State`` and may override ``log_decay``."""
 
     State: ClassVar[type] = DeltaNetState
 
@@ -79,16 +48,14 @@ class DeltaRuleBlock(Mixer):
         self.q_proj = nn.Linear(self.d_model, H * K, bias=False)
         self.k_proj = nn.Linear(self.d_model, H * K, bias=False)
         self.v_proj = nn.Linear(self.d_model, H * V, bias=False)
-        self.b_proj = nn.Linear(self.d_model, H, bias=False)  # beta_t = sigmoid(x W_beta), per head
+        self.b_proj = nn.Linear(self.d_model, H, bias=False)
         self.q_conv1d = ShortConvolution(H * K, conv_size, bias=conv_bias)
         self.k_conv1d = ShortConvolution(H * K, conv_size, bias=conv_bias)
         self.v_conv1d = ShortConvolution(H * V, conv_size, bias=conv_bias)
         if use_gate:
             self.g_proj = nn.Linear(self.d_model, H * V, bias=False)
-        self.o_norm = RMSNorm(V, eps=norm_eps)  # gated by SiLU(x W_g) when use_gate
+        self.o_norm = RMSNorm(V, eps=norm_eps)
         self.o_proj = nn.Linear(H * V, self.d_model, bias=False)
-
-    # ----------------------------------------------------------------------------- state
 
     def init_state(self, batch_size: int, *, device=None, dtype=None):
         check_int(batch_size=batch_size)
@@ -99,8 +66,6 @@ class DeltaRuleBlock(Mixer):
                  for conv in (self.q_conv1d, self.k_conv1d, self.v_conv1d)]
         memory = torch.zeros(batch_size, H, K, V, device=device, dtype=state_dtype(dtype))
         return self.State(*convs, memory)
-
-    # ----------------------------------------------------------------------------- shared pieces
 
     def log_decay(self, x: Tensor) -> Tensor | None:
         """log alpha_t per head, (..., H) <= 0; None for DeltaNet (no decay)."""
@@ -117,8 +82,6 @@ class DeltaRuleBlock(Mixer):
         q = l2norm(q.unflatten(-1, (H, K))) * K**-0.5  # fla's default scale, inside its kernel
         k = l2norm(k.unflatten(-1, (H, K)))
         return q, k, v.unflatten(-1, (H, self.head_v_dim))
-
-    # ----------------------------------------------------------------------------- forward / step
 
     def _forward(self, x: Tensor, state):
         q, conv_q = self.q_conv1d(self.q_proj(x), state.conv_q)  # (B, T, H*K)
@@ -153,7 +116,18 @@ class DeltaRuleBlock(Mixer):
 class DeltaNet(DeltaRuleBlock):
     """DeltaNet: linear attention with delta-rule writes (Yang et al. 2024, arXiv 2406.06484).
 
-    See the module docstring for the equations.
+    Schlag et al. 2021, "Linear Transformers Are Secretly Fast Weight Programmers" (arXiv 2102.11174,
+    the rule); Yang et al. 2024, "Parallelizing Linear Transformers with the Delta Rule over Sequence
+    Length" (the architecture, chunked WY form).  Names, shapes and defaults are fla's
+    ``fla/layers/delta_net.py`` (``qk_activation="silu"``, ``qk_norm="l2"``, ``use_beta=True``)::
+
+        q_t = l2norm(SiLU(conv_q(x W_q))) / sqrt(K)      k_t = l2norm(SiLU(conv_k(x W_k)))
+        v_t = SiLU(conv_v(x W_v))                        beta_t = sigmoid(x_t W_beta) in (0, 1)
+        S_t = (I - beta_t k_t^T k_t) S_{t-1} + beta_t k_t^T v_t        # S: (K, V)
+        o_t = RMSNorm(q_t S_t) [* SiLU(x_t W_g) when use_gate]         y_t = concat_h(o_t) W_o
+
+    conv is causal depthwise over time; ``/ sqrt(K)`` is fla's kernel scale (a no-op after the RMSNorm,
+    up to its epsilon).  With beta_t = 1 and a unit key a write *replaces* that key's value.
 
     Args:
         d_model: width D.
@@ -167,9 +141,8 @@ class DeltaNet(DeltaRuleBlock):
         chunk_size: chunk length of the chunked kernel (64).
         impl: "chunked" (parallel over chunks) or "naive" (the sequential spec).
 
-    State (:class:`DeltaNetState`), constant in T; per batch row
-    ``H*K*V*4 + (2*H*K + H*V) * (conv_size - 1) * elem_bytes`` bytes (float32 memory; the conv
-    buffers are in the activation dtype).
+    State (:class:`DeltaNetState`), constant in T: ``H*K*V*4 + (2*H*K + H*V) * (conv_size - 1) *
+    elem_bytes`` bytes per batch row (float32 memory, conv buffers in the activation dtype).
     """
 
     state_growth = "constant"

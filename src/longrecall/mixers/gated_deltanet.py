@@ -1,23 +1,4 @@
-"""Gated DeltaNet: the delta rule with a Mamba-2-style data-dependent decay of the whole memory.
-
-Yang, Kautz, Hatamizadeh 2025, "Gated Delta Networks: Improving Mamba2 with Delta Rule",
-arXiv 2412.06464 (ICLR 2025).  The layer is fla's ``fla/layers/gated_deltanet.py`` ``GatedDeltaNet``
-(the authors' reference; ``use_gate=True``, ``use_short_conv=True``, ``conv_size=4``) with its
-parameter names and shapes, and its per-head key width ``0.75 * d_model / n_heads`` and
-``expand_v=2`` as defaults (its parameter budget, ~6 D^2 like Mamba-2).
-
-Per head (row vectors; K key, V value width), the DeltaNet front end of ``deltanet.py`` and
-the gated delta rule::
-
-    alpha_t = exp(g_t),   g_t = -exp(A_log) * softplus(x_t W_a + dt_bias)   (per head, in (0, 1))
-    S_t = alpha_t (I - beta_t k_t^T k_t) S_{t-1} + beta_t k_t^T v_t
-    o_t = RMSNorm(q_t S_t) * SiLU(x_t W_g)          y_t = concat_h(o_t) W_o
-
-alpha_t is Mamba-2's discretised decay exp(dt_t * A) with dt_t = softplus(x W_a + dt_bias) and
-A = -exp(A_log): it lets the memory forget everything quickly (alpha -> 0) while the delta rule
-edits single associations precisely.  Initialisation as the reference: A uniform in (0, 16), dt
-log-uniform in [0.001, 0.1] (floored at 1e-4) stored through the inverse softplus in ``dt_bias``.
-"""
+"""Gated DeltaNet: the delta rule with a Mamba-2-style data-dependent decay of the whole memory."""
 
 from __future__ import annotations
 
@@ -34,12 +15,7 @@ __all__ = ["GatedDeltaNet", "GatedDeltaNetState"]
 
 
 class GatedDeltaNetState(NamedTuple):
-    """Recurrent memory of one Gated DeltaNet layer.
-
-    conv_q, conv_k: the last ``conv_size - 1`` inputs of the q / k convolutions, (B, H*K, conv_size-1).
-    conv_v: the same for v, (B, H*V, conv_size-1).  Activation dtype.
-    memory: the fast-weight matrix per head, (B, H, K, V), float32 at least.
-    """
+    """Recurrent memory of one Gated DeltaNet layer: the fields of :class:`DeltaNetState`."""
 
     conv_q: Tensor
     conv_k: Tensor
@@ -51,7 +27,17 @@ class GatedDeltaNetState(NamedTuple):
 class GatedDeltaNet(DeltaRuleBlock):
     """Gated DeltaNet: delta rule plus Mamba-2 decay (Yang, Kautz, Hatamizadeh 2025, arXiv 2412.06464).
 
-    See the module docstring for the equations.
+    "Gated Delta Networks: Improving Mamba2 with Delta Rule" (ICLR 2025).  The layer is the authors'
+    ``fla/layers/gated_deltanet.py`` (``use_gate=True``, ``use_short_conv=True``) with its names,
+    shapes and defaults (parameters ~6 D^2, like Mamba-2).  DeltaNet's front end (``deltanet.py``),
+    then per head::
+
+        g_t = -exp(A_log) * softplus(x_t W_a + dt_bias)            # log alpha_t, Mamba-2's dt_t * A
+        S_t = exp(g_t) (I - beta_t k_t^T k_t) S_{t-1} + beta_t k_t^T v_t
+        o_t = RMSNorm(q_t S_t) * SiLU(x_t W_g)          y_t = concat_h(o_t) W_o
+
+    The decay can forget everything (alpha -> 0), the delta rule edit single associations.  Init as the
+    reference: -A uniform in (0, 16), dt log-uniform in [0.001, 0.1] (floored at 1e-4) via ``dt_bias``.
 
     Args:
         d_model: width D.
@@ -60,15 +46,10 @@ class GatedDeltaNet(DeltaRuleBlock):
             ``num_heads * head_dim = 0.75 * hidden_size``).
         expand_v: value width V = expand_v * K (2, the reference's default).
         use_gate: SiLU output gate with the gated RMSNorm (True, as the reference).
-        conv_size: width of the causal depthwise convolutions on q, k, v (4).
-        conv_bias: whether those convolutions have a bias (False).
-        norm_eps: epsilon of the per-head RMSNorm (1e-5).
-        chunk_size: chunk length of the chunked kernel (64).
-        impl: "chunked" (parallel over chunks) or "naive" (the sequential spec).
+        conv_size, conv_bias, norm_eps, chunk_size, impl: as DeltaNet (4, False, 1e-5, 64, "chunked").
 
-    State (:class:`GatedDeltaNetState`), constant in T; per batch row
-    ``H*K*V*4 + (2*H*K + H*V) * (conv_size - 1) * elem_bytes`` bytes (float32 memory; the conv
-    buffers are in the activation dtype).
+    State (:class:`GatedDeltaNetState`), constant in T: ``H*K*V*4 + (2*H*K + H*V) * (conv_size - 1) *
+    elem_bytes`` bytes per batch row (float32 memory, conv buffers in the activation dtype).
     """
 
     State = GatedDeltaNetState
@@ -83,7 +64,7 @@ class GatedDeltaNet(DeltaRuleBlock):
         super().__init__(d_model, n_heads=n_heads, head_dim=head_dim, expand_v=expand_v, use_gate=use_gate,
                          conv_size=conv_size, conv_bias=conv_bias, norm_eps=norm_eps, chunk_size=chunk_size,
                          impl=impl, default_head_dim=default_head_dim)
-        self.a_proj = nn.Linear(self.d_model, n_heads, bias=False)  # dt_t = softplus(x W_a + dt_bias)
+        self.a_proj = nn.Linear(self.d_model, n_heads, bias=False)
         self.A_log, self.dt_bias = decay_init(n_heads)
 
     def log_decay(self, x: Tensor) -> Tensor:

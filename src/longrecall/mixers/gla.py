@@ -1,20 +1,4 @@
-"""Gated Linear Attention (GLA): linear attention with a data-dependent decay per key channel.
-
-Yang, Wang, Shen, Panda, Kim 2024, "Gated Linear Attention Transformers with Hardware-Efficient
-Training", arXiv 2312.06635 (ICML 2024), section 4.  Per head, with row vectors q_t, k_t (K,) and
-v_t (V,) and a matrix memory S (K, V)::
-
-    alpha_t = sigmoid(x_t W_a1 W_a2 + b_a) ^ (1 / tau)          (K,) in (0, 1), eq. 6: rank-16 W_a
-    S_t     = diag(alpha_t) S_{t-1} + k_t^T v_t                    eq. 5
-    o_t     = q_t S_t / sqrt(K)
-    y_t     = out_proj(RMSNorm_head(o_t) * swish(x_t W_r))        eq. 7 (per-head norm, output gate)
-
-The decay is computed in log space, ``log alpha_t = logsigmoid(...) / tau`` (never the log of a
-sigmoid), so long products of decays are sums.  The layout (``q_proj, k_proj, v_proj, g_proj,
-gk_proj, g_norm, o_proj``, key width ``expand_k * D``, value width ``expand_v * D``, tau = 16,
-gate rank 16, Xavier init with gain 2^-2.5) follows ``fla/layers/gla.py`` of
-flash-linear-attention, the authors' reference implementation.
-"""
+"""Gated Linear Attention (GLA): linear attention with a data-dependent decay per key channel."""
 
 from __future__ import annotations
 
@@ -33,10 +17,7 @@ __all__ = ["GLA", "GLAState"]
 
 
 class GLAState(NamedTuple):
-    """Recurrent memory of one GLA layer.
-
-    S: the matrix memory per head, (B, H, K, V), float32 (float64 when the model runs in float64).
-    """
+    """Recurrent memory of one GLA layer: S (B, H, K, V) per head, float32 (float64 in float64 models)."""
 
     S: Tensor
 
@@ -45,13 +26,16 @@ class GLAState(NamedTuple):
 class GLA(Mixer):
     """Gated Linear Attention (Yang et al. 2024, arXiv 2312.06635): a per-channel, data-dependent decay.
 
+    "Gated Linear Attention Transformers with Hardware-Efficient Training" (ICML 2024), section 4.
     Per token, with H heads, key width K = expand_k * D / H and value width V = expand_v * D / H::
 
-        q, k, v = q_proj(x), k_proj(x), v_proj(x)             # (H, K), (H, K), (H, V)
-        log_a   = logsigmoid(gk_proj(x)) / tau                 # (H, K) <= 0; gk_proj = Linear(D, r) Linear(r, HK)
-        S_t     = diag(exp(log_a)) S_{t-1} + k^T v             # (H, K, V)
-        o       = (q / sqrt(K)) S_t                            # (H, V)
-        y       = o_proj(RMSNorm(o) * silu(g_proj(x)))         # RMSNorm over V, weight shared by heads
+        q, k, v = q_proj(x), k_proj(x), v_proj(x)       # (H, K), (H, K), (H, V)
+        log_a   = logsigmoid(gk_proj(x)) / tau           # (H, K) <= 0, eq. 6; gk_proj = Linear(D, r) Linear(r, HK)
+        S_t     = diag(exp(log_a)) S_{t-1} + k^T v       # (H, K, V), eq. 5
+        y       = o_proj(RMSNorm((q / sqrt(K)) S_t) * silu(g_proj(x)))  # eq. 7; RMSNorm over V, shared by heads
+
+    Layout and init (names, tau = 16, rank 16, Xavier gain 2^-2.5) follow the authors' reference,
+    flash-linear-attention's ``fla/layers/gla.py``.
 
     Args:
         d_model: width D.
@@ -108,8 +92,8 @@ class GLA(Mixer):
         self.q_proj = nn.Linear(D, key_dim, bias=False)
         self.k_proj = nn.Linear(D, key_dim, bias=False)
         self.v_proj = nn.Linear(D, value_dim, bias=False)
-        self.g_proj = nn.Linear(D, value_dim, bias=False)  # output gate W_r
-        self.gk_proj = nn.Sequential(nn.Linear(D, r, bias=False), nn.Linear(r, key_dim, bias=True))  # W_a1, W_a2, b
+        self.g_proj = nn.Linear(D, value_dim, bias=False)
+        self.gk_proj = nn.Sequential(nn.Linear(D, r, bias=False), nn.Linear(r, key_dim, bias=True))
         self.g_norm = nn.RMSNorm(self.head_v_dim, eps=norm_eps)
         self.o_proj = nn.Linear(value_dim, D, bias=False)
         for module in self.modules():  # fla's GLA init: small Xavier weights, zero biases
@@ -118,15 +102,11 @@ class GLA(Mixer):
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
 
-    # ----------------------------------------------------------------------------- state
-
     def init_state(self, batch_size: int, *, device=None, dtype=None) -> GLAState:
         device = self.q_proj.weight.device if device is None else device
         dtype = self.q_proj.weight.dtype if dtype is None else dtype
         H, K, V = self.n_heads, self.head_k_dim, self.head_v_dim
         return GLAState(torch.zeros(batch_size, H, K, V, device=device, dtype=state_dtype(dtype)))
-
-    # ----------------------------------------------------------------------------- shared pieces
 
     def _heads(self, t: Tensor) -> Tensor:
         """(..., H * d) -> (..., H, d)."""
@@ -144,8 +124,6 @@ class GLA(Mixer):
         """Per-head RMSNorm of o (..., H, V), swish output gate from x (..., D), out projection."""
         o = self.g_norm(o.to(x.dtype)).flatten(-2)  # (..., H * V)
         return self.o_proj(o * F.silu(self.g_proj(x)))
-
-    # ----------------------------------------------------------------------------- forward / step
 
     def _forward(self, x: Tensor, state: GLAState) -> tuple[Tensor, GLAState]:
         q, k, v, log_decay = self._projections(x, state.S.dtype)  # (B, T, H, K|V)

@@ -1,17 +1,4 @@
-"""Causal linear attention: a kernel feature map in place of the softmax, a matrix-valued memory.
-
-Katharopoulos, Vyas, Pappas, Fleuret 2020, "Transformers are RNNs: Fast Autoregressive Transformers
-with Linear Attention", arXiv 2006.16236.  With the feature map ``φ(x) = elu(x) + 1`` (section 3.2.1),
-causal attention (eq. 9) becomes an RNN (eq. 16-20), per head::
-
-    S_t = S_{t-1} + φ(k_t)ᵀ v_t                    (K, V) memory
-    z_t = z_{t-1} + φ(k_t)                         (K,)  normaliser
-    o_t = φ(q_t) S_t / (φ(q_t) · z_t + eps)
-
-Parallel form: the same recurrence through ``ops.linear_attn`` (no decay) on values with a column of
-ones appended, ``[v_t, 1]``: its state is ``[S_t, z_t]`` and its output ``[φ(q_t) S_t, φ(q_t) z_t]``,
-so the normaliser comes from the same kernel as the numerator and both forms agree exactly.
-"""
+"""Causal linear attention: a kernel feature map in place of the softmax, a matrix-valued memory."""
 
 from __future__ import annotations
 
@@ -30,28 +17,31 @@ __all__ = ["LinearAttention", "LinearAttentionState", "elu_feature_map"]
 
 
 class LinearAttentionState(NamedTuple):
-    """Recurrent memory of one linear-attention layer (float32, float64 when the model is float64).
-
-    memory: S = sum_s φ(k_s)ᵀ v_s per head, (B, H, K, V).
-    normalizer: z = sum_s φ(k_s) per head, (B, H, K).
-    """
+    """Recurrent memory of one linear-attention layer: S (B, H, K, V) and z (B, H, K), float32 or wider."""
 
     memory: Tensor
     normalizer: Tensor
 
 
 def elu_feature_map(x: Tensor) -> Tensor:
-    """φ(x) = elu(x) + 1 (the paper's section 3.2.1), written as ``x + 1`` for x > 0 and ``exp(x)`` else.
-
-    Same function and gradient, but ``elu(x) + 1`` rounds to 0 for x < -37 in float64 (-17 in float32)
-    while ``exp(x)`` stays positive, so the normaliser never loses a key to cancellation.
-    """
+    """φ(x) = elu(x) + 1 written as ``x + 1`` for x > 0 and ``exp(x)`` else: the same function, but
+    ``elu(x) + 1`` rounds to 0 for x < -37 in float64 (-17 in float32), losing keys from the normaliser."""
     return torch.where(x > 0, x + 1, torch.exp(x.clamp(max=0)))
 
 
 @register_mixer("linear_attention")
 class LinearAttention(Mixer):
     """Causal linear attention (Katharopoulos et al. 2020, arXiv 2006.16236), φ = elu + 1, normalised.
+
+    "Transformers are RNNs: Fast Autoregressive Transformers with Linear Attention".  With the feature
+    map φ (section 3.2.1), causal attention (eq. 9) is an RNN (eq. 16-20), per head::
+
+        S_t = S_{t-1} + φ(k_t)ᵀ v_t                    # (K, V) memory
+        z_t = z_{t-1} + φ(k_t)                         # (K,)  normaliser
+        o_t = φ(q_t) S_t / (φ(q_t) · z_t + eps)
+
+    The parallel form runs ``ops.linear_attn`` (no decay) on ``[v_t, 1]``: its state is ``[S_t, z_t]``
+    and its output ``[φ(q_t) S_t, φ(q_t) z_t]``, so numerator and normaliser come from one kernel.
 
     Args:
         d_model: width D.
@@ -61,8 +51,8 @@ class LinearAttention(Mixer):
         chunk_size: chunk length of the chunked kernel (64).
         impl: "chunked" (the parallel kernel) or "naive" (the sequential spec).
 
-    State (:class:`LinearAttentionState`): constant in T; per batch row ``H * K * (V + 1) * 4`` bytes
-    (float32) = ``(D^2 / H + D) * 4``.
+    State (:class:`LinearAttentionState`): constant in T, ``H * K * (V + 1) * 4 = (D^2 / H + D) * 4``
+    bytes per batch row in float32.
     """
 
     state_growth = "constant"
@@ -87,8 +77,6 @@ class LinearAttention(Mixer):
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=bias)
         self.out_proj = nn.Linear(d_model, d_model, bias=bias)
 
-    # ----------------------------------------------------------------------------- state
-
     def init_state(self, batch_size: int, *, device=None, dtype=None) -> LinearAttentionState:
         check_positive(batch_size=batch_size)
         device = self.qkv.weight.device if device is None else device
@@ -99,14 +87,10 @@ class LinearAttention(Mixer):
             torch.zeros(batch_size, H, K, device=device, dtype=dtype),
         )
 
-    # ----------------------------------------------------------------------------- shared pieces
-
     def _features(self, x: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
         """φ(q), φ(k) (B, H, T, K) and v (B, H, T, V) in ``dtype``."""
         q, k, v = rearrange(self.qkv(x).to(dtype), "b t (three h k) -> three b h t k", three=3, h=self.n_heads)
         return elu_feature_map(q), elu_feature_map(k), v
-
-    # ----------------------------------------------------------------------------- forward / step
 
     def _forward(self, x: Tensor, state: LinearAttentionState) -> tuple[Tensor, LinearAttentionState]:
         dtype = state.memory.dtype
@@ -115,13 +99,12 @@ class LinearAttention(Mixer):
         v1 = torch.cat([v, v.new_ones(*v.shape[:-1], 1)], dim=-1)  # (B, H, T, V+1): [v_t, 1]
         start = torch.cat([state.memory, state.normalizer.unsqueeze(-1)], dim=-1)  # (B, H, K, V+1): [S, z]
         o, final = linear_attn(phi_q, phi_k, v1, None, start, impl=self.impl, chunk_size=self.chunk_size)
-        y = o[..., :V] / (o[..., V:] + self.eps)  # (B, H, T, V): φ(q) S_t / (φ(q) · z_t + eps)
+        y = o[..., :V] / (o[..., V:] + self.eps)  # (B, H, T, V)
         y = self.out_proj(rearrange(y, "b h t v -> b t (h v)").to(x.dtype))
-        # clones: the state's tensors must own their memory, not be slices of `final`
-        return y, LinearAttentionState(final[..., :V].clone(), final[..., V].clone())
+        return y, LinearAttentionState(final[..., :V].clone(), final[..., V].clone())  # own memory, not slices
 
     def step(self, x: Tensor, state: LinearAttentionState) -> tuple[Tensor, LinearAttentionState]:
-        """One token ``x (B, D)``: ``S += φ(k)ᵀ v``, ``z += φ(k)``, ``o = φ(q) S / (φ(q) · z + eps)``."""
+        """One token ``x (B, D)``: the RNN form."""
         self.check_input(x, step=True)
         dtype = state.memory.dtype
         phi_q, phi_k, v = (t[:, :, 0] for t in self._features(x[:, None], dtype))  # (B, H, K), (B, H, V)

@@ -1,10 +1,4 @@
-"""Mamba-1 block: a selective state-space model (S6) behind a gated, short-convolution front end.
-
-Gu & Dao 2023, "Mamba: Linear-Time Sequence Modeling with Selective State Spaces", arXiv 2312.00752.
-The block is the reference ``mamba_ssm/modules/mamba_simple.py`` ``Mamba`` (its slow path), with the
-same parameter names and shapes, so a state dict from ``mamba_ssm`` or from mambapy's ``MambaBlock``
-loads with ``strict=True``.
-"""
+"""Mamba-1 block: a selective state-space model (S6) behind a gated, short-convolution front end."""
 
 from __future__ import annotations
 
@@ -28,11 +22,8 @@ SCANS: tuple[str, ...] = ("auto", "fused", "chunked", "naive")
 
 
 class MambaState(NamedTuple):
-    """Recurrent memory of one Mamba block.
-
-    conv: the last ``d_conv - 1`` inputs of the depthwise convolution (before it), (B, E, d_conv-1).
-    ssm: the selective-scan state, (B, E, N), float32 (float64 when the model runs in float64).
-    """
+    """Recurrent memory of one Mamba block: conv, the last ``d_conv - 1`` conv inputs (B, E, d_conv-1);
+    ssm, the selective-scan state (B, E, N), float32 (float64 in float64 models)."""
 
     conv: Tensor
     ssm: Tensor
@@ -42,15 +33,17 @@ class MambaState(NamedTuple):
 class Mamba(Mixer):
     """Mamba-1 selective SSM block (Gu & Dao 2023, arXiv 2312.00752), ``x (B, T, D) -> y (B, T, D)``.
 
-    Per token, with E = expand * D inner channels and N = d_state::
+    "Mamba: Linear-Time Sequence Modeling with Selective State Spaces".  The reference
+    ``mamba_ssm/modules/mamba_simple.py`` ``Mamba`` (its slow path) with the same parameter names and
+    shapes: a ``mamba_ssm`` or mambapy ``MambaBlock`` state dict loads with ``strict=True``.  Per
+    token, with E = expand * D inner channels and N = d_state::
 
         x, z   = in_proj(h).chunk(2)                       # (E,), (E,)
         u      = SiLU(causal depthwise conv1d(x))          # kernel d_conv over time
         dt, B, C = split(x_proj(u), [R, N, N])             # R = dt_rank
         delta  = softplus(dt_proj(dt))                     # (E,), dt_proj has a bias
         h_t    = exp(delta ⊗ A) ⊙ h_{t-1} + (delta ⊙ u) ⊗ B,   A = -exp(A_log)  (E, N)
-        y      = (h_t · C + D ⊙ u) ⊙ SiLU(z)
-        out    = out_proj(y)
+        out    = out_proj((h_t · C + D ⊙ u) ⊙ SiLU(z))
 
     Args:
         d_model: width D.
@@ -66,9 +59,8 @@ class Mamba(Mixer):
             training at B=32, T=64), "chunked" (PyTorch, O(B·E·N) saved memory per chunk, any device)
             or "naive" (the sequential spec).  All four compute the same function.
 
-    State (:class:`MambaState`): constant in T.  Per batch row it holds
-    ``E * N * 4 + E * (d_conv - 1) * elem_bytes`` bytes (the ssm state is float32; ``elem_bytes`` is
-    the activation dtype's size, 4 for float32).
+    State (:class:`MambaState`): constant in T, ``E * N * 4 + E * (d_conv - 1) * elem_bytes`` bytes per
+    batch row (float32 ssm state; ``elem_bytes`` is the activation dtype's size).
     """
 
     state_growth = "constant"
@@ -110,13 +102,12 @@ class Mamba(Mixer):
         E, N, R = self.d_inner, self.d_state, self.dt_rank
 
         self.in_proj = nn.Linear(self.d_model, 2 * E, bias=False)
-        self.conv1d = ShortConvolution(E, self.d_conv, bias=True)  # SiLU(causal depthwise conv)
+        self.conv1d = ShortConvolution(E, self.d_conv, bias=True)
         self.x_proj = nn.Linear(E, R + 2 * N, bias=False)
         self.dt_proj = nn.Linear(R, E, bias=True)
         self.out_proj = nn.Linear(E, self.d_model, bias=False)
 
-        # dt_proj: weights keep the variance of dt at init; the bias is chosen so that the initial step
-        # sizes softplus(bias) are log-uniform in [dt_min, dt_max] (the reference's "random" dt_init)
+        # the reference's "random" dt_init: weights keep dt's variance, softplus(bias) log-uniform in [dt_min, dt_max]
         dt_init_std = R**-0.5
         nn.init.uniform_(self.dt_proj.weight, -dt_init_std, dt_init_std)
         with torch.no_grad():
@@ -126,11 +117,9 @@ class Mamba(Mixer):
         # S4D-real initialisation A = -(n + 1); stored as log so that A = -exp(A_log) stays negative
         A = torch.arange(1, N + 1, dtype=torch.float32).repeat(E, 1)  # (E, N)
         self.A_log = nn.Parameter(torch.log(A))
-        self.D = nn.Parameter(torch.ones(E))  # skip connection
+        self.D = nn.Parameter(torch.ones(E))
         self.A_log._no_weight_decay = True
         self.D._no_weight_decay = True
-
-    # ----------------------------------------------------------------------------- state
 
     def init_state(self, batch_size: int, *, device=None, dtype=None) -> MambaState:
         device = self.A_log.device if device is None else device
@@ -139,19 +128,15 @@ class Mamba(Mixer):
         ssm = torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=scan_dtype(dtype))
         return MambaState(conv, ssm)
 
-    # ----------------------------------------------------------------------------- shared pieces
-
     def _ssm_inputs(self, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Input-dependent delta (…, E), B (…, N), C (…, N) from the conv output u (…, E)."""
+        """delta (…, E), B (…, N), C (…, N) from the conv output u (…, E)."""
         dt, B, C = torch.split(self.x_proj(u), [self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.softplus(self.dt_proj(dt))  # dt_proj's bias is the reference's delta_bias
         return delta, B, C
 
-    # ----------------------------------------------------------------------------- forward / step
-
     def _forward(self, x: Tensor, state: MambaState) -> tuple[Tensor, MambaState]:
         xs, z = self.in_proj(x).chunk(2, dim=-1)  # (B, T, E) each
-        u, conv = self.conv1d(xs, state.conv)  # (B, T, E), continuing from the carried inputs
+        u, conv = self.conv1d(xs, state.conv)  # (B, T, E)
 
         delta, B, C = self._ssm_inputs(u)  # (B, T, E), (B, T, N), (B, T, N)
         # A and D in at least float32 (the reference's .float(); float64 stays float64 for tests)
@@ -166,14 +151,14 @@ class Mamba(Mixer):
             y, ssm = selective_scan_chunked(u, delta, A, B, C, D, state.ssm, self.chunk_size)
         else:
             y, ssm = selective_scan_naive(u, delta, A, B, C, D, state.ssm)
-        y = y * F.silu(z)  # (B, T, E) gate
+        y = y * F.silu(z)  # (B, T, E)
         return self.out_proj(y), MambaState(conv, ssm)
 
     def step(self, x: Tensor, state: MambaState) -> tuple[Tensor, MambaState]:
-        """One token ``x (B, D)``: the conv as a dot product with the buffer, the diagonal SSM update."""
+        """One token ``x (B, D)``: the recurrence."""
         self.check_input(x, step=True)
         xs, z = self.in_proj(x).chunk(2, dim=-1)  # (B, E) each
-        u, conv = self.conv1d.step(xs, state.conv)  # (B, E), new buffer
+        u, conv = self.conv1d.step(xs, state.conv)  # (B, E)
 
         delta, B, C = self._ssm_inputs(u)  # (B, E), (B, N), (B, N)
         dtype = state.ssm.dtype  # float32 state even for low-precision activations

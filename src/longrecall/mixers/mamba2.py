@@ -1,17 +1,4 @@
-"""Mamba-2 block: the SSD layer (state-space duality) behind a gated, short-convolution front end.
-
-Dao & Gu 2024, "Transformers are SSMs: Generalized Models and Efficient Algorithms Through Structured
-State Space Duality", arXiv 2405.21060.  The SSM of Mamba-2 restricts Mamba-1's diagonal ``A`` to a
-*scalar* per head, so that its recurrence is exactly decayed linear attention (section 3-4 of the
-paper): with ``q = C``, ``k = B``, ``v = dt * x`` and ``log decay = dt * A`` the matrix form is
-``y = (L ∘ C Bᵀ) (dt x)`` with ``L_ts = prod_{r=s+1..t} exp(dt_r A)``.  Both forms run on the shared
-``ops.linear_attn`` kernel.
-
-The block follows the reference ``mamba_ssm/modules/mamba2_simple.py`` ``Mamba2Simple`` (its
-non-fused path, ``ngroups=1``) with the same parameter names and shapes (``in_proj``, ``conv1d``,
-``dt_bias``, ``A_log``, ``D``, ``norm.weight``, ``out_proj``), so its state dict loads with
-``strict=True``.
-"""
+"""Mamba-2 block: the SSD layer (state-space duality) behind a gated, short-convolution front end."""
 
 from __future__ import annotations
 
@@ -32,12 +19,8 @@ __all__ = ["Mamba2", "Mamba2State"]
 
 
 class Mamba2State(NamedTuple):
-    """Recurrent memory of one Mamba-2 block.
-
-    conv: the last ``d_conv - 1`` inputs of the depthwise convolution over (x, B, C), (B, E + 2N, d_conv-1).
-    ssm: the SSD state per head, (B, H, N, P), float32 (float64 when the model runs in float64).
-        In the kernel's (K, V) layout: N (B / C, the keys and queries) by P (head channels, the values).
-    """
+    """Recurrent memory of one Mamba-2 block: conv, the last conv inputs (B, E + 2N, d_conv-1); ssm
+    (B, H, N, P), float32 or wider, the kernel's (K, V) layout: N (B / C: keys, queries) by P (values)."""
 
     conv: Tensor
     ssm: Tensor
@@ -47,19 +30,20 @@ class Mamba2State(NamedTuple):
 class Mamba2(Mixer):
     """Mamba-2 / SSD block (Dao & Gu 2024, arXiv 2405.21060): scalar-decay-per-head selective SSM.
 
+    "Transformers are SSMs: Generalized Models and Efficient Algorithms Through Structured State Space
+    Duality".  The reference ``mamba_ssm/modules/mamba2_simple.py`` ``Mamba2Simple`` (non-fused path,
+    ``ngroups=1``) with the same parameter names and shapes: its state dict loads with ``strict=True``.
     Per token, with E = expand * D inner channels, H = E / P heads of P channels, N = d_state::
 
         z, xBC, dt = split(in_proj(u), [E, E + 2N, H])
         x, B, C    = split(SiLU(causal depthwise conv1d(xBC)), [E, N, N])   # B, C shared by heads
         dt         = softplus(dt + dt_bias)                                  # (H,)
-        a_t        = exp(dt_h * A_h),   A = -exp(A_log)                      # scalar decay per head
-        h_t        = a_t h_{t-1} + B_t^T (dt_h x_t,h)                        # (N, P) per head
-        y_t,h      = C_t h_t + D_h x_t,h
-        out        = out_proj(rmsnorm(y * SiLU(z)) * norm.weight)
+        h_t        = exp(dt_h A_h) h_{t-1} + B_t^T (dt_h x_t,h),   A = -exp(A_log)   # (N, P) per head
+        out        = out_proj(rmsnorm((C_t h_t + D_h x_t,h) * SiLU(z)) * norm.weight)
 
-    i.e. ``linear_attn(q=C, k=B, v=dt*x, log_decay=dt*A)``.  Initialisation as the reference:
-    ``dt`` log-uniform in [dt_min, dt_max] (floored at dt_init_floor) through ``dt_bias``, ``A``
-    uniform in ``A_init_range``, ``D = 1``, ``norm.weight = 1``.
+    A scalar A per head makes this decayed linear attention (sections 3-4), run on ``ops.linear_attn``
+    with ``q=C, k=B, v=dt*x, log_decay=dt*A``.  Init as the reference: dt log-uniform in [dt_min,
+    dt_max] (floored) through ``dt_bias``, -A uniform in ``A_init_range``, ``D = 1``, ``norm.weight = 1``.
 
     Args:
         d_model: width D.
@@ -76,9 +60,8 @@ class Mamba2(Mixer):
             D=128, batch 1).
         impl: "chunked" (the parallel kernel) or "naive" (the sequential spec).
 
-    State (:class:`Mamba2State`): constant in T.  Per batch row it holds
-    ``H * N * P * 4 + (E + 2N) * (d_conv - 1) * elem_bytes`` bytes (the ssm state is float32, the conv
-    buffer is in the activation dtype).
+    State (:class:`Mamba2State`): constant in T, ``H * N * P * 4 + (E + 2N) * (d_conv - 1) * elem_bytes``
+    bytes per batch row (float32 ssm state, conv buffer in the activation dtype).
     """
 
     state_growth = "constant"
@@ -127,20 +110,15 @@ class Mamba2(Mixer):
         E, N, H = self.d_inner, self.d_state, self.nheads
         self.conv_dim = E + 2 * N
 
-        # order of the projection: [z, x, B, C, dt], as the reference
-        self.in_proj = nn.Linear(self.d_model, 2 * E + 2 * N + H, bias=False)
-        self.conv1d = ShortConvolution(self.conv_dim, self.d_conv, bias=True)  # SiLU(causal depthwise conv)
-        # softplus(dt_bias) log-uniform in [dt_min, dt_max], floored (the reference's init)
+        self.in_proj = nn.Linear(self.d_model, 2 * E + 2 * N + H, bias=False)  # [z, x, B, C, dt], as the reference
+        self.conv1d = ShortConvolution(self.conv_dim, self.d_conv, bias=True)
         self.dt_bias = nn.Parameter(init_dt_bias(H, dt_min, dt_max, dt_init_floor))
-        # A = -exp(A_log) < 0, one scalar per head, -A uniform in A_init_range
         self.A_log = nn.Parameter(torch.log(torch.empty(H).uniform_(A_lo, A_hi)))
-        self.D = nn.Parameter(torch.ones(H))  # skip connection, one per head
+        self.D = nn.Parameter(torch.ones(H))
         for p in (self.dt_bias, self.A_log, self.D):
             p._no_weight_decay = True
-        self.norm = RMSNorm(E, eps=norm_eps, gate_first=True, upcast=True)  # rmsnorm(y * SiLU(z)) * weight
+        self.norm = RMSNorm(E, eps=norm_eps, gate_first=True, upcast=True)
         self.out_proj = nn.Linear(E, self.d_model, bias=False)
-
-    # ----------------------------------------------------------------------------- state
 
     def init_state(self, batch_size: int, *, device=None, dtype=None) -> Mamba2State:
         device = self.A_log.device if device is None else device
@@ -148,8 +126,6 @@ class Mamba2(Mixer):
         conv = self.conv1d.init_state(batch_size, device=device, dtype=dtype)
         ssm = torch.zeros(batch_size, self.nheads, self.d_state, self.headdim, device=device, dtype=state_dtype(dtype))
         return Mamba2State(conv, ssm)
-
-    # ----------------------------------------------------------------------------- shared pieces
 
     def _split(self, zxbcdt: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """z (…, E), xBC (…, E + 2N) (before the conv), dt (…, H) (before softplus)."""
@@ -163,11 +139,9 @@ class Mamba2(Mixer):
         A = -torch.exp(self.A_log.to(dtype))  # (H,) < 0
         return x, B, C, dt, dt * A
 
-    # ----------------------------------------------------------------------------- forward / step
-
     def _forward(self, x: Tensor, state: Mamba2State) -> tuple[Tensor, Mamba2State]:
         z, xBC, dt = self._split(self.in_proj(x))  # (B, T, E), (B, T, E+2N), (B, T, H)
-        xBC, conv = self.conv1d(xBC, state.conv)  # (B, T, E+2N), continuing from the carried inputs
+        xBC, conv = self.conv1d(xBC, state.conv)  # (B, T, E+2N)
 
         dtype = state_dtype(x.dtype)  # the SSM runs in float32 at least
         xh, Bm, Cm, dt, log_a = self._ssm_inputs(xBC, dt, dtype)  # (B,T,H,P), (B,T,N), (B,T,N), (B,T,H), (B,T,H)
@@ -182,10 +156,10 @@ class Mamba2(Mixer):
         return self.out_proj(y), Mamba2State(conv, ssm)
 
     def step(self, x: Tensor, state: Mamba2State) -> tuple[Tensor, Mamba2State]:
-        """One token ``x (B, D)``: the conv as a dot product with the buffer, then the SSD update."""
+        """One token ``x (B, D)``: the recurrence."""
         self.check_input(x, step=True)
         z, xBC, dt = self._split(self.in_proj(x))  # (B, E), (B, E+2N), (B, H)
-        xBC, conv = self.conv1d.step(xBC, state.conv)  # (B, E+2N), new buffer
+        xBC, conv = self.conv1d.step(xBC, state.conv)  # (B, E+2N)
 
         dtype = state.ssm.dtype
         xh, Bm, Cm, dt, log_a = self._ssm_inputs(xBC, dt, dtype)  # (B,H,P), (B,N), (B,N), (B,H), (B,H)

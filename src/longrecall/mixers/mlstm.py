@@ -1,23 +1,4 @@
-"""mLSTM: the matrix-memory LSTM cell of xLSTM, with exponential input gates and a stabiliser.
-
-Beck et al. 2024, "xLSTM: Extended Long Short-Term Memory", arXiv 2405.04517, section 2.3 and
-appendix A.3 (stabilised recurrent and parallel forms).  Per head (width d), with row-vector
-state C (K, V) (the paper's C^T) and scalar pre-activations i~_t, f~_t::
-
-    q_t, k_t, v_t = W_q x, W_k x / sqrt(d), W_v x              eq. 22-24
-    log f_t = logsigmoid(f~_t)                                 sigmoid forget gate in log space
-    m_t     = max(log f_t + m_{t-1}, i~_t)                     stabiliser, eq. 15 (A.3)
-    i'_t    = exp(i~_t - m_t),  f'_t = exp(log f_t + m_{t-1} - m_t)
-    C_t     = f'_t C_{t-1} + i'_t k_t^T v_t                    eq. 19
-    n_t     = f'_t n_{t-1} + i'_t k_t                          eq. 20
-    h~_t    = q_t C_t / max(|q_t . n_t|, exp(-m_t))            eq. 21 (stabilised)
-    y_t     = out_proj(o_t * GroupNorm_heads(h~_t)),   o_t = sigmoid(W_o x + b_o)     eq. 25
-
-The stabiliser cancels: with the unstabilised sums C^_t = exp(m_t) C_t, n^_t = exp(m_t) n_t,
-``h~_t = q C^_t / max(|q . n^_t|, 1)``.  The parallel form (appendix A.3) is therefore exact for any
-reference point; ``MLSTM.forward`` runs it chunkwise and carries the *same* (C, n, m) as the
-recurrence (see ``MLSTM._chunk``), so the state it returns equals the step loop's, not a rescaling.
-"""
+"""mLSTM: the matrix-memory LSTM cell of xLSTM, with exponential input gates and a stabiliser."""
 
 from __future__ import annotations
 
@@ -36,10 +17,7 @@ __all__ = ["MLSTM", "MLSTMState"]
 
 
 class MLSTMState(NamedTuple):
-    """Recurrent memory of one mLSTM layer, stabilised at m (float32, float64 in float64 models).
-
-    C: matrix memory per head, (B, H, K, V).  n: normaliser, (B, H, K).  m: stabiliser, (B, H).
-    """
+    """Recurrent memory of one mLSTM layer, float32 or wider: C (B, H, K, V), n (B, H, K), stabiliser m (B, H)."""
 
     C: Tensor
     n: Tensor
@@ -50,11 +28,22 @@ class MLSTMState(NamedTuple):
 class MLSTM(Mixer):
     """xLSTM's mLSTM matrix memory (Beck et al. 2024, arXiv 2405.04517) with exponential gating.
 
-    A plain mLSTM layer: q, k, v, gate and output projections from x, H heads of d = D / H.  The
-    paper's pre-up-projection block (factor-2 up-projection, causal conv, learnable skip, SiLU branch)
-    is left out so the layer compares memories, not block designs; the cell and its stabiliser are
-    the paper's.  Init as in the reference ``mLSTMLayer``: gate weights 0, forget-gate bias
-    linspace(3, 6) over heads, input-gate bias N(0, 0.1^2).
+    "xLSTM: Extended Long Short-Term Memory", section 2.3 and appendix A.3.  Per head (width d), with
+    row-vector state C (K, V) (the paper's C^T) and scalar pre-activations i~_t, f~_t::
+
+        q_t, k_t, v_t = W_q x, W_k x / sqrt(d), W_v x              # eq. 22-24
+        m_t   = max(log f_t + m_{t-1}, i~_t),  log f_t = logsigmoid(f~_t)   # stabiliser, eq. 15 (A.3)
+        i'_t  = exp(i~_t - m_t),  f'_t = exp(log f_t + m_{t-1} - m_t)
+        C_t   = f'_t C_{t-1} + i'_t k_t^T v_t,   n_t = f'_t n_{t-1} + i'_t k_t      # eq. 19-20
+        h~_t  = q_t C_t / max(|q_t . n_t|, exp(-m_t))                               # eq. 21
+        y_t   = out_proj(o_t * GroupNorm_heads(h~_t)),  o_t = sigmoid(W_o x + b_o)  # eq. 25
+
+    The stabiliser cancels (``h~_t = q C^_t / max(|q . n^_t|, 1)`` with the unstabilised sums), so the
+    chunkwise parallel form (:meth:`_chunk`) is exact and carries the *same* (C, n, m) as the step loop.
+    Deviation from the paper: its pre-up-projection block (factor-2 up-projection, causal conv,
+    learnable skip, SiLU branch) is left out, so the layer compares memories, not block designs.
+    Init as the reference ``mLSTMLayer``: gate weights 0, forget-gate bias linspace(3, 6) over heads,
+    input-gate bias N(0, 0.1^2).
 
     Args:
         d_model: width D.
@@ -91,18 +80,16 @@ class MLSTM(Mixer):
         self.q_proj = nn.Linear(D, D, bias=False)
         self.k_proj = nn.Linear(D, D, bias=False)
         self.v_proj = nn.Linear(D, D, bias=False)
-        self.igate = nn.Linear(D, H, bias=True)  # i~_t per head
-        self.fgate = nn.Linear(D, H, bias=True)  # f~_t per head
-        self.ogate = nn.Linear(D, D, bias=True)  # o_t = sigmoid(W_o x + b_o)
+        self.igate = nn.Linear(D, H, bias=True)
+        self.fgate = nn.Linear(D, H, bias=True)
+        self.ogate = nn.Linear(D, D, bias=True)
         self.out_norm = nn.GroupNorm(H, D, eps=norm_eps)
         self.out_proj = nn.Linear(D, D, bias=False)
-        with torch.no_grad():  # the reference's gate init: start remembering (f ~ 0.95-0.998), i ~ 1
+        with torch.no_grad():  # start remembering (f ~ 0.95-0.998), i ~ 1
             nn.init.zeros_(self.igate.weight)
             nn.init.normal_(self.igate.bias, std=0.1)
             nn.init.zeros_(self.fgate.weight)
             self.fgate.bias.copy_(torch.linspace(3.0, 6.0, H))
-
-    # ----------------------------------------------------------------------------- state
 
     def init_state(self, batch_size: int, *, device=None, dtype=None) -> MLSTMState:
         device = self.q_proj.weight.device if device is None else device
@@ -112,8 +99,6 @@ class MLSTM(Mixer):
         n = torch.zeros(batch_size, H, d, device=device, dtype=dtype)
         m = torch.zeros(batch_size, H, device=device, dtype=dtype)  # the paper's m_0 = 0
         return MLSTMState(C, n, m)
-
-    # ----------------------------------------------------------------------------- shared pieces
 
     def _cell_inputs(self, x: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """q, k (scaled), v (..., H, d) and i~, log f (..., H) for x (..., D), all in ``dtype``."""
@@ -131,16 +116,14 @@ class MLSTM(Mixer):
 
     @staticmethod
     def _chunk(q, k, v, i_pre, log_f, state: MLSTMState) -> tuple[Tensor, MLSTMState]:
-        """One chunk of L tokens, quadratic inside (appendix A.3's D matrix), starting from ``state``.
+        """One chunk of L tokens from ``state``, quadratic inside (appendix A.3's D matrix).
 
-        q, k: (B, H, L, K); v: (B, H, L, V); i_pre, log_f: (B, H, L).  With F_t = sum_{r<=t} log f_r
-        (within the chunk) and the carried (C_0, n_0, m_0), the recurrence unrolls to::
+        q, k: (B, H, L, K); v: (B, H, L, V); i_pre, log_f: (B, H, L).  With F_t = sum_{r<=t} log f_r in
+        the chunk, the recurrence unrolls to (every exponent <= 0 and one of them 0: no overflow)::
 
             log D_ts = F_t - F_s + i~_s  (s <= t)      log c_t = F_t + m_0   (weight of C_0, n_0)
-            m_t      = max(log c_t, max_s log D_ts)    == the recurrent m_t (same max, unrolled)
+            m_t      = max(log c_t, max_s log D_ts)    == the recurrent m_t
             C_t      = exp(log c_t - m_t) C_0 + sum_s exp(log D_ts - m_t) k_s^T v_s     (n_t alike)
-
-        Every exponent is <= 0 and one of them is 0, so nothing overflows whatever the gates.
         """
         L = q.shape[2]
         F_cum = log_f.cumsum(-1)  # (B, H, L)
@@ -162,8 +145,6 @@ class MLSTM(Mixer):
         n = c_end.unsqueeze(-1) * state.n + torch.einsum("bhl,bhlk->bhk", w_end, k)  # (B, H, K)
         return h, MLSTMState(C, n, m[:, :, -1].clone())
 
-    # ----------------------------------------------------------------------------- forward / step
-
     def _forward(self, x: Tensor, state: MLSTMState) -> tuple[Tensor, MLSTMState]:
         if self.impl == "naive":
             return self.step_loop(x, state)
@@ -179,12 +160,12 @@ class MLSTM(Mixer):
         return self._output(h, x), state
 
     def step(self, x: Tensor, state: MLSTMState) -> tuple[Tensor, MLSTMState]:
-        """One token ``x (B, D)``: the paper's stabilised recurrence, written out."""
+        """One token ``x (B, D)``: the stabilised recurrence."""
         self.check_input(x, step=True)
         q, k, v, i_pre, log_f = self._cell_inputs(x, state.C.dtype)  # (B, H, d) x 3, (B, H) x 2
         m = torch.maximum(log_f + state.m, i_pre)  # (B, H)
-        f_act = torch.exp(log_f + state.m - m)  # f'_t
-        i_act = torch.exp(i_pre - m)  # i'_t
+        f_act = torch.exp(log_f + state.m - m)
+        i_act = torch.exp(i_pre - m)
         C = f_act[..., None, None] * state.C + i_act[..., None, None] * (k.unsqueeze(-1) * v.unsqueeze(-2))
         n = f_act.unsqueeze(-1) * state.n + i_act.unsqueeze(-1) * k  # (B, H, K)
         num = torch.einsum("bhk,bhkv->bhv", q, C)  # (B, H, V)

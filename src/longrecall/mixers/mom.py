@@ -1,41 +1,4 @@
-"""MoM: Mixture-of-Memories, several gated-delta-rule memories behind a top-k token router.
-
-Du, Sun, Cheng et al. 2025, "MoM: Linear Sequence Modeling with Mixture-of-Memories",
-arXiv 2502.13685.  The layer follows fla's ``fla/layers/mom.py`` ``MomAttention`` (the authors'
-code) with the update rule of the paper's best variant, the gated delta rule of Gated DeltaNet.
-
-Per token, with M routed memories and one shared memory, per head (row vectors, K key, V value width)::
-
-    p_t = softmax(x_t W_g)  (M,)          sel_t = top-k(p_t)          w_t,m = p_t,m / sum_{j in sel_t} p_t,j
-    q_t = l2norm(SiLU(conv_q(x W_q))) / sqrt(K)                    (one query for all memories)
-    for m in sel_t (and always for the shared memory):
-        k^m_t = l2norm(SiLU(conv_k(x W_k^m)))    v^m_t = SiLU(conv_v(x W_v^m))
-        beta^m_t = sigmoid(x_t W_beta^m)         g^m_t = -exp(A_log) * softplus(x_t W_a^m + dt_bias)
-        S^m_t = exp(g^m_t) (I - beta^m_t k^m_t^T k^m_t) S^m_{t-1} + beta^m_t k^m_t^T v^m_t
-    for m not in sel_t:  S^m_t = S^m_{t-1}   (memory and its conv buffers untouched)
-    o_t = q_t (sum_{m in sel_t} w_t,m S^m_t + S^shared_t)     y_t = concat_h(RMSNorm(o_t) * SiLU(x_t W_g')) W_o
-
-Each memory's short convolutions run over the tokens routed to it only (as fla gathers each memory's
-tokens before its convolution), so a memory's conv buffers hold its last ``conv_size - 1`` routed
-inputs; the query's convolution runs over every token.  The parallel form gathers, as fla does, each
-routed memory's tokens in order (about top_k / M of them; per batch row the counts differ, so each
-memory's sequences are padded to its longest with beta = 0, g = 0, k = v = 0 tokens, which leave it
-exactly as it is), projects and convolves them, runs the shared delta-rule kernel once per memory over
-its own length, and adds the outputs back at their tokens weighted by the router; the shared memory
-runs over every token.  ``forward_masked`` is the simple form it is tested against: every memory at
-every token, masked with beta = 0 and g = 0 where not selected (M / top_k times the projection and
-about (M + 1) / (top_k + 1) times the kernel work).
-
-Where this differs from fla's code: the query is convolved once over every token and read against
-the mixed memory, as the paper's equations (fla convolves ``q_proj(x)`` separately over each
-memory's routed tokens, so each memory is read with its own q^m_t); the per-memory projections are
-stacked into one ``Linear`` each; Linear layers keep PyTorch's default initialisation (fla's
-MomAttention uses Xavier-uniform with gain 2^-2.5).
-
-Not implemented: the MoE load-balancing auxiliary loss used in training (it is not part of the
-mixer contract).  ``route(x)`` returns the router probabilities and choices from which it can be
-computed; nothing is cached on the module.
-"""
+"""MoM: Mixture-of-Memories, several gated-delta-rule memories behind a top-k token router."""
 
 from __future__ import annotations
 
@@ -59,10 +22,9 @@ __all__ = ["MoM", "MoMState", "Routing", "ShiftedProducts", "routed_short_conv",
 class MoMState(NamedTuple):
     """Recurrent memory of one MoM layer; Mt = M routed memories (+1 shared, last, when enabled).
 
-    conv_q: the last ``conv_size - 1`` inputs of the query convolution, (B, H*K, conv_size-1).
-    conv_k: per memory, the last ``conv_size - 1`` key-conv inputs routed to it, (B, Mt, H*K, conv_size-1).
-    conv_v: the same for values, (B, Mt, H*V, conv_size-1).  The conv buffers are in the activation dtype.
-    memory: the memories, (B, Mt, H, K, V), float32 at least.
+    conv_q (B, H*K, conv_size-1): the last inputs of the query convolution; conv_k (B, Mt, H*K, conv_size-1)
+    and conv_v (B, Mt, H*V, conv_size-1): per memory, the last inputs routed to it (activation dtype).
+    memory: (B, Mt, H, K, V), float32 at least.
     """
 
     conv_q: Tensor
@@ -182,7 +144,28 @@ def gathered_short_conv(u: Tensor, count: Tensor, buffer: Tensor, conv: ShortCon
 class MoM(Mixer):
     """MoM: Mixture-of-Memories, top-k routed gated-delta-rule memories (Du et al. 2025, arXiv 2502.13685).
 
-    See the module docstring for the equations.
+    "MoM: Linear Sequence Modeling with Mixture-of-Memories".  The layer follows the authors' fla
+    ``fla/layers/mom.py`` ``MomAttention`` with the paper's best update rule, Gated DeltaNet's.  Per
+    token, with M routed memories and one shared memory, per head (row vectors)::
+
+        p_t = softmax(x_t W_g) (M,),   sel_t = top-k(p_t),   w_t,m = p_t,m / sum_{j in sel_t} p_t,j
+        q_t = l2norm(SiLU(conv_q(x W_q))) / sqrt(K)                    # one query for all memories
+        for m in sel_t and the shared memory (the others, and their conv buffers, are untouched):
+            k^m_t, v^m_t, beta^m_t, g^m_t: as Gated DeltaNet's, from the memory's own W_k^m, W_v^m, W_beta^m, W_a^m
+            S^m_t = exp(g^m_t) (I - beta^m_t k^m_t^T k^m_t) S^m_{t-1} + beta^m_t k^m_t^T v^m_t
+        o_t = q_t (sum_{m in sel_t} w_t,m S^m_t + S^shared_t)     y_t = concat_h(RMSNorm(o_t) * SiLU(x_t W_g')) W_o
+
+    A memory's short convolutions run over only its routed tokens (as fla).  ``forward`` gathers each
+    memory's tokens, padded per row to the longest with tokens that change nothing (beta = g = k = v =
+    0), and runs the kernel once per memory; :meth:`forward_masked` is the simple form it is tested
+    against (M / top_k times the projection, about (M + 1) / (top_k + 1) times the kernel work).
+
+    Deviations from fla's code: the query is convolved once over every token and read against the
+    mixed memory, as the paper's equations (fla convolves ``q_proj(x)`` over each memory's routed
+    tokens, reading each memory with its own q^m_t); the per-memory projections are stacked into one
+    ``Linear`` each; Linear layers keep PyTorch's default init (fla: Xavier-uniform, gain 2^-2.5).
+    Not implemented: the MoE load-balancing auxiliary loss (not part of the mixer contract); ``route(x)``
+    returns the router probabilities and choices it is computed from.
 
     Args:
         d_model: width D.
@@ -194,14 +177,10 @@ class MoM(Mixer):
             ``num_heads * head_dim = hidden_size / 2``).
         expand_v: value width V = expand_v * K (2, as MomAttention).
         use_gate: SiLU output gate with the gated RMSNorm (True, MomAttention's ``use_output_gate``).
-        conv_size: width of the causal depthwise convolutions (4).
-        conv_bias: whether those convolutions have a bias (False).
-        norm_eps: epsilon of the per-head RMSNorm (1e-5).
-        chunk_size: chunk length of the chunked kernel (64).
-        impl: "chunked" (parallel over chunks) or "naive" (the sequential spec).
+        conv_size, conv_bias, norm_eps, chunk_size, impl: as DeltaNet (4, False, 1e-5, 64, "chunked").
 
-    State (:class:`MoMState`), constant in T; per batch row, with Mt = M + shared_memory,
-    ``Mt*H*K*V*4 + (H*K + Mt*H*K + Mt*H*V) * (conv_size - 1) * elem_bytes`` bytes.
+    State (:class:`MoMState`), constant in T: ``Mt*H*K*V*4 + (H*K + Mt*H*K + Mt*H*V) * (conv_size - 1) *
+    elem_bytes`` bytes per batch row, Mt = M + shared_memory.
     """
 
     state_growth = "constant"
@@ -226,10 +205,9 @@ class MoM(Mixer):
         self.chunk_size, self.impl = chunk_size, impl
         D, Mt, H, K, V = self.d_model, self.n_mem, n_heads, head_dim, self.head_v_dim
 
-        self.gate = nn.Linear(D, num_memories, bias=False)  # the router W_g
+        self.gate = nn.Linear(D, num_memories, bias=False)
         self.q_proj = nn.Linear(D, H * K, bias=False)
-        # per-memory projections stacked along the output ([memory 0 | ... | shared]): fla's ModuleLists
-        # k_proj[m] / v_proj[m] / b_proj[m] / a_proj[m] (and shared_k / shared_v / shared_b / shared_a)
+        # [memory 0 | ... | shared] along the output: fla's ModuleLists k_proj[m], ..., shared_k, ...
         self.k_proj = nn.Linear(D, Mt * H * K, bias=False)
         self.v_proj = nn.Linear(D, Mt * H * V, bias=False)
         self.b_proj = nn.Linear(D, Mt * H, bias=False)
@@ -240,10 +218,8 @@ class MoM(Mixer):
         self.v_conv1d = ShortConvolution(H * V, conv_size, bias=conv_bias)
         if use_gate:
             self.g_proj = nn.Linear(D, H * V, bias=False)
-        self.o_norm = RMSNorm(V, eps=norm_eps)  # gated by SiLU(x W_g) when use_gate
+        self.o_norm = RMSNorm(V, eps=norm_eps)
         self.o_proj = nn.Linear(H * V, D, bias=False)
-
-    # ----------------------------------------------------------------------------- state
 
     def init_state(self, batch_size: int, *, device=None, dtype=None) -> MoMState:
         check_int(batch_size=batch_size)
@@ -256,8 +232,6 @@ class MoM(Mixer):
             conv_v=torch.zeros(B, Mt, H * V, W1, device=device, dtype=dtype),
             memory=torch.zeros(B, Mt, H, K, V, device=device, dtype=state_dtype(dtype)),
         )
-
-    # ----------------------------------------------------------------------------- shared pieces
 
     def route(self, x: Tensor) -> Routing:
         """Router for tokens x (..., D): softmax, deterministic ``torch.topk``, renormalised weights."""
@@ -287,8 +261,6 @@ class MoM(Mixer):
         """Per-head norm (gated when ``use_gate``) and output projection: o (..., H, V), x (..., D) -> (..., D)."""
         gate = self.g_proj(x).unflatten(-1, (self.n_heads, self.head_v_dim)) if self.use_gate else None
         return self.o_proj(self.o_norm(o, gate).flatten(-2))
-
-    # ----------------------------------------------------------------------------- forward / step
 
     def _projections(self) -> Tensor:
         """Each memory's k, v, beta and decay projections stacked: (Mt, H*K + H*V + 2H, D)."""
@@ -340,9 +312,7 @@ class MoM(Mixer):
         return out, conv_k, conv_v, torch.stack(memories, dim=1)
 
     def _forward(self, x: Tensor, state: MoMState) -> tuple[Tensor, MoMState]:
-        """Each routed memory runs over only its routed tokens (gathered, padded to the longest), the
-        shared memory over every token; the same numbers as :meth:`forward_masked`.
-        """
+        """Each memory over its gathered routed tokens; the same numbers as :meth:`forward_masked`."""
         B, T, D = x.shape
         M, H, K, V = self.num_memories, self.n_heads, self.head_k_dim, self.head_v_dim
         route = self.route(x)  # weights, mask (B, T, Mt)
@@ -364,8 +334,7 @@ class MoM(Mixer):
         return self.read_out(o.view(B, T, H, V), x), MoMState(conv_q, conv_k, conv_v, memory)
 
     def forward_masked(self, x: Tensor, state: MoMState | None = None) -> tuple[Tensor, MoMState]:
-        """:meth:`forward` the simple way (the reference it is tested against): every memory at every token,
-        masked with beta = 0, g = 0 where it is not selected (see the module notes)."""
+        """:meth:`forward` the simple way: every memory at every token, beta = g = 0 where not selected."""
         self.check_input(x)
         B, T, _ = x.shape
         if state is None:

@@ -1,21 +1,4 @@
-"""RetNet: multi-scale retention, decayed linear attention with a fixed decay per head.
-
-Sun et al. 2023, "Retentive Network: A Successor to Transformer for Large Language Models",
-arXiv 2307.08621, section 2.  Per head, with ``Θ_n = e^{i n θ}`` a rotation by absolute position::
-
-    parallel (eq. 5):   Q = (X W_Q) ⊙ Θ,  K = (X W_K) ⊙ Θ̄,  V = X W_V
-                        D_nm = γ^{n-m} if n >= m else 0
-                        Retention(X) = (Q Kᵀ ∘ D) V
-    recurrent (eq. 6):  S_n = γ S_{n-1} + K_nᵀ V_n,    Retention(X_n) = Q_n S_n
-    multi-scale (eq. 8): γ = 1 - 2^{-5 - arange(0, h)}
-                        Y = GroupNorm_h(Concat(head_1, ..., head_h))
-                        MSR(X) = (swish(X W_G) ⊙ Y) W_O
-
-which is ``ops.linear_attn`` with ``log_decay = log γ`` (a constant per head).  The rotation is the
-rotary embedding (RoPE layout of ``ops.rotary``) applied at absolute positions, so the state carries
-the number of tokens seen per sequence.  Keys have width d_k = D / h, values ``value_factor * d_k``
-(2, as the paper); queries are scaled by 1 / sqrt(d_k).
-"""
+"""RetNet: multi-scale retention, decayed linear attention with a fixed decay per head."""
 
 from __future__ import annotations
 
@@ -35,11 +18,8 @@ __all__ = ["RetNet", "RetNetState", "retnet_gammas"]
 
 
 class RetNetState(NamedTuple):
-    """Recurrent memory of one multi-scale retention layer.
-
-    memory: S per head, (B, H, K, V), float32 (float64 when the model runs in float64).
-    length: (B,) int64, tokens seen so far: the next token's rotary position.
-    """
+    """Recurrent memory of one retention layer: S (B, H, K, V), float32 or wider; length (B,) int64,
+    tokens seen so far (the next token's rotary position)."""
 
     memory: Tensor
     length: Tensor
@@ -53,6 +33,17 @@ def retnet_gammas(n_heads: int) -> Tensor:
 @register_mixer("retnet")
 class RetNet(Mixer):
     """RetNet multi-scale retention (Sun et al. 2023, arXiv 2307.08621): fixed decay γ_h per head.
+
+    "Retentive Network: A Successor to Transformer for Large Language Models", section 2.  Per head,
+    with ``Θ_n = e^{i n θ}`` a rotation by absolute position (the RoPE of ``ops.rotary``)::
+
+        parallel (eq. 5):   Q = (X W_Q) ⊙ Θ,  K = (X W_K) ⊙ Θ̄,  V = X W_V,  D_nm = γ^{n-m} (n >= m, else 0)
+                            Retention(X) = (Q Kᵀ ∘ D) V
+        recurrent (eq. 6):  S_n = γ S_{n-1} + K_nᵀ V_n,    Retention(X_n) = Q_n S_n
+        multi-scale (eq. 8): γ = 1 - 2^{-5 - arange(0, h)},  Y = GroupNorm_h(Concat(head_1, ..., head_h))
+                            MSR(X) = (swish(X W_G) ⊙ Y) W_O
+
+    i.e. ``ops.linear_attn`` with ``log_decay = log γ``; queries are scaled by 1 / sqrt(d_k).
 
     Args:
         d_model: width D.
@@ -103,13 +94,11 @@ class RetNet(Mixer):
         self.q_proj = nn.Linear(d_model, d_model, bias=False)
         self.k_proj = nn.Linear(d_model, d_model, bias=False)
         self.v_proj = nn.Linear(d_model, Vt, bias=False)
-        self.g_proj = nn.Linear(d_model, Vt, bias=False)  # swish output gate
-        self.group_norm = nn.GroupNorm(H, Vt, eps=norm_eps)  # one group per head
+        self.g_proj = nn.Linear(d_model, Vt, bias=False)
+        self.group_norm = nn.GroupNorm(H, Vt, eps=norm_eps)
         self.out_proj = nn.Linear(Vt, d_model, bias=False)
-        # fixed (not learned) decays; derived from n_heads, so not part of the state dict
+        # fixed decays, derived from n_heads: not in the state dict
         self.register_buffer("log_gamma", torch.log(retnet_gammas(H)), persistent=False)  # (H,)
-
-    # ----------------------------------------------------------------------------- state
 
     def init_state(self, batch_size: int, *, device=None, dtype=None) -> RetNetState:
         check_positive(batch_size=batch_size)
@@ -119,14 +108,8 @@ class RetNet(Mixer):
                              dtype=state_dtype(dtype))
         return RetNetState(memory, torch.zeros(batch_size, device=device, dtype=torch.int64))
 
-    # ----------------------------------------------------------------------------- shared pieces
-
     def _rotate(self, x: Tensor, positions: Tensor) -> Tensor:
-        """Rotate (x[..., :K/2], x[..., K/2:]) pairs by ``positions (B, T)`` · θ; x (B, H, T, K).
-
-        The RoPE of ``ops.rotary`` (same frequencies and layout), computed in x's dtype (float32 at
-        least) rather than always float32, so that float64 runs are exact.
-        """
+        """``ops.rotary``'s RoPE of x (B, H, T, K) at ``positions (B, T)``, in x's dtype (float64 runs stay exact)."""
         K = self.key_dim
         inv_freq = self.rope_base ** (-torch.arange(0, K, 2, device=x.device, dtype=x.dtype) / K)  # (K/2,)
         angles = positions.to(x.dtype)[:, None, :, None] * inv_freq  # (B, 1, T, K/2)
@@ -148,8 +131,6 @@ class RetNet(Mixer):
         y = self.group_norm(o.reshape(-1, shape[-1]).to(x.dtype)).reshape(shape)  # GroupNorm wants (N, C)
         return self.out_proj(F.silu(self.g_proj(x)) * y)
 
-    # ----------------------------------------------------------------------------- forward / step
-
     def _forward(self, x: Tensor, state: RetNetState) -> tuple[Tensor, RetNetState]:
         batch, T, _ = x.shape
         dtype = state.memory.dtype
@@ -160,7 +141,7 @@ class RetNet(Mixer):
         return y, RetNetState(memory, state.length + T)
 
     def step(self, x: Tensor, state: RetNetState) -> tuple[Tensor, RetNetState]:
-        """One token ``x (B, D)``: ``S = γ S + kᵀ v``, ``o = q S`` (eq. 6)."""
+        """One token ``x (B, D)``: the recurrent form (eq. 6)."""
         self.check_input(x, step=True)
         dtype = state.memory.dtype
         q, k, v = (t[:, :, 0] for t in self._qkv(x[:, None], state.length, dtype))  # (B, H, K), (B, H, V)

@@ -1,23 +1,4 @@
-"""RWKV-6 "Finch" time mixing: a matrix-valued linear RNN with data-dependent decay and token shift.
-
-Peng et al. 2024, "Eagle and Finch: RWKV with Matrix-Valued States and Dynamic Recurrence",
-arXiv 2404.05892, section 4.  Per token, with ``xx = x_{t-1} - x_t`` (token shift)::
-
-    lora_*(y)  = tanh(y A_*) B_*                                       low-rank ("LoRA") maps
-    ddlerp_*   = x_t + xx * (mu_* + lora_*(x_t + xx * mu_x))           eq. 13-14, * in {w, k, v, r, g}
-    d_t        = time_decay + tanh(ddlerp_w W_1) W_2                   eq. 15-16
-    w_t        = exp(-exp(d_t))                                        (D,) per key channel, in (0, 1)
-    r, k, v, g = ddlerp_* W_r, W_k, W_v, W_g
-    per head (K = V = head_size), row vectors, S: (K, V)
-    wkv_t      = r_t (S_{t-1} + diag(u) k_t^T v_t)                     eq. 18: read before write, bonus u
-    S_t        = diag(w_t) S_{t-1} + k_t^T v_t                         eq. 19
-    o_t        = W_o (GroupNorm_heads(wkv_t) * silu(g_t))              eq. 20-21
-
-Parameter names and shapes are those of the reference ``RWKV_Tmix_x060`` (RWKV-LM, ``RWKV-v5/src/
-model.py``): ``time_maa_{x,w,k,v,r,g}``, ``time_maa_w1/w2``, ``time_decay``, ``time_decay_w1/w2``,
-``time_faaaa`` (u), ``receptance, key, value, gate, output``, ``ln_x`` (GroupNorm with eps
-``1e-5 * head_size_divisor^2``, divisor 8); its init too, except where ``RWKV6`` says otherwise.
-"""
+"""RWKV-6 "Finch" time mixing: a matrix-valued linear RNN with data-dependent decay and token shift."""
 
 from __future__ import annotations
 
@@ -34,18 +15,15 @@ from ..validation import check_choice, check_divisor, check_positive, check_rati
 
 __all__ = ["RWKV6", "RWKV6State"]
 
-# d_t is clamped here so log w_t = -exp(d_t) >= -e^4 ~ -54.6: finite in any precision (a decay of
-# exp(-54.6) ~ 2e-24 already forgets everything), and cumulative sums inside a chunk stay moderate.
+# log w_t = -exp(d_t) >= -e^4 ~ -54.6: finite in any precision (exp(-54.6) ~ 2e-24 already forgets
+# everything), and cumulative sums inside a chunk stay moderate
 MAX_DECAY_EXPONENT = 4.0
 HEAD_SIZE_DIVISOR = 8  # the reference's ln_x eps is 1e-5 * head_size_divisor ** 2
 
 
 class RWKV6State(NamedTuple):
-    """Recurrent memory of one RWKV-6 time-mixing layer.
-
-    shift: the previous token's input x_{t-1} (the token shift), (B, D), activation dtype.
-    wkv: the matrix memory per head, (B, H, K, K), float32 (float64 when the model runs in float64).
-    """
+    """Recurrent memory of one RWKV-6 layer: shift, the previous input x_{t-1} (B, D), activation dtype;
+    wkv, the matrix memory (B, H, K, K), float32 or wider."""
 
     shift: Tensor
     wkv: Tensor
@@ -55,8 +33,18 @@ class RWKV6State(NamedTuple):
 class RWKV6(Mixer):
     """RWKV-6 "Finch" time mixing (Peng et al. 2024, arXiv 2404.05892): ddlerp token shift, dynamic decay.
 
-    The recurrence is decayed linear attention with RWKV-6's bonus (``ops.linear_attn`` with
-    ``bonus=time_faaaa``), H = D / head_size heads of K = V = head_size channels each, r as the query.
+    "Eagle and Finch: RWKV with Matrix-Valued States and Dynamic Recurrence", section 4.  Per token,
+    with ``xx = x_{t-1} - x_t`` (token shift) and H = D / head_size heads of K = V = head_size::
+
+        ddlerp_*   = x_t + xx * (mu_* + tanh((x_t + xx * mu_x) A_*) B_*)    # eq. 13-14, * in {w, k, v, r, g}
+        w_t        = exp(-exp(time_decay + tanh(ddlerp_w W_1) W_2))          # eq. 15-16, (D,) in (0, 1)
+        r, k, v, g = ddlerp_* W_r, W_k, W_v, W_g
+        wkv_t      = r_t (S_{t-1} + diag(u) k_t^T v_t)                       # eq. 18: read before write, bonus u
+        S_t        = diag(w_t) S_{t-1} + k_t^T v_t                           # eq. 19, S: (K, V) per head
+        o_t        = W_o (GroupNorm_heads(wkv_t) * silu(g_t))                # eq. 20-21
+
+    i.e. ``ops.linear_attn`` with r as the query and ``bonus=time_faaaa`` (u).  Parameter names, shapes
+    and init are the reference ``RWKV_Tmix_x060``'s (RWKV-LM, ``RWKV-v5/src/model.py``).
 
     Args:
         d_model: width D (the attention width ``dim_att`` equals D, as in the reference).
@@ -72,7 +60,7 @@ class RWKV6(Mixer):
     U(-1e-4, 1e-4) instead of 0 (the reference's zeros leave ``time_maa_w2``/``time_decay_w2``
     without gradient at step 0); (2) the projections keep PyTorch's default init (the reference
     zeroes ``output``, which would leave every other parameter without gradient at step 0);
-    (3) d_t is clamped at ``MAX_DECAY_EXPONENT`` (see above).
+    (3) the decay exponent d_t is clamped at ``MAX_DECAY_EXPONENT`` (4).
 
     State (:class:`RWKV6State`): constant in T, ``D * elem + H * K * K * 4 = D * (elem + 4 * head_size)``
     bytes per sequence in float32 (``elem`` = activation size, 4 for float32): 4,352 B at D = 64.
@@ -103,7 +91,7 @@ class RWKV6(Mixer):
         self.impl, self.chunk_size = impl, int(chunk_size)
         D, H, K = self.d_model, self.n_heads, self.head_size
 
-        # --- the reference init, with ratio_0_to_1 = init_depth and ratio_1_to_almost0 = 1 - init_depth
+        # the reference init, with ratio_0_to_1 = init_depth and ratio_1_to_almost0 = 1 - init_depth
         ratio_0_to_1, ratio_1_to_almost0 = self.init_depth, 1.0 - self.init_depth
         ddd = (torch.arange(D, dtype=torch.float32) / D).view(1, 1, D)
         self.time_maa_x = nn.Parameter(1.0 - torch.pow(ddd, ratio_1_to_almost0))
@@ -134,8 +122,6 @@ class RWKV6(Mixer):
             if name.startswith("time_"):
                 param._no_weight_decay = True
 
-    # ----------------------------------------------------------------------------- state
-
     def init_state(self, batch_size: int, *, device=None, dtype=None) -> RWKV6State:
         device = self.time_decay.device if device is None else device
         dtype = self.receptance.weight.dtype if dtype is None else dtype
@@ -143,8 +129,6 @@ class RWKV6(Mixer):
         shift = torch.zeros(batch_size, self.d_model, device=device, dtype=dtype)  # the reference pads with 0
         wkv = torch.zeros(batch_size, H, K, K, device=device, dtype=state_dtype(dtype))
         return RWKV6State(shift, wkv)
-
-    # ----------------------------------------------------------------------------- shared pieces
 
     def _mix(self, x: Tensor, x_prev: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """ddlerp and projections for x, x_prev (..., D): r, k, v (..., H, K), log decay (..., H, K), g (..., D)."""
@@ -168,8 +152,6 @@ class RWKV6(Mixer):
         """Per-head GroupNorm of wkv (N, D) (rows are tokens), the silu gate g (N, D), output projection."""
         return self.output(self.ln_x(wkv) * g)
 
-    # ----------------------------------------------------------------------------- forward / step
-
     def _forward(self, x: Tensor, state: RWKV6State) -> tuple[Tensor, RWKV6State]:
         batch, T, D = x.shape
         # token shift: x_{t-1}, the carried last token for t = 0 (zeros at the start of a sequence)
@@ -184,7 +166,7 @@ class RWKV6(Mixer):
         return y, RWKV6State(x[:, -1].clone(), S)  # clone: don't pin x
 
     def step(self, x: Tensor, state: RWKV6State) -> tuple[Tensor, RWKV6State]:
-        """One token ``x (B, D)``: read S_{t-1} plus the bonus-weighted current token, then decay and write."""
+        """One token ``x (B, D)``: the recurrence."""
         self.check_input(x, step=True)
         dtype = state.wkv.dtype  # float32 state even for low-precision activations
         r, k, v, log_decay, g = self._mix(x, state.shift.to(x.dtype), dtype)  # (B, H, K) x 4, (B, D)

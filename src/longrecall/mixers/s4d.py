@@ -58,50 +58,37 @@ class S4D(Mixer):
     """S4D: diagonal state-space layer (Gu, Gupta, Goel, Re 2022, "On the Parameterization and
     Initialization of Diagonal State Space Models", arXiv 2206.11893).
 
-    Each of the ``H = d_model`` channels is an independent single-input single-output linear SSM with
-    ``N = d_state`` real states, held as ``M = N/2`` complex modes whose conjugates are implied (hence
-    the factor 2 and the real part below).  Per channel ``h`` and mode ``n`` (zero-order hold, B = 1
-    absorbed into C)::
+    Each of the H = D channels is an independent SISO linear SSM with N = d_state real states, held as
+    M = N/2 complex modes with implied conjugates (hence 2 Re).  Per channel and mode n (zero-order
+    hold, B = 1 absorbed into C)::
 
-        A_n  = -exp(log_A_real_n) + i * A_imag_n        Re A < 0 always: every mode decays
-        dt   = exp(log_dt)                              log-uniform in [dt_min, dt_max] at init
-        dA_n = exp(dt A_n),   dB_n = (exp(dt A_n) - 1) / A_n,   W_n = C_n dB_n
+        A_n  = -exp(log_A_real_n) + i A_imag_n,   dt = exp(log_dt)      # Re A < 0: every mode decays
+        dA_n = exp(dt A_n),   W_n = C_n (exp(dt A_n) - 1) / A_n
+        recurrent:  s_k = dA * s_{k-1} + u_k,   y_k = 2 Re(sum_n W_n s_k,n) + D u_k      # s: (B, H, M) complex
+        parallel:   y = K * u + D u + 2 Re(sum_n W_n dA_n^{k+1} s_{-1,n}),   K_j = 2 Re(sum_n W_n dA_n^j)
+                    s_{T-1} = dA^T s_{-1} + sum_j dA^{T-1-j} u_j          # s_{-1}: carried; K * u: FFT conv
 
-        recurrent:  s_k = dA * s_{k-1} + u_k              s: (B, H, M) complex
-                    y_k = 2 Re(sum_n W_n s_k,n) + D u_k
-        parallel:   y = K * u + D u,   K_j = 2 Re(sum_n W_n dA_n^j),  j = 0..T-1   (causal conv, FFT)
-                      + 2 Re(sum_n W_n dA_n^{k+1} s_{-1,n})          (carried state s_{-1})
-                    s_{T-1} = dA^T s_{-1} + sum_j dA^{T-1-j} u_j     (state after the T steps)
+    Init: "lin" (S4D-Lin) A_imag_n = pi n, "inv" (S4D-Inv) A_imag_n = (N/pi) (N/(2n+1) - 1);
+    log_A_real = log(1/2); dt log-uniform in [dt_min, dt_max]; C complex normal, variance 1/2 per
+    part; D ~ N(0, 1).  Output stage as the paper's standalone layer (Conv1d(H, 2H, 1) + GLU):
+    ``y -> GELU -> Linear(H, 2H) -> GLU``, kept so the mixer has its channel mixing; dropout omitted.
 
-    init "lin" (S4D-Lin): A_imag_n = pi n;  init "inv" (S4D-Inv): A_imag_n = (N/pi) (N/(2n+1) - 1);
-    log_A_real = log(1/2) for both; C ~ complex normal with variance 1/2 per part; D ~ N(0, 1).
-
-    Output stage, as in the paper's standalone S4D layer (``s4d.py``, Conv1d(H, 2H, 1) + GLU):
-    ``y -> GELU -> Linear(H, 2H) -> GLU``.  We keep it (rather than returning the raw SSM output)
-    so the mixer has the channel mixing the paper's layer has; dropout is omitted.
-
-    Vandermonde products without complex exp: ``torch.exp`` on complex tensors is slow on CPU, so
-    powers are built as ``exp(j dt Re A) * (cos(j dt Im A), sin(j dt Im A))``.  They are further
-    factored with ``j = i c + r`` (``c = ceil(sqrt(T))``): ``dA^j = dA^{ic} dA^r``, so only
-    ``H * M * (c + T/c)`` transcendentals are evaluated and every contraction over time (kernel,
-    carried-state output, final state) is a real batched matmul, O(H M T) flops and no loop over T.
-
-    Kernel cache: when no autograd graph is needed (``torch.no_grad``/``inference_mode``, or frozen
-    parameters) the discretisation and the kernel spectrum for the last few lengths T are memoised.
-    The cache is keyed by T and by a snapshot of the kernel parameters' values, compared on every
-    call (cheap: O(H N)).  Values, not ``p._version``: ``p.data.add_`` does not bump the version.
-    It is built under ``no_grad`` so it never holds a graph, and it is never used while a gradient
-    for the parameters is being recorded, so training is unaffected.
-
-    State: ``S4DState(ssm)`` with ``ssm (B, H, N/2, 2)`` in the parameters' dtype: the complex modes
-    stored as a real view, so ``state_bytes = B * H * N * 4`` in float32.  Constant in T.
+    Speed: complex ``torch.exp`` is slow on CPU, so powers are ``exp(j dt Re A) (cos, sin)(j dt Im A)``,
+    factored as ``dA^j = dA^{ic} dA^r`` (c = ceil(sqrt(T))): ``H M (c + T/c)`` transcendentals, and every
+    contraction over time is a real batched matmul (O(H M T), no loop over T).
 
     Args:
-        d_model: width ``H = D``.
-        d_state: real state size ``N`` per channel (even, > 0); ``N/2`` complex modes.
-        init: ``"lin"`` (S4D-Lin) or ``"inv"`` (S4D-Inv) imaginary parts.
-        dt_min, dt_max: range of the log-uniform step-size init, ``0 < dt_min <= dt_max``.
-        kernel_cache: memoise the kernel for inference (see above).
+        d_model: width H = D.
+        d_state: real state size N per channel, even (64); N/2 complex modes.
+        init: "lin" (S4D-Lin, default) or "inv" (S4D-Inv) imaginary parts.
+        dt_min, dt_max: range of the log-uniform step-size init, ``0 < dt_min <= dt_max`` (1e-3, 1e-1).
+        kernel_cache: memoise the discretisation and kernel spectrum of the last few lengths T when no
+            graph is recorded for the kernel parameters (no_grad / inference_mode / frozen) (True).
+            Keyed by T and a snapshot of the parameters' values, compared at every call (O(H N);
+            values, since ``p.data.add_`` does not bump ``p._version``); training is unaffected.
+
+    State (:class:`S4DState`): constant in T, ``ssm (B, H, N/2, 2)``, the complex modes as a real view in
+    the parameters' dtype: ``H * N * 4`` bytes per sequence in float32.
     """
 
     state_growth = "constant"
@@ -135,17 +122,14 @@ class S4D(Mixer):
         self.A_imag = nn.Parameter(a_imag.repeat(H, 1))  # (H, M)
         self.C = nn.Parameter(torch.randn(H, M, 2) * math.sqrt(0.5))  # complex as (re, im)
         self.D = nn.Parameter(torch.randn(H))
-        # S4/S4D train the SSM dynamics without weight decay: decay would pull the log-parameters
-        # toward 0, i.e. every mode toward Re A = -1 and dt = 1, one arbitrary timescale. The
-        # trainer honours this flag (mamba_ssm's convention)
+        # no weight decay on the dynamics (S4/S4D; the flag is mamba_ssm's convention): it would pull every
+        # mode toward Re A = -1 and dt = 1, one arbitrary timescale
         for param in (self.log_dt, self.log_A_real, self.A_imag):
             param._no_weight_decay = True
-        self.out = nn.Linear(H, 2 * H)  # + GLU: the standalone layer's 1x1 conv to 2H
+        self.out = nn.Linear(H, 2 * H)
         self._cache_params: tuple[Tensor, ...] | None = None
         self._cache_disc: _Disc | None = None
         self._cache_kernels: OrderedDict[int, _Kernel] = OrderedDict()
-
-    # -- discretisation and kernel -------------------------------------------------------
 
     def _kernel_params(self) -> tuple[Tensor, ...]:
         return (self.log_dt, self.log_A_real, self.A_imag, self.C)
@@ -186,7 +170,6 @@ class S4D(Mixer):
         return self._build_kernel(self._discretize(), T, spectrum=False)
 
     def _use_cache(self) -> bool:
-        # Only when no graph is recorded for the kernel parameters: never changes training.
         if not self.kernel_cache:
             return False
         return not (torch.is_grad_enabled() and any(p.requires_grad for p in self._kernel_params()))
@@ -203,7 +186,7 @@ class S4D(Mixer):
         if not self._use_cache():
             d = self._discretize()
             return d, (None if T is None else self._build_kernel(d, T))
-        # Built as normal (not inference-mode) tensors without a graph: valid in any later context.
+        # normal (not inference-mode) tensors without a graph: valid in any later context
         if not self._cache_valid():
             with torch.inference_mode(False), torch.no_grad():
                 self._cache_params = tuple(p.detach().clone() for p in self._kernel_params())
@@ -218,8 +201,6 @@ class S4D(Mixer):
         while len(self._cache_kernels) > _CACHE_LENGTHS:
             self._cache_kernels.popitem(last=False)
         return self._cache_disc, ker
-
-    # -- contract ------------------------------------------------------------------------
 
     def init_state(self, batch_size: int, *, device=None, dtype=None) -> S4DState:
         p = self.log_A_real

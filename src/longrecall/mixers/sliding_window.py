@@ -1,15 +1,4 @@
-"""Sliding-window attention: softmax attention over the most recent W tokens only.
-
-Used as the local mixer of Longformer / Mistral-style models and as the "window" baseline in
-StreamingLLM (Xiao et al. 2023) and Based (Arora et al. 2024).  Each query attends to itself and
-the W - 1 tokens before it, so the KV cache never holds more than W tokens: bounded growth.
-
-Shapes: x (B, T, D) -> y (B, T, D).  State: ``KVState`` of ``attention`` with S <= W.
-
-The parallel form is blockwise: queries are taken in blocks of ``block_size`` and each block
-attends to the keys in [block start - W + 1, block end], so memory is O(T * (block + W)) instead of
-the O(T^2) of a full banded mask.
-"""
+"""Sliding-window attention: softmax attention over the most recent W tokens only."""
 
 from __future__ import annotations
 
@@ -26,12 +15,19 @@ from .attention import Attention, KVState
 class SlidingWindowAttention(Attention):
     """Causal softmax attention restricted to a window of the last ``window`` tokens.
 
+    The local mixer of Longformer / Mistral-style models and the "window" baseline of StreamingLLM
+    (Xiao et al. 2023, arXiv 2309.17453) and Based (Arora et al. 2024, arXiv 2402.18668).  Each query
+    attends to itself and the W - 1 tokens before it.  The parallel form takes queries in blocks, each
+    attending to keys in [block start - W + 1, block end]: O(T * (block + W)) memory, not O(T^2).
+
     Args:
         d_model: width D.
-        window: W, the number of keys each query sees, itself included (W >= 1).
-        n_heads: number of heads; must divide ``d_model``.
-        block_size: query block of the parallel form (a speed/memory knob, not a semantic one).
+        window: W, the number of keys each query sees, itself included (W >= 1; 64).
+        n_heads: number of heads; must divide ``d_model`` (2).
+        block_size: query block of the parallel form (a speed/memory knob, not a semantic one; 128).
         rope_base, bias: as in ``attention``.
+
+    State: ``attention``'s :class:`KVState` with S <= W tokens: bounded.
     """
 
     state_growth = "bounded"
@@ -77,7 +73,6 @@ class SlidingWindowAttention(Attention):
         outputs = []
         for start in range(0, T, self.block_size):
             stop = min(start + self.block_size, T)
-            # keys of this block: from W-1 before its first query to its last query
             lo, hi = max(0, cached + start - (W - 1)), cached + stop
             key_pos = full.pos[:, :, lo:hi]  # (B, H, S_blk)
             query_pos = positions[:, None, start:stop, None]  # (B, 1, T_blk, 1)
@@ -91,8 +86,6 @@ class SlidingWindowAttention(Attention):
         return self.merge_heads(torch.cat(outputs, dim=2)), self.keep_last(full, W)
 
     def step(self, x: Tensor, state: KVState) -> tuple[Tensor, KVState]:
-        # the new token attends to itself and the W - 1 most recent cached tokens,
-        # and exactly those W tokens are the new state
         return super().step(x, self.keep_last(state, self.window - 1))
 
     def extra_repr(self) -> str:

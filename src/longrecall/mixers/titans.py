@@ -1,62 +1,4 @@
-"""Titans' neural long-term memory (LMM): an MLP whose weights are the state, trained at test time.
-
-Behrouz, Zhong, Mirrokni 2024, "Titans: Learning to Memorize at Test Time", arXiv 2501.00663,
-sections 3.1 and 3.2 ("parallelize the long-term memory training").  This is the memory
-module alone, as a mixer.  The paper's MAC / MAG / MAL variants combine it with attention; a hybrid
-model builds them from layers (``layers=["titans", "attention"]`` is MAL-like, with sliding-window
-layers MAG/MAL-like), so they are not separate keys here.
-
-Per head (width d = D / H), token t, with the memory ``M_theta`` an MLP of ``memory_depth`` layers
-(default 2: ``M(x) = SiLU(x W1) W2``, W1 (d, E d), W2 (E d, d); depth 1 is linear, ``M(x) = x W``)::
-
-    q_t, k_t = L2norm(SiLU(x_t W_Q)), L2norm(SiLU(x_t W_K));   v_t = L2norm(SiLU(x_t W_V))
-    eta_t, alpha_t = sigmoid(x_t w_eta + b), sigmoid(x_t w_alpha + b);   lr_t = max_lr * sigmoid(x_t w_lr + b)
-    loss_t(theta) = ||M_theta(k_t) - v_t||^2                         (associative loss)
-    S_t     = eta_t S_{t-1} - lr_t grad loss_t(theta_0)               (momentum / "surprise")
-    theta_t = (1 - alpha_t) theta_{t-1} + S_t                         (forgetting)
-    y_t     = M_{theta_t}(q_t)                                        (read)
-    out_t   = out_proj(RMSNorm(y_t) * SiLU(x_t W_g))                  (the gate is optional)
-
-theta_0 is the chunk-start memory (the paper's mini-batch gradient descent, section 3.2): tokens are
-grouped in chunks of b = ``chunk_size`` (16) and every gradient of a chunk is taken at the weights
-the chunk started with, while momentum and decay still recur per token.  The gradient is written by
-hand (no autograd inside forward), so outer training backpropagates through it.  For one layer of
-the MLP, the gradient of token s is an outer product ``x_s^T delta_s`` (x the layer input, delta the
-backpropagated error), so with ``P[t, j] = prod_{j<i<=t} (1 - alpha_i)``, ``E[j, s] = prod_{s<i<=j} eta_i``
-and ``A = P @ E`` (per head, from the start of a window of L tokens) ``forward`` is matmuls::
-
-    theta_t = P[t, 0] theta_w + A[t, 0] S_w - sum_{s<=t} A[t, s] lr_s x_s^T delta_s
-    h_t W_t = P[t, 0] h_t W_w + A[t, 0] h_t S_w - sum_{s<=t} A[t, s] lr_s (h_t · x_s) delta_s
-
-(linear attention with a decay mask, layer by layer).  A window is ``window`` (64) tokens of whole
-chunks: chunk by chunk, the gradient factors x_s, delta_s of a chunk come from the second line at the
-chunk's start (the first chunk's from theta_s, the state's chunk-start weights), then every token
-reads at once; only the state after the window is materialised, so nothing per token or per chunk
-is (a carried state that stops mid-chunk is continued by first finishing that chunk).  A fresh
-state's zero momentum (no gradient wanted) is skipped.  ``DecayShares`` computes P[t, 0], A and
-their kin with a hand-written backward; ``decay_shares_reference`` is the plain-autograd spec.
-Measured on the project's 2-core CPU (1 thread, other jobs on both cores), a 2-layer width-64 model
-on MQAR (T = 64, batch 32) trains at 166 ms per AdamW step against 207 ms with the earlier
-chunk-by-chunk form, which materialised the weights and momentum at every chunk (attention: 42 ms),
-all in one process.
-
-Linear memory, eta = 0, b = 1 gives ``W_t = (1 - alpha_t) W_{t-1} - 2 lr_t k_t^T (k_t W_{t-1} - v_t)``:
-the delta rule with beta = 2 lr (exactly DeltaNet when alpha = 0).
-
-State (``TitansState``), per sequence, float32: three copies of the memory weights (chunk start,
-current, momentum), each ``H * sum_l in_l * out_l`` numbers (``2 H E d^2`` for the 2-layer MLP), plus an
-int64 position: ``3 * 2 H E d^2 * 4 + 8`` bytes; D = 128, H = 2, E = 4: 786,440 bytes.  The chunk-start
-copy exists because of the chunked training: recurrent inference with b = 1 would not need it.
-
-Deviations from the paper: v is L2-normalised by default (``value_norm``, a stability choice: see
-the argument); no depthwise convolutions after the q/k/v projections and no persistent memory tokens
-(other layers in this library provide both); what the paper leaves open is fixed here (SiLU in the
-MLP, no biases, Xavier-uniform learned initial theta, gate biases giving eta ~ 0.88, alpha ~ 0.0025,
-lr ~ 0.012 at initialisation).  The inner loop is not stable for every gate value: its step is about
-b * lr / (1 - eta) summed gradients on correlated keys, so keep ``max_lr`` small (0.1 default).
-An MLP memory without biases has a dead point at theta = 0 (every gradient vanishes there), which
-strong forgetting (alpha -> 1 with eta -> 0) can approach.
-"""
+"""Titans' neural long-term memory (LMM): an MLP whose weights are the state, trained at test time."""
 
 from __future__ import annotations
 
@@ -79,22 +21,15 @@ Weights = tuple[Tensor, ...]  # per memory layer l: (B, H, in_l, out_l)
 
 
 class TitansState(NamedTuple):
-    """Memory of one Titans layer (float32 or wider, except ``position``).
-
-    start: memory weights at the start of the current chunk (where gradients are taken), per layer
-        (B, H, in_l, out_l).
-    weights: current memory weights theta_t, same shapes.
-    momentum: the surprise S_t, same shapes.
-    position: (B,) int64, tokens already read in the current chunk, 0 <= position < chunk_size.
+    """Memory of one Titans layer: per layer (B, H, in_l, out_l), float32 or wider, the weights at the
+    current chunk's start (where gradients are taken), the current weights theta_t and the momentum S_t;
+    ``position`` (B,) int64, tokens already read in the current chunk (0 <= position < chunk_size).
     """
 
     start: Weights
     weights: Weights
     momentum: Weights
     position: Tensor
-
-
-# ----------------------------------------------------------------------------- the memory MLP
 
 
 def memory_apply(weights: Weights, x: Tensor) -> Tensor:
@@ -107,12 +42,8 @@ def memory_apply(weights: Weights, x: Tensor) -> Tensor:
 
 
 def memory_backward(weights: Weights, k: Tensor, v: Tensor) -> tuple[list[Tensor], list[Tensor]]:
-    """Factors of the per-token gradients of ``||M(k_s) - v_s||^2`` (hand-written backward).
-
-    Args: weights per layer (B, H, in_l, out_l); k (B, H, n, d); v (B, H, n, d).
-    Returns: inputs x_l (B, H, n, in_l) and errors delta_l (B, H, n, out_l) with
-        grad_{W_l} loss_s = x_{l,s}^T delta_{l,s}.
-    """
+    """Hand-written backward of ``||M(k_s) - v_s||^2``: weights per layer (B, H, in_l, out_l), k, v (B, H, n, d)
+    -> inputs x_l (B, H, n, in_l) and errors delta_l (B, H, n, out_l), grad_{W_l} loss_s = x_{l,s}^T delta_{l,s}."""
     return _backward_through(lambda h, i: h @ weights[i], lambda g, i: g @ weights[i].transpose(-1, -2),
                              len(weights), k, v)
 
@@ -168,15 +99,13 @@ def _segment_products(g: Tensor) -> Tensor:
 def decay_shares_reference(eta: Tensor, keep: Tensor, lr: Tensor) -> tuple[Tensor, ...]:
     """How much of the window-start memory and of each token's gradient a window of n tokens keeps.
 
-    eta, keep = 1 - alpha, lr: (..., n), window-relative (token t = 1 .. n).  With E = segment products
-    of eta, P = those of keep and A = P @ E (A[t, s] = sum_j P[t, j] E[j, s])::
+    eta, keep = 1 - alpha, lr: (..., n), tokens t = 1 .. n; E, P the segment products of eta, keep; A = P @ E::
 
         theta_t = c_w[t] theta_w + c_m[t] S_w + sum_{s<=t} neg_A_lr[t, s] x_s^T delta_s
         S_n     = decay S_w + sum_s neg_m[s] x_s^T delta_s
 
     Returns c_w = P[t, 0], c_m = A[t, 0], neg_m = -E[n, s] lr_s (..., n, 1), neg_A_lr = -A[t, s] lr_s
-    (..., n, n) (lower triangular) and decay = E[n, 0] (..., 1, 1).  Plain autograd: the spec
-    :class:`DecayShares` (what ``forward`` uses) is tested against.
+    (..., n, n), decay = E[n, 0] (..., 1, 1).  Plain autograd: the spec :class:`DecayShares` is tested against.
     """
     E, P = _segment_products(eta), _segment_products(keep)  # (..., n+1, n+1)
     A = P[..., 1:, 1:] @ E[..., 1:, :]  # (..., n, n+1)
@@ -219,14 +148,31 @@ class DecayShares(torch.autograd.Function):
         return _segment_products_backward(E, gE), _segment_products_backward(P, gP), g_lr
 
 
-# ----------------------------------------------------------------------------- the mixer
-
-
 @register_mixer("titans")
 class Titans(Mixer):
     """Titans neural long-term memory: an MLP trained online by momentum SGD with decay (Behrouz et al. 2024).
 
-    ``x (B, T, D) -> y (B, T, D)``; see the module docstring for the equations and the state count.
+    "Titans: Learning to Memorize at Test Time", arXiv 2501.00663, sections 3.1-3.2: the memory module
+    alone (MAC / MAG / MAL are layer stacks: ``["titans", "attention"]`` is MAL-like).  Per head (d = D /
+    H), M_theta an MLP of ``memory_depth`` layers (2: ``SiLU(x W1) W2``, W1 (d, E d), W2 (E d, d); 1: ``x W``)::
+
+        q_t, k_t, v_t = L2norm(SiLU(x_t W_Q)), L2norm(SiLU(x_t W_K)), L2norm(SiLU(x_t W_V))
+        eta_t, alpha_t, lr_t = sigmoid(x_t w_eta + b), sigmoid(x_t w_alpha + b), max_lr * sigmoid(x_t w_lr + b)
+        S_t     = eta_t S_{t-1} - lr_t grad_theta ||M_theta(k_t) - v_t||^2 at theta_0   # momentum, "surprise"
+        theta_t = (1 - alpha_t) theta_{t-1} + S_t                                       # forgetting
+        out_t   = out_proj(RMSNorm(M_{theta_t}(q_t)) * SiLU(x_t W_g))                   # read, optional gate
+
+    theta_0: the chunk-start weights (the paper's mini-batch gradient descent over chunks of b =
+    ``chunk_size``); momentum and decay recur per token.  A linear memory with eta = 0, b = 1 is the
+    delta rule with beta = 2 lr (DeltaNet when alpha = 0).
+
+    Deviations from the paper: v is L2-normalised by default (``value_norm``); no depthwise convolutions
+    after the q/k/v projections and no persistent memory tokens (other layers here provide both); what
+    the paper leaves open is fixed here (SiLU in the MLP, no biases, Xavier-uniform learned initial
+    theta, gate biases giving eta ~ 0.88, alpha ~ 0.0025, lr ~ 0.012 at init).  The inner loop is not
+    stable for every gate value: its step is about b * lr / (1 - eta) summed gradients on correlated
+    keys, so keep ``max_lr`` small.  A bias-free MLP memory has a dead point at theta = 0 (every
+    gradient vanishes there), which strong forgetting (alpha -> 1 with eta -> 0) can approach.
 
     Args:
         d_model: width D.
@@ -239,13 +185,17 @@ class Titans(Mixer):
         value_norm: L2-normalise v like q and k (True; the paper does not). The MLP memory's
             curvature grows with its weights, which grow with the targets' scale, so without it the
             stable range of lr depends on the activation scale; False is the paper's v = SiLU(x W_V).
+
+    State (:class:`TitansState`), float32: three copies of the memory weights (chunk start, current,
+    momentum; the chunk-start one only for the chunked training), ``H * sum_l in_l * out_l`` numbers each,
+    and an int64 position: ``3 * 2 H E d^2 * 4 + 8`` bytes per sequence (786,440 at D = 128, H = 2, E = 4).
     """
 
     state_growth = "constant"
     contract_kwargs = {"chunk_size": 4, "memory_expansion": 2}
-    # Tokens the parallel form handles at once (rounded down to whole chunks, at least one): inside a
-    # window no per-token or per-chunk weights are materialised; between windows the state is.  An
-    # implementation choice, not a model parameter: any value gives the same numbers up to rounding.
+    # tokens the parallel form handles at once (whole chunks, at least one); the state is materialised
+    # only between windows, and any value gives the same numbers.  Measured (2-core CPU, 2-layer D = 64,
+    # MQAR T = 64, batch 32): 166 ms per AdamW step, 207 ms materialising every chunk (attention: 42 ms)
     window: int = 64
 
     def __init__(
@@ -290,8 +240,6 @@ class Titans(Mixer):
         self.gate_proj = nn.Linear(D, D, bias=False) if output_gate else None
         self.out_proj = nn.Linear(D, D, bias=False)
 
-    # ----------------------------------------------------------------------------- state
-
     def init_state(self, batch_size: int, *, device=None, dtype=None) -> TitansState:
         check_positive(batch_size=batch_size)
         dtype = state_dtype(self.qkv.weight.dtype if dtype is None else dtype)
@@ -307,8 +255,6 @@ class Titans(Mixer):
             momentum=tuple(torch.zeros(batch_size, *W.shape, device=device, dtype=dtype) for W in self.memory_init),
             position=torch.zeros(batch_size, device=device, dtype=torch.int64),
         )
-
-    # ----------------------------------------------------------------------------- shared pieces
 
     def project(self, x: Tensor) -> tuple[Tensor, ...]:
         """q, k, v (B, H, T, d) and eta, lr, alpha (B, H, T) for ``x (B, T, D)``, in the state dtype."""
@@ -332,11 +278,17 @@ class Titans(Mixer):
 
     def _window(self, q, k, v, eta, lr, alpha, pos: int, start: Weights, weights: Weights,
                 momentum: Weights | None) -> tuple[Tensor, Weights, Weights, Weights, int]:
-        """L tokens at once, the first ``pos`` tokens into a chunk (see the module notes).
+        """L tokens at once, the first ``pos`` into a chunk, as matmuls (no autograd inside).
 
-        q, k, v (B, H, L, d); eta, lr, alpha (B, H, L); start, weights, momentum: theta_s, theta_w, S_w per
-        layer (B, H, in, out), momentum None when it is zero.  Returns the read-out (B, H, L, d), the new
-        start, weights and momentum, and the new position.
+        With a layer's token-s gradient ``x_s^T delta_s`` (input, backpropagated error) and ``A = P @ E``
+        (:func:`decay_shares_reference`), each layer is linear attention with a decay mask::
+
+            h_t W_t = P[t, 0] h_t W_w + A[t, 0] h_t S_w - sum_{s<=t} A[t, s] lr_s (h_t · x_s) delta_s
+
+        x_s, delta_s come from it at each chunk's start (the first chunk's at theta_s); then every token
+        reads at once.  q, k, v (B, H, L, d); eta, lr, alpha (B, H, L); start, weights, momentum: theta_s,
+        theta_w, S_w per layer (B, H, in, out), momentum None when zero.  Returns the read-out (B, H, L, d),
+        the new start, weights, momentum and position.
         """
         n_layers, L, b = len(weights), q.shape[2], self.chunk_size
         # (B, H, L, 1) x3, (B, H, L, L), (B, H, 1, 1): shares of theta_w, S_w and the gradients (decay_shares_reference)
@@ -411,8 +363,6 @@ class Titans(Mixer):
         else:
             new_start = materialise(cuts[-2] - 1)
         return h, new_start, new_w, new_m, pos
-
-    # ----------------------------------------------------------------------------- forward / step
 
     def _forward(self, x: Tensor, state: TitansState) -> tuple[Tensor, TitansState]:
         """A loop over windows of whole chunks."""

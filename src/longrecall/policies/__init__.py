@@ -1,8 +1,5 @@
-"""KV-cache policies for ``attention`` layers. One file per policy; the file name is the registry key.
-
-The import lines below are what registers them: add yours here.  ``base.py`` holds the policy
-abstraction, the cache state (``PolicyKVState``) and the shared eviction helpers.
-"""
+"""KV-cache policies for ``attention`` layers, one file each (the file name is the registry key); the imports
+below register them.  ``base.py`` holds ``Policy``, the cache state and the shared eviction helpers."""
 
 from . import base  # noqa: F401
 

@@ -1,32 +1,16 @@
 """KV-cache policies: what an attention layer's cache keeps, and for how many bytes.
 
-A policy is a registered dataclass (``@register_policy("key")`` on a ``Policy`` subclass) whose
-fields are its configuration; every policy has ``budget`` (None: unlimited; an int: tokens per layer
-and head; a float in (0, 1]: a ratio of the context length) and ``mode`` (``"step"``: evict whenever
-the cache exceeds the budget, so ``forward`` equals the step loop; ``"prefill"``: compress once at the
-end of each forward pass, then decode by appending). ``mixers/attention.py`` runs the cycle: append
-the new tokens, attend over the view, ``observe``, and in step mode ``compress`` back to the budget.
-A policy overrides only what it decides (the hooks on ``Policy``, each documented there): a
-score-based policy is one ``score(state, obs) -> (B, H, S)`` (higher = keep), as in ``knorm.py``::
-
-    @register_policy("knorm")
-    @dataclass
-    class KNorm(Policy):
-        recent: int = 0
-
-        def score(self, state, obs):
-            return -state.k.norm(dim=-1)  # (B, H, S)
-
-        def protected(self, state, budget):
-            return recent_mask(state, self.recent) if self.recent else None
-
-The state (``PolicyKVState``) is ``KVState``'s ``k, v, pos, length`` plus ``extra`` (per-token
-statistics, (B, H, S, ...), gathered with their tokens on eviction) and ``aux`` (policy tensors not
-aligned with tokens, leading dimension B). Empty slots (``pos = -1``) pad heads or rows holding fewer
-tokens; they are allocated memory and ``state_bytes`` counts them. ``keep_mask`` is the one gather:
-it allocates tensors of exactly the kept size, so evicted tokens' memory is really released. The
-decisions behind this design (budgets, modes, chunked prompts, surprisal) are in
-``docs/architecture.md``, "KV-cache policies".
+A policy is a ``@register_policy("key")`` dataclass subclassing :class:`Policy` (fields: its
+configuration, ``budget`` and ``mode`` included).  ``mixers/attention.py`` runs the cycle: append the
+new tokens, attend over the view, ``observe``, and in step mode ``compress`` back to the budget.  A
+policy overrides only the hooks it decides; a score-based one is a single
+``score(state, obs) -> (B, H, S)`` (higher = keep), as ``knorm.py``.  :class:`PolicyKVState` adds
+``extra`` (per-token statistics, (B, H, S, ...), gathered with their tokens on eviction) and ``aux``
+(policy tensors not aligned with tokens, leading dim B) to ``KVState``'s fields.  Empty slots
+(``pos = -1``) pad heads or rows holding fewer tokens and are counted by ``state_bytes``;
+:func:`keep_mask`, the one gather, allocates exactly the kept size, so evicted memory is released.
+Design decisions (budgets, modes, chunked prompts, surprisal): ``docs/architecture.md``, "KV-cache
+policies".
 """
 
 from __future__ import annotations
@@ -80,9 +64,6 @@ class Observation(NamedTuple):
     probs: Tensor | None  # (B, H, Tq, S) attention over the state's slots; only when needs_attention
 
 
-# ----------------------------------------------------------------------------- helpers
-
-
 def _expand_index(index: Tensor, like: Tensor) -> Tensor:
     """(B, H, S') slot index broadcast over the trailing dims of a (B, H, S, ...) tensor."""
     return index.reshape(*index.shape, *([1] * (like.dim() - 3))).expand(*index.shape, *like.shape[3:])
@@ -96,9 +77,8 @@ def _gather(t: Tensor, index: Tensor, ok: Tensor, fill: int = 0) -> Tensor:
 def keep_mask(state: PolicyKVState, keep: Tensor) -> PolicyKVState:
     """A new state with the slots where ``keep`` (B, H, S) is True, in cache (= position) order.
 
-    The token axis becomes the largest kept count over batch rows and heads; (row, head) pairs
-    keeping fewer are padded with empty slots (pos -1, zero k, v and statistics).  ``aux`` and
-    ``length`` pass through.
+    The token axis becomes the largest kept count; (row, head) pairs keeping fewer are padded with
+    empty slots (pos -1, zeros).  ``aux`` and ``length`` pass through.
     """
     keep = keep & (state.pos >= 0)
     counts = keep.sum(-1)  # (B, H)
@@ -118,11 +98,8 @@ def keep_mask(state: PolicyKVState, keep: Tensor) -> PolicyKVState:
 def keep_topk(
     state: PolicyKVState, scores: Tensor, budget: Tensor | int, protected: Tensor | None = None
 ) -> PolicyKVState:
-    """Keep, per (row, head), the ``budget`` highest-scoring tokens; ``protected`` ones first.
-
-    scores: (B, H, S), higher = keep.  budget: an int or a tensor broadcastable to (B, H, 1) (per-head
-    budgets).  Ties go to the earlier slot (a stable sort), so the selection is deterministic.
-    """
+    """Keep, per (row, head), the ``budget`` (int or (B, H, 1)) highest ``scores`` (B, H, S); ``protected``
+    ones first; ties go to the earlier slot (a stable sort)."""
     valid = state.pos >= 0
     scores = scores.masked_fill(~valid, -math.inf)
     if protected is not None:
@@ -142,11 +119,8 @@ def recent_mask(state: PolicyKVState, n_recent: int | Tensor) -> Tensor:
 
 
 def attention_probs(q: Tensor, q_pos: Tensor, k: Tensor, pos: Tensor, mask: Tensor | None = None) -> Tensor:
-    """Softmax attention probabilities (B, H, Tq, S) of queries at ``q_pos`` over cached keys.
-
-    Causal by position (a key is visible when ``0 <= pos <= q_pos``), scale 1/sqrt(K) as in SDPA,
-    softmax in float32 for half-precision inputs.  ``mask`` (B, H, Tq, S) restricts further.
-    """
+    """Softmax attention (B, H, Tq, S) of queries at ``q_pos`` over cached keys: causal by position, scale
+    1/sqrt(K) as SDPA, float32 softmax for half inputs; ``mask`` (B, H, Tq, S) restricts further."""
     visible = (pos >= 0)[:, :, None, :] & (pos[:, :, None, :] <= q_pos[:, None, :, None])
     if mask is not None:
         visible = visible & mask
@@ -175,9 +149,8 @@ def pad_state(state: PolicyKVState, n_slots: int) -> PolicyKVState:
 def cat_states(states: list[PolicyKVState]) -> PolicyKVState:
     """Stack caches of separate sequences (possibly of different lengths) into one batch.
 
-    ``aux`` tensors of 3 or more dims whose dim 2 (their slot axis: KIVI's quantised groups,
-    ThinK's pruned tokens) differs are padded at its end like the token axis: -1 for signed
-    integer tensors (positions), 0 otherwise.
+    ``aux`` tensors of 3+ dims whose dim 2 (a slot axis: KIVI's groups, ThinK's pruned tokens) differs
+    are padded at its end like the token axis: -1 for signed integer tensors (positions), 0 otherwise.
     """
     if not states:
         raise ValueError("states must be a non-empty list of PolicyKVState")
@@ -208,33 +181,26 @@ def kept_positions(state: PolicyKVState, row: int = 0, head: int = 0) -> list[in
     return pos[pos >= 0].tolist()
 
 
-# ----------------------------------------------------------------------------- the policy
-
-
 @dataclass
 class Policy:
-    """Base class of KV-cache policies (see the module's design note).
+    """Base class of KV-cache policies (see the module docstring).
 
     Args:
         budget: None (unlimited), an int >= 1 (tokens kept per layer per head) or a float in
             (0, 1] (a ratio of the context length given when the policy is applied).
-        mode: "step" (evict whenever the cache exceeds its budget) or "prefill" (compress once
-            at the end of each forward pass, then decode by appending).
+        mode: "step" (evict whenever the cache exceeds its budget: ``forward`` equals the step loop) or
+            "prefill" (compress once at the end of each forward pass, then decode by appending).
     """
 
     budget: int | float | None = None
     mode: str = "step"
 
-    # what the mixer must provide / may do
     needs_attention: ClassVar[bool] = False  # obs.probs is materialised for observe/score
     position_only: ClassVar[bool] = False  # keep_position defines the rule: closed-form forward
     bounded: ClassVar[bool] = True  # False for policies that keep every token (full; ThinK, KIVI)
-    # compress also runs with an unlimited budget (then ``budget`` is None): compressed
-    # representations that evict no token (ThinK's key-channel pruning)
-    compress_unbounded: ClassVar[bool] = False
-    # the layer's state needs the model's per-token surprisal, -log p(x_t | x_<t): the model hands
-    # it through ``with_surprisal`` before each call and ``fill_surprisal`` after a prompt pass
-    # (``models/lm.py``, ``adapters/hf.py``; SirLLM and EM-LLM set it)
+    compress_unbounded: ClassVar[bool] = False  # compress also without a budget (ThinK's channel pruning)
+    # the model hands the per-token surprisal -log p(x_t | x_<t) via with_surprisal before each call and
+    # fill_surprisal after a prompt pass (models/lm.py, adapters/hf/; SirLLM and EM-LLM)
     needs_surprisal: ClassVar[bool] = False
 
     def __post_init__(self):

@@ -1,39 +1,4 @@
-"""``em_llm``: episodic memory, the evicted stream cut into events where surprise peaks.
-
-Fountas et al. 2024, "Human-like Episodic Memory for Infinite Context LLMs" (arXiv 2407.09450);
-reference ``em-llm/EM-LLM-model`` (built on InfLLM's ``context_manager.py``; its config:
-``surprisal_threshold_gamma = 1``, ``max_block_size = 128``, ``repr_topk = 4``, contiguity buffer
-0.3 of ``n_mem``).
-
-Layout as ``infllm`` (sinks, local window, stored memory, all tokens kept; ``resident_bytes`` vs
-``state_bytes``), but the memory units are *events*.  Surprise is the model's own
-``s_t = -log p(x_t | x_<t)``, handed in by ``LanguageModel`` exactly as for ``sirllm`` (``extra[0]``,
-see there).  Boundaries: the stream after the ``n_init`` sinks starts an event at position
-``n_init``; a new event starts at token t when ``s_t > mean + gamma * std`` of the surprisal of the
-``tau`` tokens before t (default ``tau = n_local``, the reference's history window; std unbiased,
-at least 2 tokens), and an event reaching ``max_event`` tokens is split (the reference's
-``max_block_size``).  An event is in memory once all its tokens have left the local window; the
-remainder of the one being formed is attended as local.
-
-Retrieval (per query, one selection per layer shared by the heads): the ``k_sim`` formed events
-with the highest ``sum_h q_h . mean_r k_{h,r}`` over their ``n_repr`` representative tokens
-(InfLLM's rule: most attention received from the local window), then ``k_contig`` temporally
-contiguous neighbours of those (the contiguity buffer: for the retrieved events in rank order, the
-next event, then the previous one, skipping those already taken).  The query attends to sinks +
-local + remainder + the retrieved events.
-
-Budget (tokens a query attends to): ``n_init + n_local + (k_sim + k_contig) * max_event``;
-unspecified fields split it as InfLLM (a third to memory: ``k = max(1, (budget // 3) //
-max_event)`` events, 30% of them, rounded down, contiguous); events are at most ``max_event`` long,
-so this bounds what the retrieved events hold.  ``budget=None``: full attention, exactly.
-
-Differences from the paper: no boundary refinement by graph modularity / conductance (optional in
-the paper, its "S" variant), no minimum event size (``min_block_size``), a contiguity buffer
-rebuilt at each query (the reference keeps a FIFO queue across execution blocks), retrieval per
-query rather than per execution block, absolute rotary positions.  Without the model (a bare
-``attention`` layer) every surprisal is 0, nothing crosses the threshold, and events are the
-``max_event`` splits: InfLLM blocks.
-"""
+"""``em_llm``: episodic memory, the evicted stream cut into events where surprise peaks."""
 
 from __future__ import annotations
 
@@ -55,18 +20,35 @@ from .sirllm import SurprisalSignal
 class EMLLM(SurprisalSignal, UnitRetrieval):
     """EM-LLM (Fountas et al. 2024): surprise-cut episodic events, retrieved by similarity + contiguity.
 
+    "Human-like Episodic Memory for Infinite Context LLMs" (arXiv 2407.09450); reference
+    ``em-llm/EM-LLM-model`` (on InfLLM's ``context_manager.py``).  ``infllm``'s layout with *events* as
+    memory units.  Surprise ``s_t = -log p(x_t | x_<t)`` is handed in by ``LanguageModel`` as for
+    ``sirllm``.  An event starts at ``n_init`` and wherever ``s_t > mean + gamma * std`` of the ``tau``
+    tokens before t (std unbiased, at least 2 tokens); events reaching ``max_event`` are split.  An event
+    is in memory once it has left the local window (the one being formed is read as local).  A query
+    reads the ``k_sim`` formed events with the highest ``sum_h q_h . mean_r k_{h,r}`` over their
+    representatives (InfLLM's rule; one selection per layer), then ``k_contig`` neighbours of those (in
+    rank order the next, then the previous, skipping those taken).
+
+    Deviations from the paper: no boundary refinement by graph modularity / conductance (its optional
+    "S" variant), no minimum event size (``min_block_size``), a contiguity buffer rebuilt per query (the
+    reference keeps a FIFO across execution blocks), retrieval per query rather than per execution
+    block, absolute rotary positions.  Without the model every surprisal is 0: events are InfLLM blocks.
+
     Args:
-        budget: tokens a query attends to (n_init + n_local + events, see the module docstring);
-            None: full attention.
+        budget: tokens a query attends to, ``n_init + n_local + (k_sim + k_contig) * max_event``; unset
+            fields split it as InfLLM (``max(1, (budget // 3) // max_event)`` events, 30% of them
+            contiguous, rounded down); None: full attention.
         mode: "step" (retrieve for every query) or "prefill" (dense prompt, retrieve when decoding).
         n_init: initial tokens always attended (paper 128; 4 at our scale).
         n_local: local window; None: what the budget leaves.
         n_repr: representative tokens per event (paper ``repr_topk``: 4).
         gamma: boundary threshold in standard deviations above the mean surprise (paper 1).
-        tau: surprise history window in tokens; None: n_local.
-        max_event: longest event, longer ones are split (paper 128; 16 at our scale).
+        tau: surprise history window in tokens; None: n_local (the reference's history window).
+        max_event: longest event (paper ``max_block_size`` 128; 16 at our scale).
         k_sim: events retrieved by similarity; None: from the budget.
-        k_contig: contiguous neighbour events added; None: from the budget (0 if k_sim is set).
+        k_contig: contiguous neighbour events (reference: 0.3 of ``n_mem``); None: from the budget (0 if
+            k_sim is set).
     """
 
     gamma: float = 1.0
@@ -133,7 +115,6 @@ class EMLLM(SurprisalSignal, UnitRetrieval):
         n_units = int(starts.sum(1).max()) if L else 0
         unit_end = torch.full((B, n_units + 1), BIG, dtype=torch.int64, device=starts.device)
         p = torch.arange(L, device=starts.device).expand(B, L)
-        # unit u ends where unit u + 1 starts
         index = torch.where(starts & (unit_of_pos >= 1), unit_of_pos - 1, n_units)
         unit_end = unit_end.scatter(1, index, torch.where(starts, p, BIG))
         return unit_of_pos, unit_end[:, :n_units]

@@ -1,9 +1,4 @@
-"""``full``: keep every token, the reference every other policy is measured against.
-
-With ``full`` an attention layer computes exactly what plain ``attention`` computes (the registry
-suite checks it); only its state type differs (``PolicyKVState`` with no statistics), and it holds
-the same bytes.
-"""
+"""``full``: keep every token, the reference every other policy is measured against."""
 
 from __future__ import annotations
 
@@ -20,6 +15,9 @@ from .base import Policy
 @dataclass
 class Full(Policy):
     """Full attention: keep every token (no eviction), the reference for every other policy.
+
+    Computes exactly what plain ``attention`` computes, with the same bytes (the registry suite checks
+    it); only the state type differs (``PolicyKVState``, no statistics).
 
     Args:
         budget: must be None (the cache is unlimited).

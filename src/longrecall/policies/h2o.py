@@ -1,23 +1,4 @@
-"""``h2o``: Heavy-Hitter Oracle, the accumulated attention each token received, plus a recent window.
-
-Zhang et al. 2023, "H2O: Heavy-Hitter Oracle for Efficient Generative Inference of Large Language
-Models" (arXiv 2306.14048, NeurIPS 2023); reference ``FMInference/H2O:h2o_hf/utils_real_drop/
-modify_llama.py`` (``H2OKVCache_LayerWise(hh_size, recent_size)``).
-
-Score: per layer, batch row and head, ``acc[j] = sum over every query t so far of A[t, j]``, the
-attention probability query t gave token j.  It travels with the cache (``extra[0]``, (B, H, S),
-gathered on eviction); a new token starts at 0 and receives its own query's attention first.
-
-Rule (step mode, at every token once the cache exceeds ``budget``): keep the ``recent`` most
-recent tokens and the ``budget - recent`` tokens with the largest ``acc`` among the others, per
-head.  The paper's setting is half heavy hitters, half recent (``--heavy_ratio 0.1 --recent_ratio
-0.1``, a 20% budget), hence ``recent_ratio=0.5`` of the budget by default.  In prefill mode the
-scores are the column sums of the prompt's attention matrix (kvpress's ``ObservedAttentionPress``
-without its ``n - i`` normalisation) and the recent window still applies.
-
-Differences from the reference: scores are per batch row (the reference sums over the batch,
-which is only right at batch 1), and attention probabilities are computed explicitly.
-"""
+"""``h2o``: Heavy-Hitter Oracle, the accumulated attention each token received, plus a recent window."""
 
 from __future__ import annotations
 
@@ -36,12 +17,21 @@ from .base import Observation, Policy, PolicyKVState, recent_mask
 class H2O(Policy):
     """H2O (Zhang et al. 2023): keep heavy hitters of accumulated attention plus a recent window.
 
+    "H2O: Heavy-Hitter Oracle for Efficient Generative Inference of Large Language Models" (arXiv
+    2306.14048, NeurIPS 2023); reference ``FMInference/H2O:h2o_hf/utils_real_drop/modify_llama.py``
+    (``H2OKVCache_LayerWise``).  Score per row and head: the attention each token received from every
+    query so far (``extra[0]``; a new token starts at 0 and first receives its own query's).  Keep the
+    ``recent`` newest tokens and the ``budget - recent`` highest-scoring others.  In prefill mode the
+    scores are the prompt attention's column sums (kvpress's ``ObservedAttentionPress`` without its
+    ``n - i`` normalisation).  Deviations from the reference: scores are per batch row (it sums over
+    the batch, right only at batch 1); attention probabilities are computed explicitly.
+
     Args:
         budget: tokens kept per layer per head (heavy hitters + recent); None: unlimited.
         mode: "step" (evict at every token, as the paper) or "prefill".
         recent: recent-window size in tokens; None: ``floor(recent_ratio * budget)``.
-        recent_ratio: share of the budget given to the recent window when ``recent`` is None
-            (paper: 0.5, i.e. equal heavy-hitter and recent budgets).
+        recent_ratio: share of the budget given to the recent window when ``recent`` is None (0.5: the
+            paper's equal heavy-hitter and recent budgets, ``--heavy_ratio 0.1 --recent_ratio 0.1``).
     """
 
     recent: int | None = None

@@ -1,36 +1,4 @@
-"""``infllm``: initial tokens + local window + retrieval of memory blocks by representative keys.
-
-Xiao et al. 2024, "InfLLM: Training-Free Long-Context Extrapolation for LLMs with an Efficient
-Context Memory" (arXiv 2402.04617, NeurIPS 2024); reference ``thunlp/InfLLM:inf_llm/attention/
-context_manager.py``.
-
-Layout, for a query at position t: the ``n_init`` first tokens (sinks, default 4 at our scale;
-paper 128), the local window (the ``n_local`` most recent tokens), and the evicted middle cut into
-blocks of ``block_size`` tokens by position (block b = ``[n_init + b * block_size, ...)``).  A block
-is formed once all its tokens have left the local window; tokens of a block still being formed
-(the remainder) are attended as local, as in the reference.  Every token stays stored: the blocks
-are the offloaded memory, so ``resident_bytes`` (sinks, local, remainder, the selected blocks and
-the representative keys of the others) is reported next to ``state_bytes`` (everything).
-
-Representative keys (the paper's rule): each token accumulates the attention it receives from the
-queries whose local window holds it (``extra[-1]``, summed over heads; frozen once it leaves the
-window, i.e. when its block forms); a block's ``n_repr`` representatives (paper ``repr_topk = 4``)
-are its tokens with the largest such score (ties: earlier).  Retrieval: block score
-``sum_h q_h . mean_r k_{h,r}`` (the reference's mean representative, heads concatenated: one
-selection per layer shared by the heads); the query attends to sinks + local + remainder + the
-``topk`` best formed blocks (ties: earlier block).
-
-Budget (tokens a query attends to) -> ``(n_init, n_local, topk * block_size)``: explicit fields
-win; otherwise a third of the budget goes to memory as in the paper (2048 of 128 + 4096 + 2048):
-``topk = max(1, (budget // 3) // block_size)``, ``n_local = budget - n_init - topk * block_size``.
-A query may also read the remainder (< ``block_size`` tokens), as in the paper.  ``budget=None``:
-full attention, exactly.  Modes: ``step`` retrieves for every query (execution blocks of one
-token); ``prefill`` gives the prompt pass full attention and retrieves at decoding steps.
-
-Differences from the paper: retrieval per query rather than per 512-token execution block; the
-keys keep their absolute rotary positions (the paper gives memory tokens one fixed distance
-``n_local``); no GPU block cache (LRU), the selection is exact.
-"""
+"""``infllm``: initial tokens + local window + retrieval of memory blocks by representative keys."""
 
 from __future__ import annotations
 
@@ -186,13 +154,28 @@ class UnitRetrieval(RetrievalPolicy):
 class InfLLM(UnitRetrieval):
     """InfLLM (Xiao et al. 2024): sinks + local window + top-k memory blocks by representative keys.
 
+    "InfLLM: Training-Free Long-Context Extrapolation for LLMs with an Efficient Context Memory" (arXiv
+    2402.04617, NeurIPS 2024); reference ``thunlp/InfLLM:inf_llm/attention/context_manager.py``.  A query
+    reads the ``n_init`` sinks, the ``n_local`` most recent tokens, and the best of the middle's blocks
+    of ``block_size`` by position, each formed once it has left the local window (the remainder is read
+    as local).  Each token sums the attention it receives while in local windows (``extra[-1]``, over
+    heads); a block's ``n_repr`` highest are its representatives, its score ``sum_h q_h . mean_r
+    k_{h,r}`` (one selection per layer; ties: earlier).  Every token stays stored (the blocks are the
+    offloaded memory): ``resident_bytes`` (sinks, local, remainder, selected blocks, the others'
+    representatives) is reported next to ``state_bytes``.
+
+    Deviations from the paper: retrieval per query rather than per 512-token execution block; keys keep
+    their absolute rotary positions (the paper gives memory tokens one fixed distance ``n_local``); no
+    GPU block cache (LRU): the selection is exact.
+
     Args:
-        budget: tokens a query attends to (split into n_init + n_local + topk * block_size, see the
-            module docstring); None: full attention.
+        budget: tokens a query attends to, ``n_init + n_local + topk * block_size`` (plus the remainder,
+            as the paper): explicit fields win, else a third goes to memory as the paper (2048 of
+            128 + 4096 + 2048), ``topk = max(1, (budget // 3) // block_size)``; None: full attention.
         mode: "step" (retrieve for every query) or "prefill" (dense prompt, retrieve when decoding).
         n_init: initial tokens always attended (paper 128; 4 at our scale).
         n_local: local window; None: what the budget leaves.
-        n_repr: representative tokens per block (paper 4).
+        n_repr: representative tokens per block (paper ``repr_topk``: 4).
         block_size: tokens per memory block (paper 128; 16 at our scale).
         topk: blocks retrieved per query; None: from the budget (a third of it).
     """

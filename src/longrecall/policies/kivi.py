@@ -1,38 +1,4 @@
-"""``kivi``: asymmetric 2/4-bit quantisation, keys per channel and values per token, recent tokens exact.
-
-Liu et al. 2024, "KIVI: A Tuning-Free Asymmetric 2bit Quantization for KV Cache" (arXiv 2402.02750,
-ICML 2024); reference ``jy-yuan/KIVI:models/llama_kivi.py`` and ``quant/new_pack.py``
-(``k_bits = v_bits = 2, group_size = 32, residual_length = 32`` in ``example.py``).
-
-Rule: no token is evicted (``budget`` must be None).  The most recent tokens stay in full
-precision (the residual window, in ``k, v, pos``); whenever it holds ``residual + group`` tokens,
-its oldest ``group`` tokens are quantised together and move to ``aux``:
-
-* keys per channel: each channel of the group's ``group`` keys gets its own scale and zero point
-  (min-max, asymmetric), since key outliers sit in fixed channels;
-* values per token: each token's value gets its own scale and zero point, per ``group`` channels
-  when the head width is a multiple of ``group`` (the reference's layout), else over all its
-  channels (heads here are often narrower than 32);
-* code ``c = round((x - min) / scale)`` in ``[0, 2**bits - 1]``, ``scale = (max - min) / (2**bits
-  - 1)``, so ``|dequantised - x| <= scale / 2``; codes are packed 8 / bits per uint8 along the
-  token axis of the group.
-
-``aux = (key codes (B, H, n, group*bits/8, K) uint8, key scale, key min (B, H, n, K), value codes
-(B, H, n, group*bits/8, K) uint8, value scale, value min (B, H, n, group, K / value group), pos
-(B, H, n, group) int32)`` for n quantised groups; scales are stored in the cache's float dtype (the
-reference keeps fp16 scales next to fp16 caches).  ``attend_view`` dequantises them in front of the
-residual window; ``state_bytes`` counts the packed bytes.
-
-Modes: the quantisation runs after attention at every call (``observe``), so decoding quantises as
-the residual fills in both modes (as the paper).  "prefill" (default, the paper's protocol): the
-prompt attends in full precision, then all but the residual window is quantised; "step": each
-prompt token already sees the quantised past (forward equals the step loop).
-
-Difference from the reference: one residual window is shared by keys and values (the tensors are
-aligned by token); KIVI keeps 0..residual-1 keys (it quantises the whole key residual once it
-reaches ``residual``) and exactly ``residual`` values in full precision; here ``residual`` to
-``residual + group - 1`` tokens stay exact, never fewer than in KIVI.
-"""
+"""``kivi``: asymmetric 2/4-bit quantisation, keys per channel and values per token, recent tokens exact."""
 
 from __future__ import annotations
 
@@ -77,14 +43,30 @@ def unpack(packed: Tensor, bits: int) -> Tensor:
 class KIVI(Policy):
     """KIVI (Liu et al. 2024): 2/4-bit keys per channel, values per token, recent tokens in full precision.
 
+    "KIVI: A Tuning-Free Asymmetric 2bit Quantization for KV Cache" (arXiv 2402.02750, ICML 2024);
+    reference ``jy-yuan/KIVI:models/llama_kivi.py``, ``quant/new_pack.py``.  No token is evicted.  Once
+    the full-precision recent tokens (``k, v, pos``) number ``residual + group``, the oldest ``group``
+    are quantised (asymmetric min-max, ``c = round((x - min) / scale)``, ``scale = (max - min) /
+    (2**bits - 1)``, error <= scale / 2) into ``aux``: keys per channel over the group's tokens (key
+    outliers sit in fixed channels), values per token, per ``group`` channels when the head width is a
+    multiple of ``group`` (the reference's layout), else over all channels.  Codes are packed 8 / bits
+    per uint8 along the tokens, ``state_bytes`` counts them packed, scales are in the cache dtype (the
+    reference: fp16 with fp16 caches); ``attend_view`` dequantises them.  ``aux = (key codes (B, H, n,
+    group*bits/8, K) uint8, key scale, key min (B, H, n, K), value codes (as keys), value scale, value
+    min (B, H, n, group, K / value group), pos (B, H, n, group) int32)``.  Deviation from the reference:
+    one residual window for keys and values (aligned by token); KIVI keeps 0..residual-1 keys (it
+    quantises the whole key residual once full) and exactly ``residual`` values, here ``residual`` to
+    ``residual + group - 1`` tokens stay exact, never fewer.
+
     Args:
         budget: must be None (every token is kept; quantisation is the compression).
-        mode: "prefill" (the prompt attends in full precision, then is quantised; default) or
-            "step" (every token sees the quantised past).
-        bits: 2 or 4 bits per key and value element (paper: 2).
+        mode: quantisation runs after attention at every call (``observe``), so decoding quantises as
+            the residual fills in both modes; "prefill" (the paper's protocol, default): the prompt
+            attends in full precision, then is quantised; "step": every token sees the quantised past.
+        bits: 2 or 4 bits per key and value element (2, the paper's).
         group: tokens per quantised group (keys' per-channel statistics) and value channels per
-            scale; a multiple of 8 / bits (paper: 32).
-        residual: most recent tokens always kept in full precision (paper: 32 to 128).
+            scale; a multiple of 8 / bits (32, the paper's).
+        residual: most recent tokens always kept in full precision (32; paper: 32 to 128).
     """
 
     mode: str = "prefill"

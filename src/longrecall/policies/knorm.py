@@ -1,15 +1,4 @@
-"""``knorm``: keep the keys with the lowest L2 norm.
-
-Devoto et al. 2024, "A Simple and Effective L2 Norm-Based Strategy for KV Cache Compression"
-(arXiv 2406.11430); kvpress's ``KnormPress`` (score ``-||k||_2``).  The observation: keys with a
-low norm tend to receive high attention, so the norm is a query-free, zero-cost proxy for
-importance.
-
-Rule: per layer and head, keep the ``budget`` cached keys with the smallest L2 norm, optionally
-always keeping the ``recent`` most recent tokens (default 0, as kvpress).  Our keys are stored
-rotated; RoPE is a rotation, so their norms equal the pre-RoPE norms.  In step mode the score is
-static per token, so the cache after any step is the ``budget`` lowest-norm keys seen so far.
-"""
+"""``knorm``: keep the keys with the lowest L2 norm."""
 
 from __future__ import annotations
 
@@ -28,10 +17,15 @@ from .base import Observation, Policy, PolicyKVState, recent_mask
 class KNorm(Policy):
     """Knorm (Devoto et al. 2024): keep the keys with the lowest L2 norm, optionally a recent window.
 
+    "A Simple and Effective L2 Norm-Based Strategy for KV Cache Compression" (arXiv 2406.11430);
+    kvpress's ``KnormPress`` (score ``-||k||_2``): low-norm keys tend to get high attention, a query-free
+    proxy.  Stored keys are rotated, which keeps their norms.  The score is static, so after any step
+    the cache holds the ``budget`` lowest-norm keys seen so far.
+
     Args:
         budget: tokens kept per layer per head; None: unlimited.
         mode: "step" or "prefill" (the kvpress protocol).
-        recent: most recent tokens always kept (0: none).
+        recent: most recent tokens always kept (0: none, as kvpress).
     """
 
     recent: int = 0

@@ -1,29 +1,4 @@
-"""``quest``: query-aware page selection over a cache that keeps every token.
-
-Tang et al. 2024, "Quest: Query-Aware Sparsity for Efficient Long-Context LLM Inference" (arXiv
-2406.10774, ICML 2024); reference ``mit-han-lab/Quest:evaluation/quest_attention.py``.
-
-Pages: token positions ``[p * page_size, (p + 1) * page_size)`` form page ``p`` (default 16, the
-paper's ``chunk_size``).  Per page and head the elementwise minimum ``m`` and maximum ``M`` of its
-(rotated) keys are kept in ``aux`` (``(B, H, n_pages, K)`` each, updated as tokens arrive; pages not
-yet started hold +-inf).  Rule, per query ``q`` and head: the page score ``u(p) = sum_c max(q_c m_c,
-q_c M_c)`` is an upper bound of ``q . k`` for every key of the page; the query attends to the
-``budget // page_size`` complete pages with the highest bound plus its own (current, partial) page.
-Ties go to the earlier page.  Nothing is evicted: ``budget`` bounds what a query *reads*, not what
-is stored, so ``resident_bytes`` (the selected pages, the current page and every page summary) is
-reported next to ``state_bytes`` (everything).
-
-Modes: ``step`` selects pages for every query, prompt included (a parallel closed-form mask, equal
-to the step loop); ``prefill`` gives the prompt pass full attention and selects pages at decoding
-steps only, as the reference (``q_len > 1`` is dense).  ``budget=None``: full attention, exactly.
-
-Differences from the reference: the current page is always attended and the others are chosen
-among complete pages (the reference ranks every page, the current one included, and takes at
-least 3); every layer is sparse (the reference keeps the first two dense); selection in float
-upper bounds computed as ``q+ . M + q- . m`` (equal to the elementwise form).
-
-``RetrievalPolicy`` (here, unregistered) is the shared base of ``quest``, ``infllm`` and ``em_llm``.
-"""
+"""``quest``: query-aware page selection over a cache that keeps every token."""
 
 from __future__ import annotations
 
@@ -42,14 +17,13 @@ from .base import BoundPolicy, Policy, PolicyKVState
 
 @dataclass
 class RetrievalPolicy(Policy):
-    """Base of retrieval policies: keep every token, restrict what each query attends to."""
+    """Base of ``quest``, ``infllm`` and ``em_llm``: keep every token, restrict what each query reads."""
 
     bounded = False  # storage is unbounded; ``budget`` bounds the attention span
 
     def bind(self, **kwargs) -> BoundPolicy:
-        # attend_mask / resident_bytes see only the state: the bound policy carries the resolved
-        # budget (a ratio becomes its per-layer int in a copy; an int budget keeps this very
-        # policy), and this object remembers its last application's for callers holding it
+        # attend_mask / resident_bytes see only the state, so the bound policy carries the resolved budget
+        # (a ratio becomes its per-layer int in a copy); this object remembers its last application's
         bound = super().bind(**kwargs)
         if bound.budget is None or bound.budget == self.budget:
             return bound
@@ -86,11 +60,22 @@ class RetrievalPolicy(Policy):
 class Quest(RetrievalPolicy):
     """Quest (Tang et al. 2024): keep every token, attend to the pages with the top q.k upper bound.
 
+    "Quest: Query-Aware Sparsity for Efficient Long-Context LLM Inference" (arXiv 2406.10774, ICML 2024);
+    reference ``mit-han-lab/Quest:evaluation/quest_attention.py``.  Page p holds positions ``[p *
+    page_size, (p + 1) * page_size)``; ``aux`` keeps each page's elementwise key min m and max M per head
+    ((B, H, n_pages, K), +-inf before it starts).  ``u(p) = sum_c max(q_c m_c, q_c M_c)`` bounds ``q . k``
+    over the page; a query reads the ``budget // page_size`` complete pages with the highest bound (ties:
+    earlier) and its own.  Nothing is evicted: ``resident_bytes`` (read pages and every summary) is
+    reported next to ``state_bytes``.  Deviations from the reference: the current page is always read
+    and the others are chosen among complete pages (it ranks every page and takes at least 3); every
+    layer is sparse (it keeps the first two dense); bounds computed as ``q+ . M + q- . m`` (equal).
+
     Args:
-        budget: tokens a query attends to, besides its current page (whole pages:
-            ``budget // page_size`` of them; >= page_size); None: full attention.
-        mode: "step" (sparse for every query) or "prefill" (dense prompt, sparse decoding, as Quest).
-        page_size: tokens per page (paper: 16).
+        budget: tokens a query attends to besides its current page, in whole pages (>= page_size); None:
+            full attention.
+        mode: "step" (sparse for every query, a closed-form mask equal to the step loop) or "prefill"
+            (dense prompt, sparse decoding, as the reference's ``q_len > 1``).
+        page_size: tokens per page (16, the paper's ``chunk_size``).
     """
 
     page_size: int = 16
@@ -107,8 +92,6 @@ class Quest(RetrievalPolicy):
 
     def keep_position(self, pos: Tensor, length: Tensor, budget: Tensor) -> Tensor:
         return pos >= 0
-
-    # -- page summaries ----------------------------------------------------------------------
 
     def append(self, state: PolicyKVState, kv) -> PolicyKVState:
         new = super().append(state, kv)
@@ -148,8 +131,6 @@ class Quest(RetrievalPolicy):
         kmin, kmax = kmin.masked_fill(kmin.isinf(), 0), kmax.masked_fill(kmax.isinf(), 0)
         q = q.detach().to(kmin.dtype)
         return q.clamp_min(0) @ kmax.transpose(-1, -2) + q.clamp_max(0) @ kmin.transpose(-1, -2)
-
-    # -- selection -------------------------------------------------------------------------
 
     def attend_mask(self, state: PolicyKVState, q: Tensor, q_pos: Tensor) -> Tensor | None:
         if self.attends_all(q):

@@ -1,13 +1,4 @@
-"""``random``: a seeded random eviction baseline.
-
-kvpress's ``RandomPress``: the floor every informed policy must beat (at a 50% budget on RULER-4k
-with Llama-3.1-8B it scores about 7 against 95 uncompressed, kv_cache_policies.md section 1.5).
-
-Rule: each token gets a pseudo-random score that is a pure function of ``(seed, position, head)``
-(a 32-bit integer hash, no generator state), and each head keeps the ``budget`` highest.  Because
-the score is fixed per token, the step loop keeps the ``budget`` highest-scoring tokens seen so
-far, results reproduce exactly for a given seed, and batch rows never influence each other.
-"""
+"""``random``: a seeded random eviction baseline."""
 
 from __future__ import annotations
 
@@ -28,7 +19,7 @@ def hash_scores(pos: Tensor, seed: int) -> Tensor:
     head = torch.arange(pos.shape[1], device=pos.device, dtype=torch.int64)[None, :, None]
     x = ((pos.to(torch.int64) * 2654435761) & _MASK) ^ ((head * 2246822519) & _MASK)
     x = x ^ (((seed % 2**31) * 3266489917) & _MASK)
-    for _ in range(2):  # the "lowbias32"-style avalanche: xor-shift, multiply
+    for _ in range(2):  # "lowbias32"-style avalanche
         x = (((x >> 16) ^ x) * 0x45D9F3B) & _MASK
     return ((x >> 16) ^ x).to(torch.float64)
 
@@ -37,6 +28,11 @@ def hash_scores(pos: Tensor, seed: int) -> Tensor:
 @dataclass
 class Random(Policy):
     """Random baseline: each head keeps a seeded pseudo-random subset of budget tokens.
+
+    kvpress's ``RandomPress``, the floor informed policies must beat (about 7 against 95 uncompressed on
+    RULER-4k with Llama-3.1-8B at a 50% budget, kv_cache_policies.md section 1.5).  A token's score is
+    a 32-bit hash of ``(seed, position, head)``, so the step loop keeps the ``budget`` highest seen so
+    far, results reproduce exactly and batch rows are independent.
 
     Args:
         budget: tokens kept per layer per head; None: unlimited.

@@ -1,31 +1,4 @@
-"""``sirllm``: keep the sinks and the most surprising tokens, with decaying scores, plus a recent window.
-
-Yao et al. 2024, "SirLLM: Streaming Infinite Retentive LLM" (arXiv 2405.12528, ACL 2024); reference
-``Zoeyyao27/SirLLM:sir_llm/kv_cache.py`` (``evict_for_space_token_entropy``) and
-``sir_llm/eval_utils.py`` (``_cal_selfinfo``).
-
-Signal: the token's surprisal ("token entropy") ``s_i = -log p(x_i | x_<i)`` under the model's own
-prediction.  A mixer never sees logits, so ``LanguageModel`` hands it in (``models/lm.py``): before
-each call it gives the layer's state the surprisal of the tokens about to be read
-(``with_surprisal``); they are stored with their token in ``extra[0]`` (B, H, S), gathered on
-eviction.  A prefill pass only knows them once its logits exist: the model then fills them in
-(``fill_surprisal``) and compresses (``compress`` waits while any is still NaN).  The first token
-of a sequence, which has no prediction, gets ``log(vocab_size)`` (the surprisal of a uniform guess;
-the reference gives it the maximum of the turn).
-
-Rule (whenever the cache exceeds ``budget``): keep the ``n_sink`` first tokens (paper
-``start_size = 4``), the ``recent`` most recent (paper ``recent_size = 0``) and the tokens with the
-highest decayed surprisal ``s_i * decay ** (age in tokens)``, i.e. every stored score multiplied by
-``decay`` at each step (compared in log space, so nothing underflows).  Ties go to the more
-recent token.  The score is per token, so the selection is the same for every head and layer, as
-in the paper.  ``decay`` defaults to 1 (the reference's default and its Grocery-Shopping setting);
-the paper decays per dialogue turn (0.7 on DailyDialog, 0.9 on Rock-Paper-Scissors), and we have
-no turns, so a per-step ``decay`` d acts like ``d ** turn_length`` per turn.
-
-Without the model (a bare ``attention`` layer) no surprisal arrives: every token scores 0 and the
-rule degenerates to StreamingLLM (sinks + most recent).  Use SirLLM through ``LanguageModel``.
-Positions: keys keep their absolute rotary positions (the reference re-rotates them in the cache).
-"""
+"""``sirllm``: keep the sinks and the most surprising tokens, with decaying scores, plus a recent window."""
 
 from __future__ import annotations
 
@@ -43,7 +16,7 @@ from .base import Observation, Policy, PolicyKVState, keep_mask, recent_mask, si
 class SurprisalSignal:
     """Mixin for policies reading the model's per-token surprisal (``extra[0]``), see models/lm.py."""
 
-    needs_surprisal = True  # LanguageModel hands the surprisal to this layer's state
+    needs_surprisal = True
 
     def with_surprisal(self, state, surprisal: Tensor) -> PolicyKVState:
         """The state, ready to read ``surprisal.shape[1]`` tokens with these (B, T) surprisals (NaN: later)."""
@@ -54,7 +27,7 @@ class SurprisalSignal:
         new = super().append(state._replace(aux=()), kv)
         B, H, T = new.pos.shape[0], new.pos.shape[1], new.pos.shape[2] - state.pos.shape[2]
         if pending is None:
-            pending = new.k.new_zeros(B, T)  # no model: no signal (see the module docstring)
+            pending = new.k.new_zeros(B, T)  # no model: no signal
         elif pending.shape[0] != B or pending.shape[1] < T:
             raise ValueError(f"surprisal was handed for {tuple(pending.shape)} (B, T) tokens, the layer read {(B, T)}")
         # a layer may read the handed tokens in pieces (an unbudgeted step-mode forward is a step
@@ -78,12 +51,24 @@ class SurprisalSignal:
 class SirLLM(SurprisalSignal, Policy):
     """SirLLM (Yao et al. 2024): keep sinks, the highest decayed surprisal tokens and a recent window.
 
+    "SirLLM: Streaming Infinite Retentive LLM" (arXiv 2405.12528, ACL 2024); reference
+    ``Zoeyyao27/SirLLM:sir_llm/kv_cache.py`` (``evict_for_space_token_entropy``), ``eval_utils.py``
+    (``_cal_selfinfo``).  Score: the surprisal ("token entropy") ``s_i = -log p(x_i | x_<i)``, handed in by
+    ``LanguageModel`` (``with_surprisal`` before each call; after a prefill pass ``fill_surprisal``, and
+    ``compress`` waits while any is NaN) and stored in ``extra[0]``; the first token gets ``log(vocab_size)``
+    (the reference: the turn's maximum).  Over budget keep the sinks, the recent window and the highest
+    ``s_i * decay ** age`` (in log space; ties: the more recent), one selection for every head and layer.
+    Deviations: the paper decays per dialogue turn (0.7 on DailyDialog, 0.9 on Rock-Paper-Scissors);
+    with no turns here a per-step d acts like ``d ** turn_length``; keys keep their absolute rotary
+    positions (the reference re-rotates them).  Without the model every score is 0: StreamingLLM.
+
     Args:
         budget: tokens kept per layer per head (sinks + recent + surprising); None: unlimited.
         mode: "step" (evict at every token) or "prefill" (compress once after the prompt).
         n_sink: initial tokens always kept (paper ``start_size``: 4).
         recent: most recent tokens always kept (paper ``recent_size``: 0).
-        decay: factor applied to every stored surprisal at each step, in (0, 1] (reference default 1).
+        decay: factor applied to every stored surprisal at each step, in (0, 1] (1, the reference's
+            default and its Grocery-Shopping setting).
     """
 
     n_sink: int = 4

@@ -1,30 +1,4 @@
-"""``snapkv``: the prompt's last queries vote for the prefix tokens to keep (observation window).
-
-Li et al. 2024, "SnapKV: LLM Knows What You are Looking for Before Generation" (arXiv 2404.14469,
-NeurIPS 2024); reference ``FasterDecoding/SnapKV:snapkv/monkeypatch/snapkv_utils.py``
-(``SnapKVCluster.update_kv``).
-
-Rule (applied at the end of a call; in prefill mode, the paper's protocol and the default, once
-after the prompt pass): the observation window is the call's last ``w = min(window, T)`` queries.
-Their softmax attention over the whole cache (causal, 1/sqrt(K), fp32 softmax for half inputs) is
-summed over the window's queries, per batch row and head; the votes of the prefix (every cached
-token outside the kept window) are 1-D pooled along the prefix in position order (``pooling``
-"avg" or "max", kernel ``kernel``, stride 1, zero / -inf padding of ``kernel // 2``, as
-``F.avg_pool1d`` / ``F.max_pool1d`` in the reference) so that the neighbours of a voted token come
-with it; the ``budget - w`` best prefix tokens and the ``w`` window tokens are kept.  Decoding then
-appends (no further eviction, SnapKV issue #23).
-
-Step mode (not in the paper): the same rule after every step once the cache exceeds ``budget``;
-the call is then one token, so the observation window is the current query alone and only the
-current token is protected (TOVA-like, per head, with pooling).  No query is stored: buffering the
-last ``window`` queries would cost as much memory as that many cached keys.
-
-Defaults: ``window=32`` (the reference's ``init_snapkv``; its class default is 64), ``kernel=7``
-(the paper's setting; the reference code and kvpress use 5), ``pooling="avg"`` (the reference's
-default).  Differences from the reference: the kept window is clipped to the budget (the
-reference asserts ``budget > window``), so a budget <= w keeps only the most recent tokens; no GQA
-(one key head per query head here); ties go to the earlier token.
-"""
+"""``snapkv``: the prompt's last queries vote for the prefix tokens to keep (observation window)."""
 
 from __future__ import annotations
 
@@ -47,14 +21,25 @@ POOLINGS = ("avg", "max")
 class SnapKV(Policy):
     """SnapKV (Li et al. 2024): last prompt queries' pooled attention picks the prefix tokens to keep.
 
+    "SnapKV: LLM Knows What You are Looking for Before Generation" (arXiv 2404.14469, NeurIPS 2024);
+    reference ``FasterDecoding/SnapKV:snapkv/monkeypatch/snapkv_utils.py`` (``SnapKVCluster.update_kv``).
+    At the end of a call the last ``w = min(window, T)`` queries' attention over the cache (causal, fp32
+    softmax for half inputs) is summed per row and head; the prefix's votes (tokens outside the kept
+    window) are 1-D pooled in position order (stride 1, zero / -inf padding of ``kernel // 2``, as the
+    reference's ``F.avg_pool1d`` / ``F.max_pool1d``) so a voted token brings its neighbours; the
+    ``budget - w`` best prefix tokens and the ``w`` window tokens are kept.  Decoding then appends (no
+    further eviction, SnapKV issue #23).  Deviations from the reference: the window is clipped to the
+    budget (it asserts ``budget > window``), so a budget <= w keeps only the most recent tokens; no GQA
+    (one key head per query head); ties go to the earlier token.
+
     Args:
         budget: tokens kept per layer per head, the observation window included; None: unlimited.
-        mode: "prefill" (compress once after the prompt, as the paper; default) or "step" (the same
-            rule after every step, the current query being the observation window).
-        window: observation window w: the call's last queries vote, and their tokens are kept
-            (clipped to the budget).
-        kernel: odd 1-D pooling kernel size (paper: 7).
-        pooling: "avg" or "max".
+        mode: "prefill" (once after the prompt, as the paper; default) or "step" (not in the paper: after
+            every step over budget, the current query alone voting and only the current token protected,
+            TOVA-like per head; storing queries would cost as much as cached keys).
+        window: observation window w (32, the reference's ``init_snapkv``; its class default is 64).
+        kernel: odd pooling kernel size (7, the paper's; the reference code and kvpress use 5).
+        pooling: "avg" (the reference's default) or "max".
     """
 
     mode: str = "prefill"

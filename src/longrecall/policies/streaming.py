@@ -1,20 +1,4 @@
-"""``streaming``: StreamingLLM's attention sinks plus a recent window.
-
-Xiao et al. 2023, "Efficient Streaming Language Models with Attention Sinks" (arXiv 2309.17453,
-ICLR 2024); reference ``mit-han-lab/streaming-llm:streaming_llm/kv_cache.py``
-(``StartRecentKVCache(start_size=4, recent_size=512)``).
-
-Rule: keep the first ``n_sink`` tokens of the sequence (default 4, as in the paper) and the most
-recent ``budget - n_sink``; drop the middle.  Same selection for every layer and head.  In step
-mode token t attends to positions ``< n_sink`` and ``max(0, t - (budget - n_sink)) .. t``.
-
-Positions: our keys are stored rotated at their *original absolute* positions, so a kept token
-keeps its true distance to later queries (kvpress's ``StreamingLLMPress`` convention).  The paper
-instead caches keys before RoPE and re-rotates them at their index *within the cache*
-(``pos_shift``), which keeps every distance below the cache size and is what lets a pretrained
-model run past its training length.  For models trained here at the evaluated lengths the two
-coincide until the first eviction and differ only in the distances sinks are seen at afterwards.
-"""
+"""``streaming``: StreamingLLM's attention sinks plus a recent window."""
 
 from __future__ import annotations
 
@@ -32,10 +16,18 @@ from .base import Policy
 class StreamingLLM(Policy):
     """StreamingLLM (Xiao et al. 2023): the first n_sink tokens (attention sinks) plus the most recent.
 
+    "Efficient Streaming Language Models with Attention Sinks" (arXiv 2309.17453, ICLR 2024); reference
+    ``mit-han-lab/streaming-llm:streaming_llm/kv_cache.py`` (``StartRecentKVCache(start_size=4,
+    recent_size=512)``).  Keep positions ``< n_sink`` and the ``budget - n_sink`` most recent, the same
+    for every layer and head.  Deviation from the paper: keys stay rotated at their absolute positions
+    (kvpress's ``StreamingLLMPress``); the paper re-rotates them at their index in the cache
+    (``pos_shift``), which lets a pretrained model run past its training length.  For models trained
+    here at the evaluated lengths the two differ only after the first eviction, in the sinks' distance.
+
     Args:
         budget: tokens kept per layer per head, sinks included (>= n_sink); None: unlimited.
         mode: "step" (evict at every token, as the paper) or "prefill".
-        n_sink: number of initial tokens always kept (paper: 4).
+        n_sink: number of initial tokens always kept (4, the paper's).
     """
 
     n_sink: int = 4

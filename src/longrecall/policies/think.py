@@ -1,33 +1,4 @@
-"""``think``: query-driven pruning of key channels; every token is kept, keys are stored narrower.
-
-Xu et al. 2024, "ThinK: Thinner Key Cache by Query-Driven Pruning" (arXiv 2407.21018, ICLR 2025);
-reference ``SalesforceAIResearch/ThinK:ThinK_flash/src/kv_pruning_utils.py``
-(``key_pruner_query_driven``) and ``ThinK_flash/src/llama_model.py`` (decoding).
-
-Rule (per batch row and head): channel score ``s_c = mean_t q_{t,c}^2 * mean_j k_{j,c}^2`` over
-the last ``window`` queries (reference: 32) and every cached key (the reference's proxy for
-``||Q_c K_c^T||_F``); the ``floor(pruning_ratio * K)`` lowest channels are dropped and the others
-(``K'``) kept, in channel order.  All cached keys except the ``recent`` most recent ones (reference
-``recent_size=32``) are stored with those K' channels only; values are untouched; no token is
-evicted (``budget`` must be None).  The channel set is chosen once, at the first pruning of a row,
-and reused for every later pruning of that row.
-
-Storage: the full-width part stays in ``k, v, pos`` (the recent tokens, and in prefill mode the
-decoded ones); pruned tokens live in ``aux = (k (B, H, N, K'), v (B, H, N, K), pos (B, H, N) int32,
-channels (B, H, K') int64)`` (channels -1 until chosen), so ``state_bytes`` counts the narrower keys.
-Attention (``attend_view``) scatters the kept channels back into zero keys: a query then scores
-``q_kept . k_kept``, exactly what ThinK's decoding computes (it zero-fills pruned channels too,
-``recover_cache``); the softmax scale stays 1/sqrt(K).
-
-Rotary: keys are stored rotated, and channels of the post-rotary keys are pruned, as ThinK's
-implementation does (it prunes after ``apply_rotary_pos_emb``); a rotary pair may lose one half.
-
-Modes: "prefill" (the paper's protocol, default) prunes once at the end of each prompt pass; new
-tokens appended while decoding keep full channels, as in ``ThinK_flash`` (decoded keys join the
-full-width part and are never pruned).  "step" (streaming, not in the paper) prunes every token as
-it leaves the recent window; the channel set is then chosen when the first token leaves it, with
-the current query alone as the window (no query is stored), so it is a much weaker choice.
-"""
+"""``think``: query-driven pruning of key channels; every token is kept, keys are stored narrower."""
 
 from __future__ import annotations
 
@@ -46,13 +17,24 @@ from .base import Observation, Policy, PolicyKVState, keep_mask
 class ThinK(Policy):
     """ThinK (Xu et al. 2024): drop the key channels the last queries use least; tokens all kept.
 
+    "ThinK: Thinner Key Cache by Query-Driven Pruning" (arXiv 2407.21018, ICLR 2025); reference
+    ``SalesforceAIResearch/ThinK:ThinK_flash/src/kv_pruning_utils.py`` (``key_pruner_query_driven``),
+    ``llama_model.py``.  Per row and head, channel score ``mean_t q_{t,c}^2 * mean_j k_{j,c}^2`` (the
+    reference's proxy for ``||Q_c K_c^T||_F``) over the last ``window`` queries and the cached keys; the
+    ``floor(pruning_ratio * K)`` lowest channels are dropped, chosen at a row's first pruning.  Keys but
+    the ``recent`` newest are stored with the kept channels only (post-rotary, as ThinK: a rotary pair
+    may lose one half), in ``aux = (k (B, H, N, K'), v (B, H, N, K), pos (B, H, N) int32, channels
+    (B, H, K') int64, -1 until chosen)``, so ``state_bytes`` counts narrower keys; ``attend_view``
+    scatters them into zero keys (ThinK's ``recover_cache``; softmax scale 1/sqrt(K)).
+
     Args:
         budget: must be None (no token is evicted; the keys are made narrower).
-        mode: "prefill" (prune once after each prompt pass, as the paper; default) or "step"
-            (prune each token as it leaves the recent window).
-        pruning_ratio: share of key channels dropped, floor(ratio * K) of them (paper: 0.4-0.5).
-        recent: most recent tokens whose keys keep every channel (reference: 32).
-        window: last queries scoring the channels (reference: 32).
+        mode: "prefill" (prune at the end of each prompt pass, as the paper; decoded keys keep every
+            channel, as ``ThinK_flash``; default) or "step" (not in the paper: prune each token as it
+            leaves the recent window, channels chosen by the current query alone, a much weaker choice).
+        pruning_ratio: share of key channels dropped, floor(ratio * K) of them (0.4; paper: 0.4-0.5).
+        recent: most recent tokens whose keys keep every channel (32, the reference's).
+        window: last queries scoring the channels (32, the reference's).
     """
 
     mode: str = "prefill"

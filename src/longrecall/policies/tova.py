@@ -1,17 +1,4 @@
-"""``tova``: Token Omission Via Attention, evict the token the current query attends to least.
-
-Oren et al. 2024, "Transformers are Multi-State RNNs" (arXiv 2401.06104, EMNLP 2024); reference
-``schwartz-lab-NLP/TOVA:src/tova_cache.py`` (``TOVACache.reduce(layer_idx, attn_weights)``).
-
-Rule: whenever a layer holds more than ``budget`` tokens, average the *last* query's attention
-probabilities over all heads of the layer and keep the ``budget`` highest (order preserved).  The
-selection is shared by every head, as in the paper (one multi-state per layer); the current token
-is a candidate like any other (the reference code can evict it; kvpress's ``TOVAPress`` forces it
-kept).  In step mode exactly one token, the argmin of the head-averaged attention, leaves per
-step; in prefill mode the last prompt query decides once (kvpress's ``TOVAPress``).
-
-Budget: a fixed number of tokens per layer ("multi-state size", e.g. 512 in the paper).
-"""
+"""``tova``: Token Omission Via Attention, evict the token the current query attends to least."""
 
 from __future__ import annotations
 
@@ -28,15 +15,22 @@ from .base import Observation, Policy, PolicyKVState
 class TOVA(Policy):
     """TOVA (Oren et al. 2024): drop the lowest head-averaged attention of the current query.
 
+    "Transformers are Multi-State RNNs" (arXiv 2401.06104, EMNLP 2024); reference
+    ``schwartz-lab-NLP/TOVA:src/tova_cache.py`` (``TOVACache.reduce``).  Keep the ``budget`` tokens with
+    the highest last-query attention averaged over the layer's heads: one selection per layer (one
+    multi-state), the current token a candidate too (the reference can evict it; kvpress's
+    ``TOVAPress`` keeps it).  Step mode drops one token per step; prefill mode lets the last prompt
+    query decide once (as ``TOVAPress``).
+
     Args:
-        budget: tokens kept per layer (shared by all heads); None: unlimited.
+        budget: tokens kept per layer, shared by all heads ("multi-state size", 512 in the paper);
+            None: unlimited.
         mode: "step" (evict at every token, as the paper) or "prefill".
     """
 
     needs_attention = True
 
     def score(self, state: PolicyKVState, obs: Observation | None) -> Tensor:
-        last = obs.probs[:, :, -1, :]  # (B, H, S): the current (last) query's attention
-        # every head holds the same tokens slot by slot (one shared selection, equal head budgets),
-        # so the head average is aligned and each head keeps the same top tokens
+        last = obs.probs[:, :, -1, :]  # (B, H, S)
+        # every head holds the same tokens slot by slot (one shared selection), so the average is aligned
         return last.mean(dim=1, keepdim=True).expand_as(last)

@@ -1,14 +1,4 @@
-"""``window``: keep the most recent ``budget`` tokens (a sliding window over the cache).
-
-Rule: once ``length`` tokens were seen, the cache holds positions ``[length - budget, length)``.
-In step mode token t therefore attends to positions ``max(0, t - budget) .. t`` (``budget + 1``
-tokens: the cache plus itself), which is the closed-form mask of the parallel form.
-
-Compared with the ``sliding_window`` mixer (window W = keys each query sees, itself included),
-``window`` with budget B equals ``sliding_window`` with W = B + 1 at every query; its state
-between steps holds B tokens rather than W.  It is the "window attention" baseline of
-StreamingLLM (Xiao et al. 2023), which fails once the first tokens leave the cache.
-"""
+"""``window``: keep the most recent ``budget`` tokens (a sliding window over the cache)."""
 
 from __future__ import annotations
 
@@ -24,6 +14,11 @@ from .base import Policy
 @dataclass
 class Window(Policy):
     """Sliding-window baseline: keep the most recent budget tokens.
+
+    The cache holds positions ``[length - budget, length)``: in step mode token t attends to ``max(0,
+    t - budget) .. t`` (a closed-form mask), as the ``sliding_window`` mixer with W = budget + 1, whose
+    state holds W tokens rather than budget.  StreamingLLM's "window attention" baseline (Xiao et al.
+    2023, arXiv 2309.17453), which fails once the first tokens leave the cache.
 
     Args:
         budget: tokens kept per layer per head (None: unlimited, i.e. full attention).
