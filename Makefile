@@ -22,7 +22,9 @@ setup: $(VENV)/.installed
 demo: setup
 	$(PY) -m longrecall arena --preset quick --store runs/quick.db --executor process --workers 2 --report report
 
+# the linter first (pyproject.toml [tool.ruff]: pyflakes, pycodestyle, isort, bugbear; 120 columns), then the suite
 test: setup
+	$(PY) -m ruff check src tests configs
 	$(PY) -m pytest
 
 test-slow: setup

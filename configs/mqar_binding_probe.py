@@ -7,7 +7,7 @@ but not which key each belongs to: accuracy ~ 1/P) or a token that is not (nothi
 `bench` extra), trained on the same batches with the same loss and optimiser, to tell an
 implementation bug from a property of the mechanism at this budget.
 
-    python configs/mqar_binding_probe.py                       # mamba, mamba2, s4d, linear_attention, gla, attention, mambapy
+    python configs/mqar_binding_probe.py  # mamba, mamba2, s4d, linear_attention, gla, attention, mambapy
     python configs/mqar_binding_probe.py --models mamba --steps 3000 --lr 1e-3
 
 Numbers in docs/results.md ("Why Mamba stops at 1/P") come from this script.
@@ -118,13 +118,15 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     print(f"MQAR vocab {args.vocab}, T={args.seq_len}, {args.pairs} pairs; width {args.d_model}, 2 layers, "
-          f"{args.steps} steps at batch 32, lr {args.lr}; chance {2 / args.vocab:.3f}, bag of values {1 / args.pairs:.3f}")
+          f"{args.steps} steps at batch 32, lr {args.lr}; chance {2 / args.vocab:.3f}, "
+          f"bag of values {1 / args.pairs:.3f}")
     print("| model | held-out accuracy by step | final | wrong but a value of the context | not in the context |")
     print("|---|---|---|---|---|")
     for name in args.models.split(","):
         r = run(name, args)
         curve = ", ".join(f"{a:.3f}" for _, a in r["curve"])
-        print(f"| {name} | {curve} | {r['accuracy']:.3f} | {r['wrong_but_in_context']:.3f} | {r['not_in_context']:.3f} |",
+        print(f"| {name} | {curve} | {r['accuracy']:.3f} | {r['wrong_but_in_context']:.3f} | "
+              f"{r['not_in_context']:.3f} |",
               flush=True)
 
 

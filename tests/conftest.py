@@ -9,9 +9,9 @@ tests/adapters) and ``mixer_helpers`` (tests/mixers). A helper lives in the near
 import pytest
 import torch
 
-import longrecall.mixers  # noqa: F401  registers every mixer
-import longrecall.policies  # noqa: F401  registers every KV-cache policy
-import longrecall.tasks  # noqa: F401  registers every task
+import longrecall.mixers  # registers every mixer
+import longrecall.policies  # registers every KV-cache policy
+import longrecall.tasks  # noqa: F401 - registers every task
 
 
 @pytest.fixture(autouse=True)

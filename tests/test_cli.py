@@ -21,7 +21,8 @@ def test_ls_lists_every_kind_and_json():
 
 
 def test_ls_state_bytes_measures_the_state_at_a_length():
-    out = cli("ls", "mixers", "--state-bytes", "--widths", "16,32", "--length", "40", "--mixers", "attention,s4d,gla", "--json")
+    out = cli("ls", "mixers", "--state-bytes", "--widths", "16,32", "--length", "40", "--mixers", "attention,s4d,gla",
+              "--json")
     assert out.returncode == 0, out.stderr
     rows = {row["name"]: row for row in json.loads(out.stdout)["rows"]}
     # attention's cache after 40 tokens: keys and values (2 * 40 * D float32) + int32 positions per head
@@ -52,7 +53,8 @@ def test_train_prints_accuracy_and_writes_metrics(tmp_path):
 
 @pytest.mark.parametrize(
     "args,message",
-    [(["--stpes=3"], "Did you mean: steps"), (["--mixer", "sliding_windw"], "Did you mean: sliding_window"), (["--steps=-1"], "steps")],
+    [(["--stpes=3"], "Did you mean: steps"), (["--mixer", "sliding_windw"], "Did you mean: sliding_window"),
+     (["--steps=-1"], "steps")],
 )
 def test_train_bad_config_exits_2_with_message(args, message):
     out = cli("train", *args)

@@ -29,7 +29,8 @@ def test_wrong_types_rejected(arg):
 @pytest.mark.parametrize(
     "kwargs,name",
     [(dict(steps=0), "steps"), (dict(lr=0.0), "lr"), (dict(layers=["nope"]), "layers"), (dict(task="nope"), "task"),
-     (dict(min_lr_ratio=2.0), "min_lr_ratio"), (dict(batch_size=-1), "batch_size"), (dict(warmup_steps=-1), "warmup_steps")],
+     (dict(min_lr_ratio=2.0), "min_lr_ratio"), (dict(batch_size=-1), "batch_size"),
+     (dict(warmup_steps=-1), "warmup_steps")],
 )
 def test_invalid_values_named(kwargs, name):
     with pytest.raises(ConfigError, match=name):
@@ -47,10 +48,12 @@ def test_another_task_starts_from_its_own_defaults():
     from longrecall.tasks.mqar import CPU_SCALE
 
     assert TrainConfig().task_kwargs == CPU_SCALE
-    assert load_config(TrainConfig, None, ["--task_kwargs.num_kv_pairs=8"]).task_kwargs == {**CPU_SCALE, "num_kv_pairs": 8}
+    assert (load_config(TrainConfig, None, ["--task_kwargs.num_kv_pairs=8"]).task_kwargs
+            == {**CPU_SCALE, "num_kv_pairs": 8})
     # MQAR's CPU-scale arguments must not leak into another task
     assert load_config(TrainConfig, None, ["--task=passkey"]).task_kwargs == {}
-    assert load_config(TrainConfig, None, ["--task=copy", "--task_kwargs.string_length=8"]).task_kwargs == {"string_length": 8}
+    assert (load_config(TrainConfig, None, ["--task=copy", "--task_kwargs.string_length=8"]).task_kwargs
+            == {"string_length": 8})
     assert TrainConfig(task="copy").task_kwargs == {}
 
 

@@ -1,13 +1,16 @@
+import pytest
 import torch
 
-from longrecall.evaluate import EvalAccumulator, distance_bucket, evaluate
+from longrecall.evaluate import EvalAccumulator, distance_bucket, evaluate, evaluate_policy
 from longrecall.models import LanguageModel
+from longrecall.registry import POLICIES
 from longrecall.tasks.base import Batch
 from longrecall.tasks.mqar import MQAR
 
 
 def test_distance_buckets():
-    assert [distance_bucket(d) for d in (0, 1, 2, 3, 4, 7, 8, 300)] == ["0", "1", "2-3", "2-3", "4-7", "4-7", "8-15", "256-511"]
+    assert ([distance_bucket(d) for d in (0, 1, 2, 3, 4, 7, 8, 300)]
+            == ["0", "1", "2-3", "2-3", "4-7", "4-7", "8-15", "256-511"])
 
 
 def test_accumulator_counts_overall_slice_and_distance():
@@ -41,11 +44,6 @@ def test_evaluate_several_lengths_and_pairs():
 
 
 # ----------------------------------------------------------------------------- under a KV-cache policy
-
-import pytest  # noqa: E402
-
-from longrecall.evaluate import evaluate_policy  # noqa: E402
-from longrecall.registry import POLICIES  # noqa: E402
 
 
 @pytest.fixture(scope="module")

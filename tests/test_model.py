@@ -7,9 +7,10 @@ LAYERS = [["attention", "attention"], ["s4d", "sliding_window"], ["attention", "
 
 
 @pytest.mark.parametrize("short_conv", [0, 4])
-@pytest.mark.parametrize("layers", LAYERS, ids=["+".join(l) for l in LAYERS])
+@pytest.mark.parametrize("layers", LAYERS, ids=["+".join(layers) for layers in LAYERS])
 def test_step_and_generate_match_the_parallel_form(layers, short_conv):
-    model = LanguageModel(50, 16, layers, mixer_kwargs={"sliding_window": {"window": 4}}, short_conv=short_conv).double()
+    model = LanguageModel(50, 16, layers, mixer_kwargs={"sliding_window": {"window": 4}},
+                          short_conv=short_conv).double()
     tokens = torch.randint(50, (2, 11))
     logits, state = model(tokens)
     stepped = model.init_state(2, dtype=torch.float64)

@@ -25,7 +25,7 @@ def test_mqar_targets_and_distances_are_true_for_any_valid_config(config, seed):
     task = MQAR(**config)
     batch = task.build(3, seed)
     P = task.num_kv_pairs
-    for x, y, d in zip(batch.inputs, batch.targets, batch.distance):
+    for x, y, d in zip(batch.inputs, batch.targets, batch.distance, strict=True):
         keys, values = x[0 : 2 * P : 2].tolist(), x[1 : 2 * P : 2].tolist()
         scored = (y != IGNORE_INDEX).nonzero().flatten().tolist()
         assert len(scored) == P

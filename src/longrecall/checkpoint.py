@@ -56,7 +56,8 @@ def _json_default(obj):
     return str(obj)
 
 
-def save_checkpoint(directory: str | Path, model, optimizer, scheduler, step: int, config: dict, extra: dict | None = None) -> None:
+def save_checkpoint(directory: str | Path, model, optimizer, scheduler, step: int, config: dict,
+                    extra: dict | None = None) -> None:
     """Write ``model-STEP.safetensors`` and ``optimizer-STEP.pt``, then ``checkpoint.json`` naming them.
 
     The manifest is replaced last and atomically, so it always names a complete set of files; the
@@ -108,7 +109,8 @@ def load_weights(directory: str | Path, model) -> dict:
     # tied parameters are stored once; anything else missing is an error
     tied = {name for name in missing if name == "head.weight" and model.head.weight is model.embedding.weight}
     if set(missing) - tied or unexpected:
-        raise RuntimeError(f"checkpoint does not match the model: missing {sorted(set(missing) - tied)}, unexpected {unexpected}")
+        raise RuntimeError(f"checkpoint does not match the model: missing {sorted(set(missing) - tied)}, "
+                           f"unexpected {unexpected}")
     return manifest
 
 

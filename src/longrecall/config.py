@@ -27,8 +27,16 @@ else:  # pragma: no cover
 
 from .registry import MIXERS, TASKS
 from .tasks.mqar import CPU_SCALE
-from .validation import (ArgumentError, check_bool, check_choice, check_int, check_positive, check_ratio, is_int,
-                         is_number)
+from .validation import (
+    ArgumentError,
+    check_bool,
+    check_choice,
+    check_int,
+    check_positive,
+    check_ratio,
+    is_int,
+    is_number,
+)
 
 
 class ConfigError(ValueError):
@@ -59,7 +67,8 @@ class TrainConfig:
     task_kwargs: dict | None = None  # None: the CPU-scale MQAR for "mqar", the task's own defaults otherwise
     eval_task_kwargs: list = field(default_factory=list)
     # the recipe (README "Training recipe"): what the loss reads, and how long a run may train
-    loss_on: str = "answers"  # "answers": cross-entropy at the scored positions (Zoology); "all": next-token at every position (MAD)
+    # "answers": cross-entropy at the scored positions (Zoology); "all": next-token at every position (MAD)
+    loss_on: str = "answers"
     max_steps: int | None = None  # a run still "learning" at `steps` continues, one eval interval at a time, up to this
     target_accuracy: float | None = 0.99  # held-out accuracy that counts as converged (convergence.py); None: never
     compile: bool = False  # torch.compile the training step (falls back to eager, with a warning, where it fails)
@@ -132,7 +141,8 @@ def default_task_kwargs(task: str) -> dict:
 def _type_ok(value: Any, annotation: Any) -> bool:
     """A small runtime check of ``value`` against a field annotation (int/float/str/bool/list/dict/Optional)."""
     if isinstance(annotation, str):
-        annotation = eval(annotation, {"list": list, "dict": dict, "int": int, "float": float, "str": str, "bool": bool})
+        annotation = eval(annotation, {"list": list, "dict": dict, "int": int, "float": float, "str": str,
+                                       "bool": bool})
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         return any(_type_ok(value, arg) for arg in typing.get_args(annotation))

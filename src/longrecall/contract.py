@@ -61,7 +61,7 @@ def assert_close(actual, expected, what: str, atol: float = ATOL, rtol: float = 
     a, e = state_leaves(actual), state_leaves(expected)
     if len(a) != len(e):
         raise ContractError(f"{what}: {len(a)} tensors vs {len(e)} expected")
-    for i, (x, y) in enumerate(zip(a, e)):
+    for i, (x, y) in enumerate(zip(a, e, strict=True)):
         label = f"{what}[{i}]" if len(a) > 1 else what
         if x.shape != y.shape:
             raise ContractError(f"{label}: shape {tuple(x.shape)} vs expected {tuple(y.shape)}")
@@ -133,7 +133,7 @@ def check_batch_independence(make: Callable[[], Mixer], T: int = 11) -> None:
         for i in range(3):
             yi, si = mixer(x[i : i + 1])
             assert_close(yi, y[i : i + 1], f"outputs of sequence {i} alone vs in a batch")
-            assert_close(si, state_map(lambda t: t[i : i + 1], s), f"state of sequence {i} alone vs in a batch")
+            assert_close(si, state_map(lambda t, i=i: t[i : i + 1], s), f"state of sequence {i} alone vs in a batch")
 
 
 def check_no_state_mutation(make: Callable[[], Mixer], T: int = 7) -> None:
@@ -205,7 +205,7 @@ def check_gradients(make: Callable[[], Mixer], T: int = 9) -> None:
     g_par = torch.autograd.grad((y_par * weight).sum(), [x, *params], allow_unused=True)
     y_seq, _ = mixer.step_loop(x, mixer.init_state(2, dtype=DTYPE))
     g_seq = torch.autograd.grad((y_seq * weight).sum(), [x, *params], allow_unused=True)
-    for name, gp, gs in zip(["input"] + names, g_par, g_seq):
+    for name, gp, gs in zip(["input"] + names, g_par, g_seq, strict=True):
         if gp is None or not torch.isfinite(gp).all() or gp.abs().max() == 0:
             raise ContractError(f"no (finite, nonzero) gradient reaches {name!r} through forward()")
         if gs is None:
@@ -228,7 +228,7 @@ def check_bad_input(make: Callable[[], Mixer]) -> None:
             call()
         except ValueError as error:
             if "x" not in str(error):
-                raise ContractError(f"{label}: the error does not name the argument: {error}")
+                raise ContractError(f"{label}: the error does not name the argument: {error}") from error
         else:
             raise ContractError(f"{label}: no ValueError raised")
 

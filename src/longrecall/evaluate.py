@@ -68,7 +68,7 @@ class EvalAccumulator:
                 rows = values == value
                 self.by_slice[name][value].add(per_example_hit[rows].sum(), per_example_total[rows].sum())
         distances, hits = batch.distance[scored].tolist(), hit[scored].tolist()
-        for d, h in zip(distances, hits):
+        for d, h in zip(distances, hits, strict=True):
             self.by_distance[distance_bucket(d)].add(h, 1)
 
     def result(self) -> dict:
@@ -138,7 +138,7 @@ def _resident_hook(policy):
     hook = getattr(type(policy), "resident_bytes", None) if policy is not None else None
     if hook is None or hook is getattr(Policy, "resident_bytes", None):
         return None
-    return getattr(policy, "resident_bytes")
+    return policy.resident_bytes
 
 
 def _held_bytes(model, state, layers: list[int], resident) -> tuple[int, int | None]:

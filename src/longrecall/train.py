@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 import torch
-from torch import Tensor
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch import Tensor
 
 from . import __version__, convergence
 from .checkpoint import atomic_write_json, load_checkpoint, read_manifest, save_checkpoint
@@ -144,8 +144,8 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 def progress_columns() -> list:
-    return [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(), TimeRemainingColumn()]
+    return [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn()]
 
 
 def train(config: TrainConfig, *, progress: bool | Progress = True, resume: bool = True, log=print) -> dict:
@@ -215,7 +215,8 @@ def train(config: TrainConfig, *, progress: bool | Progress = True, resume: bool
             targets = training_targets(batch, config.loss_on)
             loss, logits, labels = loss_fn(batch.inputs, targets)
             if not torch.isfinite(loss):
-                where = f"the last good checkpoint (step {last_checkpoint}) in {out_dir} is kept" if last_checkpoint is not None else "no checkpoint was written"
+                where = (f"the last good checkpoint (step {last_checkpoint}) in {out_dir} is kept"
+                         if last_checkpoint is not None else "no checkpoint was written")
                 status = "diverged"
                 metrics = _write_metrics(out_dir, config, history, evals, status, n_params, train_seconds,
                                          tokens_per_step, task, diverged=True)
@@ -262,7 +263,7 @@ def compiled_loss(model: LanguageModel, log=print):
     """
     try:
         compiled = torch.compile(model.loss, dynamic=False)
-    except Exception as error:  # noqa: BLE001 - torch.compile unsupported here
+    except Exception as error:  # torch.compile unsupported here
         log(f"compile: torch.compile is unavailable ({error}); training eagerly")
         return model.loss
     state = {"fn": compiled}
@@ -270,10 +271,11 @@ def compiled_loss(model: LanguageModel, log=print):
     def loss(inputs, targets):
         try:
             return state["fn"](inputs, targets)
-        except Exception as error:  # noqa: BLE001 - a backend failure: same maths, eager
+        except Exception as error:  # a backend failure: same maths, eager
             if state["fn"] is model.loss:
                 raise
-            log(f"compile: torch.compile failed ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
+            log(f"compile: torch.compile failed ({type(error).__name__}: "
+                f"{str(error).splitlines()[0] if str(error) else ''}); "
                 "training eagerly")
             state["fn"] = model.loss
             return model.loss(inputs, targets)

@@ -10,15 +10,16 @@ import torch
 
 pytest.importorskip("transformers", reason="the hf adapter needs the `hf` extra (transformers is not installed)")
 
-from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS  # noqa: E402
+from transformers import LlamaConfig, LlamaForCausalLM
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from longrecall.adapters import hf  # noqa: E402
-from longrecall.adapters.hf import ATTN_IMPLEMENTATION, LongrecallCache, apply_policy, kv_policy  # noqa: E402
-from longrecall.mixers.attention import Attention  # noqa: E402
-from longrecall.policies.base import kept_positions  # noqa: E402
-from longrecall.registry import POLICIES  # noqa: E402
-from policy_helpers import inputs, make_attention, run_steps  # noqa: E402
+from longrecall.adapters import hf
+from longrecall.adapters.hf import ATTN_IMPLEMENTATION, LongrecallCache, apply_policy, kv_policy
+from longrecall.mixers.attention import Attention
+from longrecall.policies.base import kept_positions
+from longrecall.registry import POLICIES
+
+from policy_helpers import inputs, make_attention, run_steps
 
 NAMES = POLICIES.names()
 BOUNDED = [n for n in NAMES if POLICIES.get(n).bounded]
@@ -293,7 +294,7 @@ def test_cache_tensors_shrink_to_the_budget(name, mode):
         logits = model(ids, cache=cache).logits
         budgets = [layer.bound.budget for layer in cache.layers]  # 32, or the layer's share (pyramidkv)
         assert sum(budgets) <= 32 * N_LAYERS
-        for layer, budget in zip(cache.layers, budgets):
+        for layer, budget in zip(cache.layers, budgets, strict=True):
             assert layer.state.pos.shape[2] == budget
             for leaf in (layer.state.k, layer.state.v, layer.state.pos, *layer.state.extra):
                 held = leaf.untyped_storage().nbytes()
@@ -301,7 +302,7 @@ def test_cache_tensors_shrink_to_the_budget(name, mode):
         assert cache.state_bytes() < full.state_bytes()
         for step in range(1, 6):
             logits = model(logits[:, -1:].argmax(-1), cache=cache).logits
-            for layer, budget in zip(cache.layers, budgets):
+            for layer, budget in zip(cache.layers, budgets, strict=True):
                 expected = budget if mode == "step" else budget + step  # prefill mode: decoding appends
                 assert layer.state.pos.shape[2] == expected
                 if mode == "prefill":

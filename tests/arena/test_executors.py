@@ -72,7 +72,8 @@ def test_report_and_export_from_the_cli(tmp_path):
     assert (tmp_path / "r2" / "report.md").read_text().count("| attention") >= 1
     for fmt in ("csv", "jsonl"):
         target = tmp_path / f"runs.{fmt}"
-        out = subprocess.run([sys.executable, "-m", "longrecall", "export", str(store), "--format", fmt, "-o", str(target)],
+        out = subprocess.run([sys.executable, "-m", "longrecall", "export", str(store), "--format", fmt,
+                              "-o", str(target)],
                              capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr
         assert target.exists()
@@ -81,7 +82,8 @@ def test_report_and_export_from_the_cli(tmp_path):
 
 
 def test_cli_presets_and_bad_specs(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "longrecall", "arena", "--list-presets"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-m", "longrecall", "arena", "--list-presets"],
+                         capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "quick" in out.stdout and "zoology-mqar" in out.stdout
     bad = tmp_path / "bad.toml"
     bad.write_text('name = "bad"\nmixers = ["atention"]\ntasks = ["mqar"]\nlengths = [16]\nwidths = [16]\n')

@@ -14,7 +14,7 @@ import pytest
 from longrecall.arena import Store, load_spec, run_arena
 from longrecall.arena.runner import checkpoint_root
 from longrecall.arena.spec import budget_key
-from longrecall.arena.store import SCHEMA_VERSION, _SCHEMA
+from longrecall.arena.store import _SCHEMA, SCHEMA_VERSION
 
 SPEC = {
     "name": "kv",
@@ -81,7 +81,8 @@ def test_end_to_end_evaluations_are_written_once(arena_store):
     rows = _evals(store)
     assert len(rows) == 4 and len({(r["run_id"], r["policy_key"], r["budget_key"]) for r in rows}) == 4
     by = {(r["policy_label"], r["budget_key"]): r for r in rows}
-    assert set(by) == {("window", "0.25"), ("window", "2"), ("h2o(recent_ratio=0.5)", "0.25"), ("h2o(recent_ratio=0.5)", "2")}
+    assert set(by) == {("window", "0.25"), ("window", "2"),
+                       ("h2o(recent_ratio=0.5)", "0.25"), ("h2o(recent_ratio=0.5)", "2")}
     window = by[("window", "0.25")]
     assert window["status"] == "done" and window["budget"] == 0.25 and window["budget_tokens"] == 4
     assert window["context_len"] == 16 and window["mode"] == "step" and window["protocol"]

@@ -36,7 +36,8 @@ threads = 1
 
 
 def start(spec: Path, store: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "longrecall", "arena", str(spec), "--store", str(store), "--no-progress"],
+    return subprocess.Popen([sys.executable, "-m", "longrecall", "arena", str(spec), "--store", str(store),
+                             "--no-progress"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

@@ -140,7 +140,8 @@ def test_duplicates_collapse():
         ({"policies": ["window", {"name": "h20"}], "budgets": [8]}, "policies[1].name"),
         ({"policies": ["window", "windw"], "budgets": [8]}, "policies[1]"),
         ({"policies": [{"name": "h2o", "kwargs": {"recnt": 2}}], "budgets": [8]}, "policies[0].kwargs.recnt"),
-        ({"policies": [{"name": "h2o", "kwargs": {"recent_ratio": 2.0}}], "budgets": [8]}, "policies[0].kwargs.recent_ratio"),
+        ({"policies": [{"name": "h2o", "kwargs": {"recent_ratio": 2.0}}], "budgets": [8]},
+         "policies[0].kwargs.recent_ratio"),
         ({"policies": [{"name": "h2o", "kwargs": {"budget": 2}}], "budgets": [8]}, "policies[0].kwargs.budget"),
         ({"policies": [{"name": "h2o", "mode": "eager"}], "budgets": [8]}, "policies[0].mode"),
         ({"policies": [{"name": "h2o", "nmae": "x"}], "budgets": [8]}, "policies[0].nmae"),
@@ -198,7 +199,8 @@ def test_toml_loading(tmp_path):
     assert spec.name == "demo"  # named after the file
     assert [r.id for r in spec.expand()] == [r.id for r in load_spec(grid(name="demo")).expand()]
     bad = tmp_path / "bad.toml"
-    bad.write_text('name = "x"\nmixers = ["attention"]\ntasks = ["mqar"]\nlengths = [32]\nwidths = [16]\n[train]\nstpes = 1\n')
+    bad.write_text('name = "x"\nmixers = ["attention"]\ntasks = ["mqar"]\nlengths = [32]\nwidths = [16]\n'
+                   '[train]\nstpes = 1\n')
     with pytest.raises(ConfigError, match=r"^train\.stpes"):
         load_spec(bad)
     broken = tmp_path / "broken.toml"
@@ -231,7 +233,8 @@ def test_python_spec_and_configs(tmp_path):
     assert runs[0].labels["mixer"] == "attention" and runs[1].labels["mixer"] == "s4d+attention"
     assert runs[0].labels["seq_len"] == 32 and runs[1].labels["seed"] == 1 and runs[0].spec_name == "configs"
     # the same run through the grid has the same id
-    same = load_spec({"name": "g", "mixers": ["attention"], "tasks": [{"task": "mqar", "kwargs": {"vocab_size": 64, "num_kv_pairs": 4}}],
+    same = load_spec({"name": "g", "mixers": ["attention"],
+                      "tasks": [{"task": "mqar", "kwargs": {"vocab_size": 64, "num_kv_pairs": 4}}],
                       "lengths": [32], "widths": [16], "train": {"steps": 3}}).expand()
     assert same[0].id == runs[0].id
 

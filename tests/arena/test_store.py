@@ -30,7 +30,8 @@ def fake_metrics(config: dict, accuracy: float = 0.75) -> dict:
              "by_distance": {"1": {"accuracy": 1.0, "scored": 4}, "2-3": {"accuracy": 0.5, "scored": 36}},
              "state_bytes": {"32": 4096, "128": 16384}}
     return {"status": "done", "config": config, "task": {"task": "mqar", "version": 1, "seq_len": 32},
-            "steps": 2, "parameters": 12345, "train_seconds": 1.5, "eval_seconds": 0.125, "train_tokens_per_second": 321.0,
+            "steps": 2, "parameters": 12345, "train_seconds": 1.5, "eval_seconds": 0.125,
+            "train_tokens_per_second": 321.0,
             "final_eval": final, "evals": [final], "history": [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}],
             "versions": {"longrecall": "0.1.0", "torch": "9.9.9"}}
 
@@ -247,7 +248,8 @@ def _worker(path, queue, barrier):
 
 def test_concurrent_claims_never_overlap(tmp_path):
     path = tmp_path / "shared.sqlite"
-    runs = load_spec({"name": "c", "mixers": ["attention"], "tasks": [{"task": "mqar", "kwargs": {"vocab_size": 64, "num_kv_pairs": 4}}],
+    runs = load_spec({"name": "c", "mixers": ["attention"],
+                      "tasks": [{"task": "mqar", "kwargs": {"vocab_size": 64, "num_kv_pairs": 4}}],
                       "lengths": [32], "widths": [16], "seeds": list(range(40)), "train": {"steps": 2}}).expand()
     with Store.open(path) as store:
         assert store.add_runs(runs) == 40
@@ -349,7 +351,8 @@ def test_a_schema_2_store_gains_convergence_computed_from_its_histories(tmp_path
         conn.execute("INSERT INTO runs (id, status, config, labels, history, evals, created_at) "
                      "VALUES (?, 'done', '{}', '{}', ?, ?, 'x')",
                      (rid, flat, json.dumps([{"step": s, "accuracy": a} for s, a in evals])))
-    conn.execute("INSERT INTO runs (id, status, config, labels, created_at) VALUES ('todo', 'pending', '{}', '{}', 'x')")
+    conn.execute("INSERT INTO runs (id, status, config, labels, created_at) "
+                 "VALUES ('todo', 'pending', '{}', '{}', 'x')")
     conn.commit()
     conn.close()
     with Store.open(path, create=False) as db:
@@ -364,7 +367,8 @@ def test_a_diverged_run_is_stored_as_a_result_with_its_status(tmp_path, monkeypa
     from longrecall.arena.runner import work_loop
     from longrecall.models import LanguageModel
 
-    spec = load_spec({"name": "d", "mixers": ["attention"], "tasks": [{"task": "mqar", "kwargs": {"vocab_size": 32, "num_kv_pairs": 2}}],
+    spec = load_spec({"name": "d", "mixers": ["attention"],
+                      "tasks": [{"task": "mqar", "kwargs": {"vocab_size": 32, "num_kv_pairs": 2}}],
                       "lengths": [16], "widths": [16], "train": {"steps": 6, "batch_size": 4, "eval_every": 3,
                                                                "eval_examples": 8, "warmup_steps": 1}})
     path = tmp_path / "d.db"

@@ -4,14 +4,16 @@ state bytes and arguments."""
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import pytest
 import torch
-from mixer_helpers import rand_x_for, seeded
 
 from longrecall.mixers.based import Based, BasedState, taylor_feature_map, taylor_read, taylor_write
 from longrecall.mixers.sliding_window import SlidingWindowAttention
 from longrecall.registry import get_mixer
+
+from mixer_helpers import rand_x_for, seeded
 
 D_MODEL, N_HEADS, FEATURE_DIM, WINDOW = 8, 2, 4, 4
 
@@ -107,10 +109,10 @@ def test_kernel_form_equals_the_feature_form_outputs_state_and_gradients(T, chun
         _, kv, z = model.linear_branch_features(rand_x(T=6, seed=3), kv, z, impl="naive")
     fast, g_fast = branch_and_grads(model, x, kv, z, model.linear_branch, carried)
     for impl in ("chunked", "naive"):
-        ref, g_ref = branch_and_grads(model, x, kv, z, lambda *a: model.linear_branch_features(*a, impl=impl), carried)
-        for a, b in zip(fast, ref):
+        ref, g_ref = branch_and_grads(model, x, kv, z, partial(model.linear_branch_features, impl=impl), carried)
+        for a, b in zip(fast, ref, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
-        for a, b in zip(g_fast, g_ref):
+        for a, b in zip(g_fast, g_ref, strict=True):
             if b is None:
                 assert a is None or a.abs().max() == 0
             else:
@@ -136,7 +138,7 @@ def test_split_forward_equals_whole_and_step_loop(k):
     torch.testing.assert_close(torch.cat([y1, y2], 1), y, rtol=1e-10, atol=1e-10)
     y_loop, s_loop = model.step_loop(x, model.init_state(2))
     torch.testing.assert_close(y_loop, y, rtol=1e-10, atol=1e-10)
-    for a, b, c in zip(s2[:2], state[:2], s_loop[:2]):
+    for a, b, c in zip(s2[:2], state[:2], s_loop[:2], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
         torch.testing.assert_close(c, b, rtol=1e-10, atol=1e-10)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from mixer_helpers import F64, rand_x_for, seeded
 
 from longrecall.contract import assert_close
 from longrecall.mixers.deltanet import DeltaNet, DeltaNetState
@@ -13,6 +12,8 @@ from longrecall.modules import delta_rule_step, l2norm
 from longrecall.ops.linear_attn import delta_rule, linear_attn
 from longrecall.protocol import state_clone
 from longrecall.registry import get_mixer
+
+from mixer_helpers import F64, rand_x_for, seeded
 
 D_MODEL = 16
 

@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from mixer_helpers import F64, rand_x_for, seeded
 
 from longrecall.contract import assert_close
 from longrecall.mixers.deltanet import DeltaNet
@@ -15,6 +14,8 @@ from longrecall.mixers.gated_deltanet import GatedDeltaNet, GatedDeltaNetState
 from longrecall.modules import delta_rule_step
 from longrecall.protocol import state_clone
 from longrecall.registry import get_mixer
+
+from mixer_helpers import F64, rand_x_for, seeded
 
 D_MODEL = 16
 

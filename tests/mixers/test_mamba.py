@@ -7,12 +7,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from mixer_helpers import rand_x_for, seeded
 
 from longrecall.contract import assert_close
 from longrecall.mixers.mamba import Mamba
 from longrecall.protocol import state_clone
 from longrecall.registry import get_mixer
+
+from mixer_helpers import rand_x_for, seeded
 
 D_MODEL, D_STATE, D_CONV, EXPAND = 8, 4, 4, 2
 

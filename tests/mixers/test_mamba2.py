@@ -5,12 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from mixer_helpers import rand_x_for, seeded
 
 from longrecall.contract import assert_close
 from longrecall.mixers.mamba2 import Mamba2
 from longrecall.protocol import state_clone
 from longrecall.registry import get_mixer
+
+from mixer_helpers import rand_x_for, seeded
 
 D_MODEL, D_STATE, D_CONV, HEADDIM = 8, 4, 4, 4  # E = 16 inner channels, H = 4 heads
 

@@ -7,11 +7,12 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from mixer_helpers import rand_x_for, seeded
 
 from longrecall.mixers.mlstm import MLSTM, MLSTMState
 from longrecall.protocol import state_clone
 from longrecall.registry import get_mixer
+
+from mixer_helpers import rand_x_for, seeded
 
 D_MODEL, N_HEADS = 8, 2
 DH = D_MODEL // N_HEADS
@@ -33,7 +34,10 @@ rand_x = rand_x_for(D_MODEL, T=10)
 
 def projections(model: MLSTM, x):
     """Per head, the paper's orientation: q, k / sqrt(d), v (B, T, H, d); i~, f~ (B, T, H)."""
-    heads = lambda t: t.view(*t.shape[:-1], N_HEADS, DH)  # noqa: E731
+
+    def heads(t):
+        return t.view(*t.shape[:-1], N_HEADS, DH)
+
     q, k, v = heads(model.q_proj(x)), heads(model.k_proj(x)) / DH**0.5, heads(model.v_proj(x))
     return q, k, v, model.igate(x), model.fgate(x)
 
@@ -95,7 +99,7 @@ def test_step_equals_the_paper_stabilised_recurrence(impl):
     y_ref, state_ref = paper_recurrence(model, x)
     for y, state in (model.step_loop(x, model.init_state(2, dtype=torch.float64)), model(x)):
         torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-12)
-        for got, want in zip(state, state_ref):  # the very same (C, n, m), not a rescaling
+        for got, want in zip(state, state_ref, strict=True):  # the very same (C, n, m), not a rescaling
             torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
@@ -113,7 +117,7 @@ def test_chunked_carry_keeps_the_stabilised_state(k):
     y1, s1 = model(x[:, :k])
     y2, s2 = model(x[:, k:], s1)
     torch.testing.assert_close(torch.cat([y1, y2], 1), y, rtol=1e-10, atol=1e-12)
-    for got, want in zip(s2, state):
+    for got, want in zip(s2, state, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
@@ -135,7 +139,7 @@ def test_step_does_not_mutate_state():
     before = state_clone(state)
     model.step(x[:, 0], state)
     model(x, state)
-    for got, want in zip(state, before):
+    for got, want in zip(state, before, strict=True):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import longrecall.mixers  # noqa: F401  (registers the mixers)
+import longrecall.mixers  # noqa: F401 - registers the mixers
 from longrecall.contract import assert_close, build
 from longrecall.modules import RMSNorm, ShortConvolution
 from longrecall.protocol import Mixer
@@ -42,7 +42,10 @@ def test_rms_norm_gates_after_or_before_the_norm():
     norm = RMSNorm(8, eps=1e-5).double()
     with torch.no_grad():
         norm.weight.normal_()
-    rms = lambda t: t / (t.square().mean(-1, keepdim=True) + 1e-5).sqrt()  # noqa: E731
+
+    def rms(t):
+        return t / (t.square().mean(-1, keepdim=True) + 1e-5).sqrt()
+
     torch.testing.assert_close(norm(x), rms(x) * norm.weight)
     torch.testing.assert_close(norm(x, gate), rms(x) * norm.weight * F.silu(gate))
     norm.gate_first = True

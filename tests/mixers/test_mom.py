@@ -5,15 +5,24 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from mixer_helpers import F64, rand_x_for, seeded
 
 from longrecall.contract import assert_close
 from longrecall.mixers.gated_deltanet import GatedDeltaNet
-from longrecall.mixers.mom import (MoM, MoMState, ShiftedProducts, gathered_short_conv, route_index,
-                                   routed_short_conv, routed_short_conv_step, shifted_products)
+from longrecall.mixers.mom import (
+    MoM,
+    MoMState,
+    ShiftedProducts,
+    gathered_short_conv,
+    route_index,
+    routed_short_conv,
+    routed_short_conv_step,
+    shifted_products,
+)
 from longrecall.modules import ShortConvolution
 from longrecall.protocol import state_clone
 from longrecall.registry import get_mixer
+
+from mixer_helpers import F64, rand_x_for, seeded
 
 D_MODEL = 16
 
@@ -237,7 +246,7 @@ def test_shifted_products_backward_equals_autograd(W):
     y, y_ref = ShiftedProducts.apply(padded, w), shifted_products(padded, w)
     torch.testing.assert_close(y, y_ref, rtol=1e-13, atol=1e-13)
     for a, b in zip(torch.autograd.grad((y * weight).sum(), (padded, w)),
-                    torch.autograd.grad((y_ref * weight).sum(), (padded, w))):
+                    torch.autograd.grad((y_ref * weight).sum(), (padded, w)), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-13)
 
 
@@ -277,7 +286,7 @@ def test_gathered_forward_equals_masked_formulation(impl, kwargs):
         y, state = fn(xg, random_state(model, batch=3))
         params = [xg, *model.parameters()]
         grads.append(torch.autograd.grad(y.square().sum() + state.memory.sum(), params))
-    for name, a, b in zip(["x"] + [n for n, _ in model.named_parameters()], *grads):
+    for name, a, b in zip(["x"] + [n for n, _ in model.named_parameters()], *grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from mixer_helpers import rand_x_for, seeded
 
 from longrecall.mixers.retnet import RetNet, RetNetState, retnet_gammas
 from longrecall.protocol import state_clone
 from longrecall.registry import get_mixer
+
+from mixer_helpers import rand_x_for, seeded
 
 D_MODEL, N_HEADS = 16, 4  # key width 4, value width 8
 

@@ -7,11 +7,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from mixer_helpers import rand_x_for, seeded
 
 from longrecall.mixers.rwkv6 import MAX_DECAY_EXPONENT, RWKV6, RWKV6State
 from longrecall.protocol import state_clone
 from longrecall.registry import get_mixer
+
+from mixer_helpers import rand_x_for, seeded
 
 D_MODEL, HEAD_SIZE = 8, 4
 
@@ -36,7 +37,10 @@ def paper_recurrence(model: RWKV6, x, x_prev0=None, S0=None):
     B, T, D = x.shape
     H, N = D // HEAD_SIZE, HEAD_SIZE
     p = {name: t.detach() for name, t in model.named_parameters()}
-    lora = lambda y, A, Bm: torch.tanh(y @ A) @ Bm  # noqa: E731
+
+    def lora(y, A, Bm):
+        return torch.tanh(y @ A) @ Bm
+
     x_prev = torch.zeros(B, D, dtype=x.dtype) if x_prev0 is None else x_prev0
     S = torch.zeros(B, H, N, N, dtype=x.dtype) if S0 is None else S0.clone()  # S[b, h, j (key), i (value)]
     R = p["time_maa_w1"].shape[1] // 5

@@ -5,11 +5,12 @@ import math
 
 import pytest
 import torch
-from mixer_helpers import F64, random_inputs, seeded
 
 from longrecall.mixers.s4d import S4D, S4DState
 from longrecall.protocol import state_clone
 from longrecall.registry import get_mixer
+
+from mixer_helpers import F64, random_inputs, seeded
 
 
 def _model(init="lin", d_model=6, d_state=8, seed=0, **kw):
@@ -179,7 +180,7 @@ def test_cache_does_not_affect_training():
         a(x)  # fill a's cache
     for m in (a, b):
         m(x)[0].pow(2).sum().backward()
-    for (n, pa), pb in zip(a.named_parameters(), b.parameters()):
+    for (n, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
         torch.testing.assert_close(pa.grad, pb.grad, rtol=0, atol=0, msg=n)
 
 

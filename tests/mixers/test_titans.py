@@ -5,13 +5,20 @@ from __future__ import annotations
 
 import pytest
 import torch
-from mixer_helpers import rand_x_for, seeded
 
-from longrecall.mixers.titans import (DecayShares, Titans, TitansState, decay_shares_reference, memory_apply,
-                                      memory_grads)
+from longrecall.mixers.titans import (
+    DecayShares,
+    Titans,
+    TitansState,
+    decay_shares_reference,
+    memory_apply,
+    memory_grads,
+)
 from longrecall.ops.linear_attn import delta_rule_naive
 from longrecall.protocol import state_leaves, state_map
 from longrecall.registry import get_mixer
+
+from mixer_helpers import rand_x_for, seeded
 
 D_MODEL, N_HEADS = 8, 2
 
@@ -44,13 +51,13 @@ def test_hand_written_gradient_equals_autograd(depth):
     B, H, n, d, hidden = 2, 3, 5, 4, 6
     dims = [d] + [hidden] * (depth - 1) + [d]
     weights = tuple(torch.randn(B, H, i, o, generator=g, dtype=torch.float64).requires_grad_(True)
-                    for i, o in zip(dims[:-1], dims[1:]))
+                    for i, o in zip(dims[:-1], dims[1:], strict=True))
     k, v = (torch.randn(B, H, n, d, generator=g, dtype=torch.float64) for _ in range(2))
     grads = memory_grads(weights, k, v)  # per layer (B, H, n, in, out)
     for s in range(n):
         loss = (memory_apply(weights, k[:, :, s : s + 1]) - v[:, :, s : s + 1]).square().sum()  # rows/heads independent
         expected = torch.autograd.grad(loss, weights)
-        for mine, ref in zip(grads, expected):
+        for mine, ref in zip(grads, expected, strict=True):
             torch.testing.assert_close(mine[:, :, s], ref, rtol=1e-12, atol=1e-12)
 
 
@@ -65,10 +72,11 @@ def test_decay_shares_backward_equals_autograd(zeros):
     inputs = [t.requires_grad_(True) for t in (eta, keep, lr)]
     fast, ref = DecayShares.apply(*inputs), decay_shares_reference(*inputs)
     weights = [torch.randn(t.shape, generator=g, dtype=t.dtype) for t in ref]
-    for a, b in zip(fast, ref):
+    for a, b in zip(fast, ref, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-14)
-    grads = [torch.autograd.grad(sum((t * w).sum() for t, w in zip(out, weights)), inputs) for out in (fast, ref)]
-    for a, b in zip(*grads):
+    grads = [torch.autograd.grad(sum((t * w).sum() for t, w in zip(out, weights, strict=True)), inputs)
+             for out in (fast, ref)]
+    for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
 
 
@@ -100,9 +108,9 @@ def test_windowed_forward_equals_step_loop_outputs_state_and_gradients(depth, wi
         _, state = model.step_loop(rand_x(T=4 + carried, seed=5), state)
     fast, g_fast = forward_and_grads(model, x, state, model, state_grads=bool(carried))
     ref, g_ref = forward_and_grads(model, x, state, model.step_loop, state_grads=bool(carried))
-    for a, b in zip(fast, ref):
+    for a, b in zip(fast, ref, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-11)
-    for a, b in zip(g_fast, g_ref):
+    for a, b in zip(g_fast, g_ref, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
 
 
@@ -115,9 +123,9 @@ def test_fresh_momentum_is_skipped_only_when_it_is_zero_without_gradient():
     fast, g_fast = forward_and_grads(model, x, state, model)  # every state tensor wants a gradient
     ref, g_ref = forward_and_grads(model, x, state, model.step_loop)
     torch.testing.assert_close(y_skip, fast[0], rtol=1e-12, atol=1e-13)
-    for a, b in zip(state_leaves(s_skip)[:-1], fast[1:]):
+    for a, b in zip(state_leaves(s_skip)[:-1], fast[1:], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
-    for a, b in zip(g_fast, g_ref):
+    for a, b in zip(g_fast, g_ref, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
 
 
@@ -130,15 +138,15 @@ def test_gradients_of_a_chunk_are_taken_at_its_start_weights():
     W, S = list(state.weights), list(state.momentum)
     outs = []
     for t in range(9):
-        for l in range(len(W)):
-            S[l] = eta[:, :, t, None, None] * S[l] - lr[:, :, t, None, None] * grads[l][:, :, t]
-            W[l] = (1 - alpha[:, :, t, None, None]) * W[l] + S[l]
+        for layer in range(len(W)):
+            S[layer] = eta[:, :, t, None, None] * S[layer] - lr[:, :, t, None, None] * grads[layer][:, :, t]
+            W[layer] = (1 - alpha[:, :, t, None, None]) * W[layer] + S[layer]
         outs.append(memory_apply(tuple(W), q[:, :, t : t + 1])[:, :, 0])
     y, final = model(x)
     torch.testing.assert_close(y, model.output(torch.stack(outs, 2), x), rtol=1e-10, atol=1e-12)
-    for mine, ref in zip(final.weights + final.momentum, tuple(W) + tuple(S)):
+    for mine, ref in zip(final.weights + final.momentum, tuple(W) + tuple(S), strict=True):
         torch.testing.assert_close(mine, ref, rtol=1e-10, atol=1e-12)
-    assert all(torch.equal(a, b) for a, b in zip(final.start, theta0))  # chunk not finished: start kept
+    assert all(torch.equal(a, b) for a, b in zip(final.start, theta0, strict=True))  # chunk not finished: start kept
     assert final.position.tolist() == [9, 9]
 
 
@@ -176,7 +184,7 @@ def test_alpha_one_forgets_everything():
     model, x = make(chunk_size=16), rand_x()
     force_gate(model, "alpha", 1000.0)  # alpha = 1 exactly: theta_t = S_t
     _, state = model(x)
-    for W, S in zip(state.weights, state.momentum):
+    for W, S in zip(state.weights, state.momentum, strict=True):
         torch.testing.assert_close(W, S, rtol=0, atol=0)
     force_gate(model, "eta", -1000.0)  # and no momentum: theta_t = -lr_t grad(theta_0; x_t)
     y, _ = model(x)
@@ -198,14 +206,14 @@ def test_split_forward_mid_chunk_equals_whole_and_step_loop(depth, k):
     torch.testing.assert_close(torch.cat([y1, y2], 1), y, rtol=1e-10, atol=1e-10)
     y_loop, s_loop = model.step_loop(x, model.init_state(2))
     torch.testing.assert_close(y_loop, y, rtol=1e-10, atol=1e-10)
-    for a, b, c in zip(state_leaves(s2), state_leaves(state), state_leaves(s_loop)):
+    for a, b, c in zip(state_leaves(s2), state_leaves(state), state_leaves(s_loop), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
         torch.testing.assert_close(c, b, rtol=1e-10, atol=1e-10)
 
 
 def cat_states(a: TitansState, b: TitansState) -> TitansState:
     def cat(x, y):
-        return tuple(torch.cat([u, w]) for u, w in zip(x, y))
+        return tuple(torch.cat([u, w]) for u, w in zip(x, y, strict=True))
 
     return TitansState(cat(a.start, b.start), cat(a.weights, b.weights), cat(a.momentum, b.momentum),
                        torch.cat([a.position, b.position]))
@@ -227,7 +235,7 @@ def test_rows_at_different_chunk_positions():
 def state_bytes_from_shapes(batch, d_model, n_heads=2, depth=2, expansion=4, elem=4):
     d = d_model // n_heads
     dims = [d] + [int(expansion * d)] * (depth - 1) + [d]
-    per_copy = n_heads * sum(i * o for i, o in zip(dims[:-1], dims[1:]))
+    per_copy = n_heads * sum(i * o for i, o in zip(dims[:-1], dims[1:], strict=True))
     return batch * (3 * per_copy * elem + 8)  # start, weights, momentum + int64 position
 
 

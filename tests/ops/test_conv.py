@@ -6,8 +6,6 @@ import torch
 from longrecall.ops.conv import causal_conv_fft, causal_conv_fft_freq, causal_conv_naive, kernel_rfft
 
 
-
-
 def _inputs(B, H, T, L, seed=0, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
     u = torch.randn(B, H, T, generator=g, dtype=dtype, requires_grad=True)
@@ -33,7 +31,7 @@ def test_fft_matches_naive_outputs_and_grads(T, L):
     w = torch.randn_like(y_ref)
     g_fft = torch.autograd.grad((y_fft * w).sum(), (u, k))
     g_ref = torch.autograd.grad((y_ref * w).sum(), (u, k))
-    for a, b in zip(g_fft, g_ref):
+    for a, b in zip(g_fft, g_ref, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 

@@ -80,7 +80,7 @@ def grads(variant, impl, x, chunk_size=64, seed=1):
     do = torch.randn(o.shape, generator=g, dtype=o.dtype)
     dS = torch.randn(S.shape, generator=g, dtype=S.dtype)
     got = torch.autograd.grad((o, S), list(leaves.values()), (do, dS))
-    return o.detach(), S.detach(), dict(zip(leaves, got))
+    return o.detach(), S.detach(), dict(zip(leaves, got, strict=True))
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

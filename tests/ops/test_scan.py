@@ -57,8 +57,8 @@ def test_chunked_matches_naive(shape, method, with_h0):
     y, h, g = grads(selective_scan_chunked, inputs, chunk_size=L, method=method)
     torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(h, h_ref, rtol=1e-10, atol=1e-10)
-    names = [n for n, t in zip(NAMES, inputs) if t is not None]
-    for name, a, b in zip(names, g, g_ref):
+    names = [n for n, t in zip(NAMES, inputs, strict=True) if t is not None]
+    for name, a, b in zip(names, g, g_ref, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9, msg=f"gradient w.r.t. {name}")
 
 
@@ -68,12 +68,13 @@ def test_gradient_of_a_subset(wanted):
     inputs = make_inputs(2, 11, 3, 2)
 
     def subset_grads(fn, **kwargs):
-        leaves = [t.clone().requires_grad_(n in wanted) for n, t in zip(NAMES, inputs)]
+        leaves = [t.clone().requires_grad_(n in wanted) for n, t in zip(NAMES, inputs, strict=True)]
         y, h = fn(*leaves, **kwargs)
         loss = y.square().sum() + (h.sum() if h.requires_grad else 0)
         return torch.autograd.grad(loss, [t for t in leaves if t.requires_grad])
 
-    for a, b in zip(subset_grads(selective_scan_chunked, chunk_size=4), subset_grads(selective_scan_naive)):
+    for a, b in zip(subset_grads(selective_scan_chunked, chunk_size=4), subset_grads(selective_scan_naive),
+                    strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
@@ -109,7 +110,7 @@ def test_strong_decay_is_finite_and_exact():
             assert torch.isfinite(t).all()
         torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-3)
         torch.testing.assert_close(h, h_ref, rtol=1e-4, atol=1e-3)
-        for name, a, b in zip(NAMES, g, g_ref):
+        for name, a, b in zip(NAMES, g, g_ref, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-2, msg=f"gradient w.r.t. {name}")
 
 

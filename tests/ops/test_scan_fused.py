@@ -11,11 +11,10 @@ import sys
 
 import pytest
 import torch
+from test_scan import NAMES, SHAPES, grads, make_inputs
 
 from longrecall.ops.cpp import kernel_status
 from longrecall.ops.scan import fused_scan_available, selective_scan_fused, selective_scan_naive
-
-from test_scan import NAMES, SHAPES, grads, make_inputs
 
 needs_kernel = pytest.mark.skipif(not fused_scan_available(), reason=f"C++ kernel not built here: {kernel_status()}")
 
@@ -30,8 +29,8 @@ def test_fused_matches_naive_float64(shape, with_h0):
     y, h, g = grads(selective_scan_fused, inputs)
     torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(h, h_ref, rtol=1e-10, atol=1e-10)
-    names = [n for n, t in zip(NAMES, inputs) if t is not None]
-    for name, a, b in zip(names, g, g_ref):
+    names = [n for n, t in zip(NAMES, inputs, strict=True) if t is not None]
+    for name, a, b in zip(names, g, g_ref, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9, msg=f"gradient w.r.t. {name}")
 
 
@@ -42,7 +41,7 @@ def test_fused_float32_and_low_precision():
     y, h, g = grads(selective_scan_fused, inputs)
     torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(h, h_ref, rtol=1e-5, atol=1e-4)
-    for name, a, b in zip(NAMES, g, g_ref):
+    for name, a, b in zip(NAMES, g, g_ref, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-3, msg=f"gradient w.r.t. {name}")
     low = [t.to(torch.bfloat16) for t in inputs[:6]] + [inputs[6]]
     y, h = selective_scan_fused(*low)
@@ -55,12 +54,12 @@ def test_fused_gradient_of_a_subset(wanted):
     inputs = make_inputs(2, 11, 3, 2)
 
     def subset_grads(fn):
-        leaves = [t.clone().requires_grad_(n in wanted) for n, t in zip(NAMES, inputs)]
+        leaves = [t.clone().requires_grad_(n in wanted) for n, t in zip(NAMES, inputs, strict=True)]
         y, h = fn(*leaves)
         loss = y.square().sum() + (h.sum() if h.requires_grad else 0)
         return torch.autograd.grad(loss, [t for t in leaves if t.requires_grad])
 
-    for a, b in zip(subset_grads(selective_scan_fused), subset_grads(selective_scan_naive)):
+    for a, b in zip(subset_grads(selective_scan_fused), subset_grads(selective_scan_naive), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 

@@ -12,6 +12,7 @@ from longrecall.policies.base import PolicyKVState, kept_positions
 from longrecall.policies.em_llm import EMLLM
 from longrecall.policies.infllm import InfLLM
 from longrecall.protocol import state_nbytes
+
 from policy_helpers import inputs, make_attention, run_steps
 
 V = 23

@@ -3,11 +3,12 @@
 import pytest
 import torch
 
-from policy_helpers import T, inputs, make_attention, run_steps
 from longrecall.contract import assert_close
 from longrecall.policies.base import PolicyKVState, cat_states, kept_positions
 from longrecall.protocol import state_clone, state_detach, state_leaves, state_nbytes, state_select, state_to
 from longrecall.registry import POLICIES
+
+from policy_helpers import T, inputs, make_attention, run_steps
 
 NAMES = POLICIES.names()
 BOUNDED = [n for n in NAMES if POLICIES.get(n).bounded]
@@ -89,7 +90,7 @@ def test_step_mode_respects_the_budget_after_every_step(name, x):
     unlimited = make_attention(policy(name))
     _, _, states = run_steps(mixer, x)
     _, _, full_states = run_steps(unlimited, x)
-    for t, (state, full) in enumerate(zip(states, full_states)):
+    for t, (state, full) in enumerate(zip(states, full_states, strict=True)):
         assert state.pos.shape[2] == min(t + 1, BUDGET), f"after step {t}"
         for leaf in state_leaves(state):
             assert leaf.dim() < 3 or leaf.shape[2] <= BUDGET
@@ -136,7 +137,7 @@ def test_forward_gradients_equal_the_step_loop(name):
     g = torch.autograd.grad(y.square().sum(), [x, *mixer.parameters()])
     y_steps, _, _ = run_steps(mixer, x)
     g_steps = torch.autograd.grad(y_steps.square().sum(), [x, *mixer.parameters()])
-    for a, b in zip(g, g_steps):
+    for a, b in zip(g, g_steps, strict=True):
         assert torch.isfinite(a).all() and a.abs().max() > 0
         assert_close(a, b, "gradients", atol=1e-9, rtol=1e-7)
 

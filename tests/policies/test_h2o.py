@@ -8,6 +8,7 @@ import torch
 from longrecall.contract import assert_close
 from longrecall.policies.base import kept_positions
 from longrecall.policies.h2o import H2O
+
 from policy_helpers import inputs, make_attention
 
 
@@ -21,7 +22,7 @@ def h2o_by_hand(q, k, budget, recent):
         logits = [float(q[t] @ k[j]) / math.sqrt(K) for j in kept]
         top = max(logits)
         weights = [math.exp(a - top) for a in logits]
-        for j, w in zip(kept, weights):
+        for j, w in zip(kept, weights, strict=True):
             acc[j] += w / sum(weights)
         if len(kept) > budget:
             recent_tokens = kept[len(kept) - recent :] if recent else []

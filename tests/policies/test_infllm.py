@@ -9,6 +9,7 @@ from longrecall.contract import assert_close
 from longrecall.policies.base import PolicyKVState, kept_positions
 from longrecall.policies.infllm import InfLLM
 from longrecall.protocol import state_nbytes
+
 from policy_helpers import inputs, make_attention, run_steps
 
 

@@ -7,6 +7,7 @@ from longrecall.mixers.attention import Attention
 from longrecall.policies.base import kept_positions
 from longrecall.policies.kivi import KIVI, pack, quantise, unpack
 from longrecall.protocol import state_nbytes
+
 from policy_helpers import check_state_properties, inputs, make_attention, run_steps
 
 
@@ -118,8 +119,8 @@ def test_registry_state_properties_while_quantising(bits):
 
 
 def test_invalid_fields_are_named():
-    for field, bad in [("budget", 4), ("budget", 0.5), ("bits", 3), ("bits", 8), ("bits", True), ("bits", 2.0), ("group", 0),
-                       ("group", 6), ("residual", -1), ("residual", 1.5)]:
+    for field, bad in [("budget", 4), ("budget", 0.5), ("bits", 3), ("bits", 8), ("bits", True), ("bits", 2.0),
+                       ("group", 0), ("group", 6), ("residual", -1), ("residual", 1.5)]:
         with pytest.raises(ValueError, match=field):
             KIVI(**{field: bad})
     KIVI(bits=4, group=6)  # 2 codes per byte at 4 bits

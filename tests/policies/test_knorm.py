@@ -4,6 +4,7 @@ import pytest
 
 from longrecall.policies.base import kept_positions
 from longrecall.policies.knorm import KNorm
+
 from policy_helpers import inputs, make_attention, run_steps
 
 

@@ -14,6 +14,7 @@ from longrecall.policies.h2o import H2O
 from longrecall.policies.streaming import StreamingLLM
 from longrecall.policies.window import Window
 from longrecall.protocol import state_nbytes
+
 from policy_helpers import inputs, make_attention, run_steps
 
 

@@ -7,6 +7,7 @@ from longrecall.models.lm import LanguageModel
 from longrecall.policies.base import kept_positions
 from longrecall.policies.pyramidkv import PyramidKV
 from longrecall.policies.snapkv import SnapKV
+
 from policy_helpers import inputs, make_attention
 
 

@@ -9,6 +9,7 @@ from longrecall.contract import assert_close
 from longrecall.policies.base import PolicyKVState, cat_states, kept_positions
 from longrecall.policies.quest import Quest
 from longrecall.protocol import state_nbytes, state_select
+
 from policy_helpers import inputs, make_attention, run_steps
 
 

@@ -5,6 +5,7 @@ import torch
 
 from longrecall.policies.base import kept_positions
 from longrecall.policies.random import Random, hash_scores
+
 from policy_helpers import inputs, make_attention, run_steps
 
 

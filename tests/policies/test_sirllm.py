@@ -10,6 +10,7 @@ from longrecall.models import LanguageModel
 from longrecall.policies.base import PolicyKVState, kept_positions
 from longrecall.policies.sirllm import SirLLM
 from longrecall.policies.streaming import StreamingLLM
+
 from policy_helpers import inputs, make_attention, run_steps
 
 V = 23

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from longrecall.policies.base import Observation, PolicyKVState, kept_positions
 from longrecall.policies.snapkv import SnapKV
+
 from policy_helpers import inputs, make_attention, run_steps
 
 

@@ -1,13 +1,14 @@
 """``streaming``: sinks + recent window against an explicit mask; budget and sink validation."""
 
 import pytest
+from test_window import masked_reference
 
 from longrecall.contract import assert_close
 from longrecall.policies.base import kept_positions
 from longrecall.policies.streaming import StreamingLLM
 from longrecall.policies.window import Window
+
 from policy_helpers import T, inputs, make_attention, run_steps
-from test_window import masked_reference
 
 
 @pytest.mark.parametrize("n_sink,budget", [(4, 6), (2, 5), (1, 1), (3, 3)])

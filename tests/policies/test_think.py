@@ -7,6 +7,7 @@ import torch
 
 from longrecall.policies.base import Observation, PolicyKVState, kept_positions
 from longrecall.policies.think import ThinK
+
 from policy_helpers import check_state_properties, inputs, make_attention, run_steps
 
 

@@ -6,6 +6,7 @@ import torch
 
 from longrecall.policies.base import kept_positions
 from longrecall.policies.tova import TOVA
+
 from policy_helpers import inputs, make_attention
 
 

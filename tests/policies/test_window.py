@@ -8,6 +8,7 @@ from longrecall.contract import assert_close
 from longrecall.mixers.sliding_window import SlidingWindowAttention
 from longrecall.policies.base import kept_positions
 from longrecall.policies.window import Window
+
 from policy_helpers import T, inputs, make_attention, run_steps
 
 

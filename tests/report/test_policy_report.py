@@ -16,7 +16,8 @@ def run(seed: int) -> dict:
               "seed": seed, "spec": "kv"}
     state = {"128": 135_000}
     return {"id": f"run{seed}", "status": "done", "labels": labels, "state_bytes": state,
-            "metrics": {"accuracy": 0.97, "state_bytes": state, "by_distance": {"64-127": {"accuracy": 0.97, "scored": 30}}},
+            "metrics": {"accuracy": 0.97, "state_bytes": state,
+                        "by_distance": {"64-127": {"accuracy": 0.97, "scored": 30}}},
             "history": [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.0}], "evals": [{"step": 2, "accuracy": 0.97}]}
 
 

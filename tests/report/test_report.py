@@ -8,7 +8,14 @@ import sys
 import pytest
 
 from longrecall.report import (
-    PlotDependencyError, distance_curves, failed_runs, leaderboard, pareto_front, style_for, to_html, to_markdown,
+    PlotDependencyError,
+    distance_curves,
+    failed_runs,
+    leaderboard,
+    pareto_front,
+    style_for,
+    to_html,
+    to_markdown,
     write_report,
 )
 
@@ -283,7 +290,7 @@ def test_missing_matplotlib_names_the_extra(monkeypatch, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-# ---------------------------------------------------------------------------------------------- recipe: lr sweeps, convergence
+# ---------------------------------------------------------------------- recipe: lr sweeps, convergence
 
 
 def _with(record, **changes):

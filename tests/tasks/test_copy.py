@@ -1,6 +1,6 @@
 import pytest
 
-import longrecall.tasks.copy  # noqa: F401  registers "copy" before tasks/__init__ lists it
+import longrecall.tasks.copy  # noqa: F401 - registers "copy" before tasks/__init__ lists it
 from longrecall.config import TrainConfig
 from longrecall.tasks.base import IGNORE_INDEX
 from longrecall.tasks.copy import BOS, CPU_SCALE, LETTER0, PAPER_SCALE, SEP, Copy
@@ -75,8 +75,8 @@ def test_seq_len_is_not_a_parameter():
 
 def test_attention_learns_to_copy(learn):
     # chance is 1/8 per letter; seeds 0-2 reached 1.00 after 200 steps (about 6 s)
-    metrics, first, last = learn(TrainConfig(task="copy", task_kwargs=SMALL, layers=["attention", "attention"], d_model=32,
-                                short_conv=4, steps=200, batch_size=32, eval_every=200, eval_examples=256, lr=3e-3,
-                                warmup_steps=20, threads=1))
+    metrics, first, last = learn(TrainConfig(task="copy", task_kwargs=SMALL, layers=["attention", "attention"],
+                                d_model=32, short_conv=4, steps=200, batch_size=32, eval_every=200, eval_examples=256,
+                                lr=3e-3, warmup_steps=20, threads=1))
     assert metrics["final_eval"]["accuracy"] > 0.6
     assert last < first - 1.0  # from about ln(10) = 2.3

@@ -1,6 +1,6 @@
 import pytest
 
-import longrecall.tasks.delayed_copy  # noqa: F401  registers "delayed_copy" before tasks/__init__ lists it
+import longrecall.tasks.delayed_copy  # noqa: F401 - registers "delayed_copy" before tasks/__init__ lists it
 from longrecall.config import TrainConfig
 from longrecall.tasks.base import IGNORE_INDEX
 from longrecall.tasks.delayed_copy import BLANK, CPU_SCALE, SYMBOL0, URNN_SCALE, DelayedCopy
@@ -9,7 +9,8 @@ SMALL = dict(n_symbols=5, delay=30, alphabet_size=8)
 
 
 @pytest.mark.parametrize(
-    "config", [CPU_SCALE, URNN_SCALE, SMALL, dict(n_symbols=1, delay=0, alphabet_size=2), dict(n_symbols=3, delay=1, alphabet_size=50)]
+    "config", [CPU_SCALE, URNN_SCALE, SMALL, dict(n_symbols=1, delay=0, alphabet_size=2),
+               dict(n_symbols=3, delay=1, alphabet_size=50)]
 )
 def test_structure_targets_and_distances(config):
     task = DelayedCopy(**config)
@@ -76,8 +77,8 @@ def test_bad_parameters_named(kwargs, name):
 
 def test_attention_learns_delayed_copy(learn):
     # chance is 1/8 per symbol; seeds 0-2 reached 1.00 after 200 steps (about 8 s)
-    metrics, first, last = learn(TrainConfig(task="delayed_copy", task_kwargs=SMALL, layers=["attention", "attention"], d_model=32,
-                                short_conv=4, steps=200, batch_size=32, eval_every=200, eval_examples=256, lr=3e-3,
-                                warmup_steps=20, threads=1))
+    metrics, first, last = learn(TrainConfig(task="delayed_copy", task_kwargs=SMALL, layers=["attention", "attention"],
+                                d_model=32, short_conv=4, steps=200, batch_size=32, eval_every=200, eval_examples=256,
+                                lr=3e-3, warmup_steps=20, threads=1))
     assert metrics["final_eval"]["accuracy"] > 0.6
     assert last < first - 1.0  # from about ln(10) = 2.3

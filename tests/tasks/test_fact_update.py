@@ -1,6 +1,6 @@
 import pytest
 
-import longrecall.tasks.fact_update  # noqa: F401  registers "fact_update" before tasks/__init__ lists it
+import longrecall.tasks.fact_update  # noqa: F401 - registers "fact_update" before tasks/__init__ lists it
 from longrecall.config import TrainConfig
 from longrecall.registry import TASKS
 from longrecall.tasks.base import IGNORE_INDEX
@@ -132,7 +132,8 @@ def test_attention_learns_the_latest_value(learn):
     # chance is 1/12 values; answering the first value scores 0 on updated keys and a coin flip
     # between first and latest 0.5.  The extra evaluation set updates every key; seeds 0-3 reached
     # 0.68-0.83 there (0.73-0.87 overall) after 300 steps (about 10 s)
-    metrics, first, last = learn(TrainConfig(task="fact_update", task_kwargs=SMALL, eval_task_kwargs=[{"n_updated_keys": 3}],
+    metrics, first, last = learn(TrainConfig(task="fact_update", task_kwargs=SMALL,
+                                eval_task_kwargs=[{"n_updated_keys": 3}],
                                 layers=["attention", "attention"], d_model=32, short_conv=4, steps=300, batch_size=32,
                                 eval_every=300, eval_examples=256, lr=3e-3, warmup_steps=20, threads=1))
     final = metrics["final_eval"]

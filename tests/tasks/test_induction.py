@@ -1,6 +1,6 @@
 import pytest
 
-import longrecall.tasks.induction  # noqa: F401  registers "induction" before tasks/__init__ lists it
+import longrecall.tasks.induction  # noqa: F401 - registers "induction" before tasks/__init__ lists it
 from longrecall.config import TrainConfig
 from longrecall.registry import TASKS
 from longrecall.tasks.base import IGNORE_INDEX
@@ -75,8 +75,8 @@ def test_bad_parameters_named(kwargs, name):
 def test_attention_learns_induction(learn):
     # chance is 1/7 (the answer is one of the 7 ordinary tokens); seeds 0-2 reached 1.00 after
     # 300 steps (about 10 s), the loss from about 2.0 to about 0.01
-    metrics, first, last = learn(TrainConfig(task="induction", task_kwargs=SMALL, layers=["attention", "attention"], d_model=32,
-                                short_conv=4, steps=300, batch_size=32, eval_every=300, eval_examples=256, lr=3e-3,
-                                warmup_steps=20, threads=1))
+    metrics, first, last = learn(TrainConfig(task="induction", task_kwargs=SMALL, layers=["attention", "attention"],
+                                d_model=32, short_conv=4, steps=300, batch_size=32, eval_every=300, eval_examples=256,
+                                lr=3e-3, warmup_steps=20, threads=1))
     assert metrics["final_eval"]["accuracy"] > 0.6
     assert last < first - 1.0

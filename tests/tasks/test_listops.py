@@ -1,13 +1,24 @@
 
 import pytest
 
-import longrecall.tasks.listops  # noqa: F401  registers "listops" before tasks/__init__ lists it
+import longrecall.tasks.listops  # noqa: F401 - registers "listops" before tasks/__init__ lists it
 from longrecall.config import TrainConfig
 from longrecall.registry import TASKS
 from longrecall.tasks.base import IGNORE_INDEX
 from longrecall.tasks.listops import (
-    CLOSE, CPU_SCALE, DIGIT0, LRA_SCALE, OPERATORS, PAD, QUERY, ListOps, detokenize, evaluate, max_length,
-    nesting_depth, tokenize,
+    CLOSE,
+    CPU_SCALE,
+    DIGIT0,
+    LRA_SCALE,
+    OPERATORS,
+    PAD,
+    QUERY,
+    ListOps,
+    detokenize,
+    evaluate,
+    max_length,
+    nesting_depth,
+    tokenize,
 )
 
 SMALL = dict(seq_len=64, max_depth=3, max_args=4, min_length=8)
@@ -134,8 +145,8 @@ def test_attention_learns_listops(learn):
     # chance: the most frequent value is 11.5% at this scale (labels are near uniform); seeds 0-2
     # reached 0.73-0.76 after 300 steps (about 6 s): MIN, MAX and MED at 0.86-1.00, SM (a sum mod 10)
     # still near chance; the loss went from about 2.75 to 0.77-0.93
-    metrics, first, last = learn(TrainConfig(task="listops", task_kwargs=CPU_SCALE, layers=["attention", "attention"], d_model=32,
-                                short_conv=4, steps=300, batch_size=32, eval_every=300, eval_examples=256, lr=3e-3,
-                                warmup_steps=20, threads=1))
+    metrics, first, last = learn(TrainConfig(task="listops", task_kwargs=CPU_SCALE, layers=["attention", "attention"],
+                                d_model=32, short_conv=4, steps=300, batch_size=32, eval_every=300, eval_examples=256,
+                                lr=3e-3, warmup_steps=20, threads=1))
     assert metrics["final_eval"]["accuracy"] > 0.5
     assert last < first - 1.2

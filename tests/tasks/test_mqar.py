@@ -2,10 +2,11 @@ import pytest
 import torch
 
 from longrecall.tasks.base import IGNORE_INDEX
-from longrecall.tasks.mqar import CPU_SCALE, ZOOLOGY_SCALE, MQAR
+from longrecall.tasks.mqar import CPU_SCALE, MQAR, ZOOLOGY_SCALE
 
 
-@pytest.mark.parametrize("config", [CPU_SCALE, ZOOLOGY_SCALE, dict(vocab_size=64, seq_len=40, num_kv_pairs=5, num_passes=2)])
+@pytest.mark.parametrize("config", [CPU_SCALE, ZOOLOGY_SCALE,
+                                    dict(vocab_size=64, seq_len=40, num_kv_pairs=5, num_passes=2)])
 def test_structure_targets_and_distances(config):
     task = MQAR(**config, random_non_queries=False)
     batch = task.build(16, 0)

@@ -1,6 +1,6 @@
 import pytest
 
-import longrecall.tasks.multi_hop  # noqa: F401  registers "multi_hop" before tasks/__init__ lists it
+import longrecall.tasks.multi_hop  # noqa: F401 - registers "multi_hop" before tasks/__init__ lists it
 from longrecall.config import TrainConfig
 from longrecall.registry import TASKS
 from longrecall.tasks.base import IGNORE_INDEX
@@ -70,7 +70,7 @@ def test_structure_targets_and_distances(config):
         assert d[T - 1] == T - 1 - min(chain_positions)  # from the earliest-written fact of the chain
         assert d[: T - 1] == [-1] * (T - 1)
         ordered = sorted(chain_positions)
-        assert all(b - (a + 3) >= task.min_gap for a, b in zip(ordered, ordered[1:]))
+        assert all(b - (a + 3) >= task.min_gap for a, b in zip(ordered, ordered[1:], strict=False))
         assert batch.slices["chain_span"][row].item() == bucket(ordered[-1] - ordered[0])
 
 

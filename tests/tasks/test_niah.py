@@ -1,9 +1,9 @@
 import pytest
 
-import longrecall.tasks.niah  # noqa: F401  registers "niah" before tasks/__init__ lists it
+import longrecall.tasks.niah  # noqa: F401 - registers "niah" before tasks/__init__ lists it
 from longrecall.config import TrainConfig
 from longrecall.tasks.base import IGNORE_INDEX
-from longrecall.tasks.niah import BOS, CPU_SCALE, NEEDLE, QUERY, REPEAT_PERIOD, VARIANTS, NIAH
+from longrecall.tasks.niah import BOS, CPU_SCALE, NEEDLE, NIAH, QUERY, REPEAT_PERIOD, VARIANTS
 
 SMALL = dict(vocab_size=48, seq_len=64, variant="single", haystack="noise", num_needles=1, key_len=2, value_len=2)
 CONFIGS = [

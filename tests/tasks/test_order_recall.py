@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-import longrecall.tasks.order_recall  # noqa: F401  registers "order_recall" before tasks/__init__ lists it
+import longrecall.tasks.order_recall  # noqa: F401 - registers "order_recall" before tasks/__init__ lists it
 from longrecall.config import TrainConfig
 from longrecall.registry import TASKS
 from longrecall.tasks.base import IGNORE_INDEX
@@ -129,7 +129,8 @@ def test_attention_learns_order_recall(learn):
     # chance is 1/2 (exactly balanced FIRST/SECOND).  A RoPE attention model has no absolute position
     # in its residual stream, so it stays at chance for 300 steps; seeds 0-2 reached 0.82-0.85 after
     # 1,500 steps (16-28 s), with the loss from about 3.9 to 0.34-0.40 (ln 2 = 0.69: only the classes)
-    metrics, first, last = learn(TrainConfig(task="order_recall", task_kwargs=CPU_SCALE, layers=["attention", "attention"],
+    metrics, first, last = learn(TrainConfig(task="order_recall", task_kwargs=CPU_SCALE,
+                                layers=["attention", "attention"],
                                 d_model=32, short_conv=4, steps=1500, batch_size=32, eval_every=1500, eval_examples=256,
                                 lr=3e-3, warmup_steps=20, threads=1))
     assert metrics["final_eval"]["accuracy"] > 0.7

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-import longrecall.tasks.passkey  # noqa: F401  registers "passkey" before tasks/__init__ lists it
+import longrecall.tasks.passkey  # noqa: F401 - registers "passkey" before tasks/__init__ lists it
 from longrecall.config import TrainConfig
 from longrecall.tasks.base import IGNORE_INDEX
 from longrecall.tasks.passkey import BOS, CPU_SCALE, DIGIT0, FILLER0, INTRO, QUERY, Passkey
@@ -18,7 +18,8 @@ def find_intro(x: list[int]) -> int:
 
 @pytest.mark.parametrize(
     "config",
-    [CPU_SCALE, SMALL, dict(seq_len=9, key_digits=2, depth=0.3, filler_len=1), dict(seq_len=100, key_digits=1, depth=[0.25])],
+    [CPU_SCALE, SMALL, dict(seq_len=9, key_digits=2, depth=0.3, filler_len=1),
+     dict(seq_len=100, key_digits=1, depth=[0.25])],
 )
 def test_structure_targets_and_distances(config):
     task = Passkey(**config)
@@ -110,8 +111,8 @@ def test_smallest_sequence_is_accepted():
 
 def test_attention_learns_passkey(learn):
     # chance is 1/10 per digit; seeds 0-2 reached 0.99-1.00 after 200 steps (about 10 s)
-    metrics, first, last = learn(TrainConfig(task="passkey", task_kwargs=SMALL, layers=["attention", "attention"], d_model=32,
-                                short_conv=4, steps=200, batch_size=32, eval_every=200, eval_examples=256, lr=3e-3,
-                                warmup_steps=20, threads=1))
+    metrics, first, last = learn(TrainConfig(task="passkey", task_kwargs=SMALL, layers=["attention", "attention"],
+                                d_model=32, short_conv=4, steps=200, batch_size=32, eval_every=200, eval_examples=256,
+                                lr=3e-3, warmup_steps=20, threads=1))
     assert metrics["final_eval"]["accuracy"] > 0.6
     assert last < first - 1.5  # from about ln(20) = 3.0

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-import longrecall.tasks.selective_copy  # noqa: F401  registers "selective_copy" before tasks/__init__ lists it
+import longrecall.tasks.selective_copy  # noqa: F401 - registers "selective_copy" before tasks/__init__ lists it
 from longrecall.config import TrainConfig
 from longrecall.registry import TASKS
 from longrecall.tasks.base import IGNORE_INDEX
@@ -98,8 +98,8 @@ def test_bad_parameters_named(kwargs, name):
 
 def test_attention_learns_selective_copying(learn):
     # chance is 1/8 per data token; seeds 0-2 reached 0.88-0.93 after 300 steps (about 7 s)
-    metrics, first, last = learn(TrainConfig(task="selective_copy", task_kwargs=SMALL, layers=["attention", "attention"],
-                                d_model=32, short_conv=4, steps=300, batch_size=32, eval_every=300,
-                                eval_examples=256, lr=3e-3, warmup_steps=20, threads=1))
+    metrics, first, last = learn(TrainConfig(task="selective_copy", task_kwargs=SMALL,
+                                layers=["attention", "attention"], d_model=32, short_conv=4, steps=300, batch_size=32,
+                                eval_every=300, eval_examples=256, lr=3e-3, warmup_steps=20, threads=1))
     assert metrics["final_eval"]["accuracy"] > 0.5
     assert last < first - 1.0  # from about ln(10) = 2.3

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-import longrecall.tasks.set_disjointness  # noqa: F401  registers "set_disjointness" before tasks/__init__ lists it
+import longrecall.tasks.set_disjointness  # noqa: F401 - registers "set_disjointness" before tasks/__init__ lists it
 from longrecall.config import TrainConfig
 from longrecall.registry import TASKS
 from longrecall.tasks.base import IGNORE_INDEX

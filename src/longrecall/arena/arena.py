@@ -133,7 +133,8 @@ def print_leaderboard(records: list[dict], console: Console) -> None:
     from ..report.tables import fmt_bytes, fmt_lr, leaderboard, lower_bounds
 
     rows = leaderboard(records)
-    table = Table(title="leaderboard (best learning rate per row; accuracy of a run that did not converge is a lower bound)")
+    table = Table(title="leaderboard (best learning rate per row; accuracy of a run that did not converge "
+                        "is a lower bound)")
     for column in ("task", "T", "mixer", "D", "accuracy", "convergence", "lr", "steps", "state bytes", "params",
                    "tokens/s", "seeds"):
         table.add_column(column)

@@ -18,7 +18,8 @@ from ..validation import ArgumentError
 from ..validation import is_int as _is_int  # spec.py imports it from here
 
 __all__ = ["GRID_KEYS", "check_mixer_kwargs", "resolve_mixer_kwargs", "build_mixer_check", "check_task_kwargs",
-           "base_task_kwargs", "instantiate_task", "resolve_task_kwargs", "registry_entry", "check_train", "make_config"]
+           "base_task_kwargs", "instantiate_task", "resolve_task_kwargs", "registry_entry", "check_train",
+           "make_config"]
 
 # TrainConfig keys the grid sets; ``train`` may not set them
 GRID_KEYS = {
@@ -133,7 +134,7 @@ def build_mixer_check(name: str, kwargs: dict, d_model: int, key: str, width_key
                 cls(d_model, **kwargs)
         except (TypeError, ValueError):
             raise
-        except Exception:  # noqa: BLE001 - an operation without a meta kernel: build it for real
+        except Exception:  # an operation without a meta kernel: build it for real
             with torch.no_grad():
                 cls(d_model, **kwargs)
     except (TypeError, ValueError) as error:
@@ -204,12 +205,14 @@ def registry_entry(key: str, entry: Any, field_name: str, registry, kind: str, e
     elif isinstance(entry, dict):
         for k in entry:
             if k not in accepted:
-                raise ConfigError(f"{key}.{k}: unknown {kind} key.{_close(k, accepted)} Accepted keys: {', '.join(accepted)}")
+                raise ConfigError(f"{key}.{k}: unknown {kind} key.{_close(k, accepted)} "
+                                  f"Accepted keys: {', '.join(accepted)}")
         if field_name not in entry:
             raise ConfigError(f"{key}.{field_name} is missing; available {kind}s: {', '.join(registry.names())}")
         name, kwargs, name_key = entry[field_name], entry.get("kwargs", {}), f"{key}.{field_name}"
     else:
-        raise ConfigError(f"{key} must be a {kind} name or a {{ {field_name} = ..., kwargs = {{...}} }} table, got {entry!r}")
+        raise ConfigError(f"{key} must be a {kind} name or a {{ {field_name} = ..., kwargs = {{...}} }} table, "
+                          f"got {entry!r}")
     try:
         registry.get(name)
     except KeyError as error:

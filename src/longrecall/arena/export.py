@@ -42,8 +42,8 @@ def write_records(path: str | Path, format: str | None, records: list[dict], to_
 
 
 CSV_TAIL = ("accuracy", "convergence", "loss", "params", "state_bytes", "state_bytes_seq_len", "tokens_per_s",
-            "train_seconds", "eval_seconds", "steps", "train_status", "attempts", "code_version", "torch_version", "device",
-            "created_at", "started_at", "finished_at", "owner", "error")
+            "train_seconds", "eval_seconds", "steps", "train_status", "attempts", "code_version", "torch_version",
+            "device", "created_at", "started_at", "finished_at", "owner", "error")
 
 
 def runs_csv(records: list[dict]) -> str:

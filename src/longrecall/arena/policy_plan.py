@@ -108,7 +108,8 @@ def check_policy_entry(i: int, entry: Any, spec_budgets: list) -> dict:
             raise ConfigError(f"{key}.kwargs.{arg}: policy {name!r} does not accept {arg!r}.{_close(arg, params)} "
                               f"Accepted arguments: {accepted}")
         if not _plain(value):
-            raise ConfigError(f"{key}.kwargs.{arg} must be a plain value (number, string, bool, list, table), got {value!r}")
+            raise ConfigError(f"{key}.kwargs.{arg} must be a plain value (number, string, bool, list, table), "
+                              f"got {value!r}")
     kwargs = {arg: _floatify(v, params[arg].type) for arg, v in kwargs.items()}
     mode_field = next(f for f in dataclasses.fields(cls) if f.name == "mode")
     default_mode = mode_field.default
@@ -131,7 +132,7 @@ def check_policy_entry(i: int, entry: Any, spec_budgets: list) -> dict:
                               f"(fractions of the sequence length or tokens) or {key}.budgets")
         budgets, budget_keys = list(spec_budgets), [f"budgets[{j}]" for j in range(len(spec_budgets))]
     resolved = None
-    for budget, bkey in zip(budgets, budget_keys):
+    for budget, bkey in zip(budgets, budget_keys, strict=True):
         try:
             obj = cls(budget=budget, mode=mode, **kwargs)
         except (TypeError, ValueError) as error:

@@ -36,9 +36,9 @@ PRESETS: dict[str, dict] = {
         },
     },
     "zoology-mqar": {
-        "description": "CPU-scale Zoology MQAR sweep on the recipe: 4 memories x widths 32-128 x (T, kv pairs) = (64, 4), "
-                       "(128, 8), (256, 16) x lr 1e-3, 3e-3 (72 runs, 1,500 steps extended to 3,000 while learning; "
-                       "hours on 2 cores, see docs/results.md)",
+        "description": "CPU-scale Zoology MQAR sweep on the recipe: 4 memories x widths 32-128 x (T, kv pairs) = "
+                       "(64, 4), (128, 8), (256, 16) x lr 1e-3, 3e-3 (72 runs, 1,500 steps extended to 3,000 while "
+                       "learning; hours on 2 cores, see docs/results.md)",
         # Zoology (Arora et al. 2023, Figure 2) ties the number of kv pairs to the length:
         # (64, 4), (128, 8), (256, 16), (512, 64); widths 64-512; vocab 8192; the best of 4 learning
         # rates per point. CPU scale: the first three lengths, widths 32-128, vocab 512, a short conv as
@@ -110,7 +110,8 @@ FRONTIER_MIXERS = [
 ]
 
 PRESETS["frontier"] = {
-    "description": "MQAR accuracy vs state bytes: attention + 14 fixed-state memories x widths 32/64/128 (45 runs, T=64, 8 pairs)",
+    "description": "MQAR accuracy vs state bytes: attention + 14 fixed-state memories x widths 32/64/128 "
+                   "(45 runs, T=64, 8 pairs)",
     # windows are set below the 64 tokens so the window alone cannot hold the whole context
     "spec": {
         "name": "frontier",
@@ -136,8 +137,8 @@ PRESETS["frontier"] = {
 KV_BUDGET_TASKS = [t for t in PROBE_TASKS if t["task"] in ("passkey", "niah", "mqar")]
 
 PRESETS["kv-budget"] = {
-    "description": "KV-cache policies x budgets: 3 attention runs (passkey, niah, mqar; T=128, width 64) each evaluated "
-                   "under every registered policy at 1/64-1/2 of the context",
+    "description": "KV-cache policies x budgets: 3 attention runs (passkey, niah, mqar; T=128, width 64) each "
+                   "evaluated under every registered policy at 1/64-1/2 of the context",
     "spec": {
         "name": "kv-budget",
         "mixers": ["attention"],

@@ -29,7 +29,8 @@ from typing import Callable
 
 from ..config import TrainConfig
 from ..train import TrainingDiverged, train
-from .spec import budget_key, policy_applies, policy_pairs, run_id as config_run_id
+from .spec import budget_key, policy_applies, policy_pairs
+from .spec import run_id as config_run_id
 from .store import Store, default_owner
 
 
@@ -124,7 +125,8 @@ def checkpoint_problem(store: Store, row: dict) -> str | None:
     if config_run_id(manifest.get("config") or {}) != row["id"]:
         return f"the checkpoint in {folder} belongs to another config"
     if row.get("steps") is not None and manifest.get("step") != row["steps"]:
-        return f"the checkpoint in {folder} is at step {manifest.get('step')}, but the run finished at step {row['steps']}"
+        return (f"the checkpoint in {folder} is at step {manifest.get('step')}, "
+                f"but the run finished at step {row['steps']}")
     return None
 
 
@@ -192,12 +194,12 @@ def evaluate_run_policies(store: Store, row: dict, policies: list[dict], *, owne
                 model.set_kv_policy(policy, context_len=context_len)  # an unusable budget raises here
             except ValueError as error:  # e.g. fewer tokens than the policy's sinks at this length
                 record = _policy_record(row, entry, budget, status="skipped", error=str(error), **common)
-            except Exception as error:  # noqa: BLE001 - a broken policy fails its evaluations only
+            except Exception as error:  # a broken policy fails its evaluations only
                 record = _policy_record(row, entry, budget, status="failed", error=_error_text(error), **common)
             else:
                 try:
                     out = evaluate_policy(model, batch, policy, context_len=context_len, batch_size=eval_batch)
-                except Exception as error:  # noqa: BLE001
+                except Exception as error:  # a failed evaluation fails this record only
                     record = _policy_record(row, entry, budget, status="failed", error=_error_text(error), **common)
                 else:
                     metrics = {k: v for k, v in out.items() if k not in ("by_distance", "by_slice")}
@@ -214,7 +216,7 @@ def evaluate_run_policies(store: Store, row: dict, policies: list[dict], *, owne
                 try:
                     record["budget_tokens"] = POLICIES.get(entry["name"])(
                         budget=budget, mode=entry["mode"], **entry["kwargs"]).resolve_budget(context_len)
-                except Exception:  # noqa: BLE001
+                except Exception:  # the budget stays unrecorded; the record is still stored
                     pass
             if store.add_policy_eval(record):
                 result["evaluated"] += 1

@@ -77,16 +77,32 @@ else:  # pragma: no cover
 
 from ..config import ConfigError, TrainConfig
 from ..registry import MIXERS, POLICIES, TASKS
-from .checks import (  # noqa: F401  (re-exported: the spec's validation helpers)
-    GRID_KEYS, _close, _int_list, _is_int, base_task_kwargs, build_mixer_check, check_mixer_kwargs, check_task_kwargs,
-    check_train, instantiate_task, make_config, registry_entry, resolve_mixer_kwargs, resolve_task_kwargs,
+from .checks import (
+    GRID_KEYS,
+    _close,
+    _int_list,
+    _is_int,
+    base_task_kwargs,
+    build_mixer_check,
+    check_mixer_kwargs,
+    check_task_kwargs,
+    check_train,
+    instantiate_task,
+    make_config,
+    registry_entry,
+    resolve_mixer_kwargs,
+    resolve_task_kwargs,
 )
-from .ids import (  # noqa: F401  (re-exported)
-    ID_OMITTED_DEFAULTS, RESULT_NEUTRAL_KEYS, RunSpec, canonical_json, estimated_work, longest_first, run_id,
+from .ids import (  # noqa: F401 - re-exported for callers of arena.spec
+    ID_OMITTED_DEFAULTS,
+    RESULT_NEUTRAL_KEYS,
+    RunSpec,
+    canonical_json,
+    estimated_work,
+    longest_first,
+    run_id,
 )
-from .policy_plan import (  # noqa: F401  (re-exported)
-    POLICY_ENTRY_KEYS, budget_key, check_budgets, check_policy_entry, policy_applies, policy_pairs,
-)
+from .policy_plan import POLICY_ENTRY_KEYS, budget_key, check_budgets, check_policy_entry, policy_applies, policy_pairs
 
 __all__ = ["ArenaSpec", "RunSpec", "load_spec", "run_id", "GRID_KEYS", "SPEC_KEYS", "RESULT_NEUTRAL_KEYS",
            "POLICY_ENTRY_KEYS", "policy_applies", "policy_pairs", "budget_key"]
@@ -136,7 +152,8 @@ class ArenaSpec:
             raise ConfigError(f"a spec must be a table/dict of {', '.join(SPEC_KEYS)}; got {type(data).__name__}")
         for key in data:
             if key not in SPEC_KEYS:
-                raise ConfigError(f"{key}: unknown spec key.{_close(key, SPEC_KEYS)} Accepted keys: {', '.join(SPEC_KEYS)}")
+                raise ConfigError(f"{key}: unknown spec key.{_close(key, SPEC_KEYS)} "
+                                  f"Accepted keys: {', '.join(SPEC_KEYS)}")
         data = dict(data)
         if "name" not in data:
             if default_name is None:
@@ -194,8 +211,9 @@ class ArenaSpec:
                                   f"mode = ... }} tables, or \"all\" (every registered policy); got {policies!r}")
             policies = POLICIES.names()
         if not isinstance(policies, (list, tuple)):
-            raise ConfigError(f"policies must be a list of policy names or {{ name = ..., kwargs = {{...}}, mode = ... }} "
-                              f"tables, or \"all\"; got {policies!r}. Available policies: {', '.join(POLICIES.names())}")
+            raise ConfigError("policies must be a list of policy names or "
+                              f"{{ name = ..., kwargs = {{...}}, mode = ... }} tables, or \"all\"; got {policies!r}. "
+                              f"Available policies: {', '.join(POLICIES.names())}")
         spec_budgets = check_budgets(budgets, "budgets")
         if not policies:
             if spec_budgets:
@@ -232,18 +250,19 @@ class ArenaSpec:
         lrs = self._lrs(self.lrs, "lrs")
         own_lrs = [isinstance(e, dict) and "lrs" in e for e in self.mixers]
         if (lrs != [None] or any(own_lrs)) and "lr" in train:
-            raise ConfigError("train.lr cannot be set together with lrs: lrs sweeps the learning rate; remove one of them")
+            raise ConfigError("train.lr cannot be set together with lrs: lrs sweeps the learning rate; "
+                              "remove one of them")
         base = make_config(train, "train")  # train's own values checked once (e.g. steps > 0)
 
         mixers = [self._mixer(i, entry) for i, entry in enumerate(self.mixers)]
         mixer_lrs = [self._lrs(entry["lrs"], f"mixers[{i}].lrs") if own else lrs
-                     for i, (entry, own) in enumerate(zip(self.mixers, own_lrs))]
+                     for i, (entry, own) in enumerate(zip(self.mixers, own_lrs, strict=True))]
         for i, (name, kwargs) in enumerate(mixers):
             for j, width in enumerate(widths):
                 build_mixer_check(name, kwargs, width, f"mixers[{i}].kwargs", f"widths[{j}]")
 
         tasks = []  # (task, user kwargs, {length: resolved kwargs})
-        for i, (entry, (task, kwargs, own_lengths)) in enumerate(zip(self.tasks, task_entries)):
+        for i, (entry, (task, kwargs, own_lengths)) in enumerate(zip(self.tasks, task_entries, strict=True)):
             key = f"tasks[{i}].kwargs" if isinstance(entry, dict) else f"tasks[{i}]"
             task_lengths = own_lengths if own_lengths is not None else lengths
             lengths_key = f"tasks[{i}].lengths" if own_lengths is not None else "lengths"
@@ -256,21 +275,24 @@ class ArenaSpec:
                     raise ConfigError(f"{lengths_key}[{j}]={length}: task {task!r} rejects it: {error}") from None
                 clash = sorted(set(by_length) & set(kwargs))
                 if clash:
-                    raise ConfigError(f"{key}.{clash[0]} is set by lengths for task {task!r}; remove it from the task's kwargs")
+                    raise ConfigError(f"{key}.{clash[0]} is set by lengths for task {task!r}; "
+                                      "remove it from the task's kwargs")
                 full = {**merged, **by_length}
-                obj = instantiate_task(task, full, key, seq_len_key=f"{lengths_key}[{j}]={length}", context=f"with seq_len={length}")
+                obj = instantiate_task(task, full, key, seq_len_key=f"{lengths_key}[{j}]={length}",
+                                       context=f"with seq_len={length}")
                 per_length[length] = resolve_task_kwargs(obj, full)
                 for k, override in enumerate(base.eval_task_kwargs):
                     okey = f"train.eval_task_kwargs[{k}]"
                     check_task_kwargs(task, override, okey)
                     instantiate_task(task, {**per_length[length], **override}, okey,
-                                     seq_len_key=f"{okey}.seq_len" if "seq_len" in override else f"{lengths_key}[{j}]={length}",
+                                     seq_len_key=(f"{okey}.seq_len" if "seq_len" in override
+                                                  else f"{lengths_key}[{j}]={length}"),
                                      context=f"evaluating {key} at seq_len={length}")
             tasks.append((task, kwargs, per_length))
 
         runs = []
-        grid = ((m, t, length, w, s, lr) for m, m_lrs in zip(mixers, mixer_lrs) for t in tasks for length in t[2]
-                for w, s, lr in itertools.product(widths, seeds, m_lrs))
+        grid = ((m, t, length, w, s, lr) for m, m_lrs in zip(mixers, mixer_lrs, strict=True) for t in tasks
+                for length in t[2] for w, s, lr in itertools.product(widths, seeds, m_lrs))
         for (mixer, mkwargs), (task, tkwargs, per_length), length, width, seed, lr in grid:
             values = {
                 **({"lr": lr} if lr is not None else {}),
@@ -282,7 +304,8 @@ class ArenaSpec:
                 "task_kwargs": per_length[length],
                 "seed": seed,
             }
-            config = make_config(values, f"run (mixer={mixer}, task={task}, seq_len={length}, d_model={width}, seed={seed})")
+            config = make_config(values, f"run (mixer={mixer}, task={task}, seq_len={length}, d_model={width}, "
+                                         f"seed={seed})")
             labels = {"spec": self.name, "mixer": mixer, "mixer_kwargs": dict(mkwargs), "task": task,
                       "task_kwargs": dict(tkwargs), "seq_len": length, "d_model": width, "n_layers": self.n_layers,
                       "seed": seed, "lr": config.lr, "loss_on": config.loss_on}
@@ -383,7 +406,8 @@ def load_spec(source: str | Path | dict | ArenaSpec) -> ArenaSpec:
     if isinstance(source, dict):
         return ArenaSpec.from_dict(source)
     if not isinstance(source, (str, Path)):
-        raise ConfigError(f"a spec is a path to a .toml or .py file, a dict or an ArenaSpec; got {type(source).__name__}")
+        raise ConfigError("a spec is a path to a .toml or .py file, a dict or an ArenaSpec; "
+                          f"got {type(source).__name__}")
     path = Path(source)
     if not path.exists():
         raise ConfigError(f"spec file {str(path)!r} does not exist")
@@ -411,5 +435,6 @@ def load_spec(source: str | Path | dict | ArenaSpec) -> ArenaSpec:
                 raise ConfigError(f"{path}: configs must be a list of TrainConfig, got {type(configs).__name__}")
             name = namespace.get("name", path.stem)
             return ArenaSpec(name=name, configs=list(configs), seeds=[])
-        raise ConfigError(f"{path}: a Python spec must define `spec` (an ArenaSpec or dict) or `configs` (a list of TrainConfig)")
+        raise ConfigError(f"{path}: a Python spec must define `spec` (an ArenaSpec or dict) "
+                          "or `configs` (a list of TrainConfig)")
     raise ConfigError(f"spec file {str(path)!r} must end in .toml or .py")

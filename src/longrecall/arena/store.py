@@ -45,7 +45,7 @@ from typing import Collection, Iterable, Iterator
 
 from .export import policy_csv, runs_csv, write_records
 from .owners import code_version, default_owner, owner_alive, torch_version
-from .store_schema import (  # noqa: F401  (re-exported)
+from .store_schema import (  # noqa: F401 - re-exported
     _SCHEMA,
     _SCHEMA_V2,
     _SPLIT_EVAL_KEYS,
@@ -216,7 +216,8 @@ class Store:
         rows = []
         for run in run_specs:
             if isinstance(run, dict):
-                run_id, config, labels, spec_name = run["id"], run["config"], run.get("labels", {}), run.get("spec_name")
+                run_id, config, labels, spec_name = (run["id"], run["config"], run.get("labels", {}),
+                                                     run.get("spec_name"))
             else:
                 run_id, config, labels, spec_name = run.id, run.config, run.labels, run.spec_name
             if hasattr(config, "to_dict"):
@@ -232,7 +233,8 @@ class Store:
         return added
 
     def _claimable(self, row) -> bool:
-        return row is not None and (row["status"] == "pending" or (row["status"] == "running" and not owner_alive(row["owner"])))
+        return row is not None and (row["status"] == "pending"
+                                    or (row["status"] == "running" and not owner_alive(row["owner"])))
 
     def _take(self, conn, run_id: str, owner: str) -> None:
         conn.execute(
@@ -265,14 +267,16 @@ class Store:
                     row = candidate
                     break
             if row is None:
-                for candidate in conn.execute("SELECT id, status, owner FROM runs WHERE status = 'running' ORDER BY rowid"):
+                for candidate in conn.execute("SELECT id, status, owner FROM runs WHERE status = 'running' "
+                                              "ORDER BY rowid"):
                     if (wanted is None or candidate["id"] in wanted) and self._claimable(candidate):
                         row = candidate
                         break
             if row is None:
                 return None
             self._take(conn, row["id"], owner)
-            claimed = conn.execute("SELECT id, config, labels, spec_name, attempts FROM runs WHERE id = ?", (row["id"],)).fetchone()
+            claimed = conn.execute("SELECT id, config, labels, spec_name, attempts FROM runs WHERE id = ?",
+                                   (row["id"],)).fetchone()
         return _decode(claimed)
 
     def reset_stale(self) -> int:
@@ -417,15 +421,18 @@ class Store:
         with self._write() as conn:
             run = conn.execute("SELECT status FROM runs WHERE id = ?", (values["run_id"],)).fetchone()
             if run is None:
-                raise StoreError(f"cannot store a policy evaluation of run {values['run_id']}: no such run in {self.path}")
+                raise StoreError(f"cannot store a policy evaluation of run {values['run_id']}: "
+                                 f"no such run in {self.path}")
             if run["status"] != "done":
-                raise StoreError(f"cannot store a policy evaluation of run {values['run_id']}: it is {run['status']}, not done")
+                raise StoreError(f"cannot store a policy evaluation of run {values['run_id']}: "
+                                 f"it is {run['status']}, not done")
             old = conn.execute("SELECT status FROM policy_evals WHERE run_id = ? AND policy_key = ? AND budget_key = ?",
                                (values["run_id"], values["policy_key"], values["budget_key"])).fetchone()
             if old is not None and old["status"] != "failed":
                 return False
             columns = ", ".join(POLICY_COLUMNS)
-            conn.execute(f"INSERT OR REPLACE INTO policy_evals ({columns}) VALUES ({', '.join('?' * len(POLICY_COLUMNS))})",
+            conn.execute(f"INSERT OR REPLACE INTO policy_evals ({columns}) "
+                         f"VALUES ({', '.join('?' * len(POLICY_COLUMNS))})",
                          tuple(values[key] for key in POLICY_COLUMNS))
             return True
 

@@ -113,7 +113,8 @@ def _columns(create_table: str) -> tuple[str, ...]:
 
 RUN_COLUMNS = _columns(_SCHEMA[1])
 POLICY_COLUMNS = _columns(_SCHEMA_V2[0])
-JSON_COLUMNS = ("config", "labels", "metrics", "by_distance", "by_slice", "state_bytes", "history", "evals", "task_config")
+JSON_COLUMNS = ("config", "labels", "metrics", "by_distance", "by_slice", "state_bytes", "history", "evals",
+                "task_config")
 # final_eval keys that get their own columns (the rest of final_eval goes to ``metrics``)
 _SPLIT_EVAL_KEYS = ("by_distance", "by_slice", "state_bytes")
 

@@ -12,7 +12,8 @@ outputs and final states agree, and times both in the same process, same run:
 | per-channel decay (GLA) | ``linear_attn`` | ``gla.naive.naive_recurrent_gla`` |
 | decay + bonus (RWKV-6) | ``linear_attn(bonus=u)`` | ``rwkv6.recurrent_naive.naive_recurrent_rwkv6`` |
 | delta rule (DeltaNet) | ``delta_rule`` | ``delta_rule.naive.delta_rule_chunkwise`` |
-| gated delta rule (Gated DeltaNet) | ``delta_rule(log_decay=g)`` | ``gated_delta_rule.naive.naive_chunk_gated_delta_rule`` |
+| gated delta rule (Gated DeltaNet) | ``delta_rule(log_decay=g)`` | \
+``gated_delta_rule.naive.naive_chunk_gated_delta_rule`` |
 
 The layouts differ (fla's are (B, T, H, K) for some functions and (B, H, T, K) for others) and some
 of fla's references scale q by K^-0.5 internally; each case adapts to that so both sides compute
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 import torch
@@ -51,7 +53,7 @@ def fla_available() -> bool:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            import fla.ops.delta_rule.naive  # noqa: F401  (needs triton installed, not a GPU)
+            import fla.ops.delta_rule.naive  # noqa: F401 - a probe: needs triton installed, not a GPU
         return True
     except Exception:  # ImportError, or triton failing to initialise
         return False
@@ -145,8 +147,8 @@ def compare(cases: list[Case], lengths: list[int], *, batch: int = 1, heads: int
             with torch.no_grad():
                 o_ours, s_ours = case.ours(x)
                 o_theirs, s_theirs = case.theirs(x)
-                ours = _median_time(lambda: case.ours(x), repeats)
-                theirs = _median_time(lambda: case.theirs(x), repeats)
+                ours = _median_time(partial(case.ours, x), repeats)
+                theirs = _median_time(partial(case.theirs, x), repeats)
             scale = float(o_theirs.abs().max())
             rows.append({
                 "case": case.name, "reference": case.reference, "T": T, "batch": batch, "heads": heads,
@@ -161,7 +163,8 @@ def compare(cases: list[Case], lengths: list[int], *, batch: int = 1, heads: int
 
 
 def to_markdown(rows: list[dict]) -> str:
-    lines = ["| case | T | ours tok/s | fla reference tok/s | ours / reference speed | max abs diff (output, state) | reference |",
+    lines = ["| case | T | ours tok/s | fla reference tok/s | ours / reference speed | "
+             "max abs diff (output, state) | reference |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['case']} | {r['T']} | {r['ours_tokens_per_s']:,.0f} | {r['theirs_tokens_per_s']:,.0f} | "

@@ -62,7 +62,7 @@ def _median_time(fn, repeats: int, warmup: bool = True) -> float:
 
 
 def _build(name: str, d_model: int, kwargs: dict):
-    import longrecall.mixers  # noqa: F401
+    import longrecall.mixers  # noqa: F401 - registers every mixer
     from longrecall.registry import MIXERS
 
     cls = MIXERS.get(name)
@@ -202,7 +202,7 @@ def cells(spec: BenchSpec) -> list[tuple[str, str, int, int]]:
 
 def _has_mambapy() -> bool:
     try:
-        import mambapy  # noqa: F401
+        import mambapy  # noqa: F401 - a probe
 
         return True
     except ImportError:
@@ -249,7 +249,8 @@ def to_markdown(report: dict) -> str:
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['threads']} torch threads; Python {m['python']}, "
         f"torch {m['torch']}, longrecall {m['longrecall']}; {m['time']}.",
-        f"Width D={report['spec']['d_model']}, float32, CPU. Medians of {report['spec']['repeats']} repeats after a warm-up.",
+        f"Width D={report['spec']['d_model']}, float32, CPU. "
+        f"Medians of {report['spec']['repeats']} repeats after a warm-up.",
         "",
         "| mixer | batch | T | forward tok/s | step loop tok/s | forward / step loop | step ms/token at T | "
         "train tok/s | peak RSS fwd MB | peak RSS train MB | state bytes at T | load avg |",
@@ -265,20 +266,23 @@ def to_markdown(report: dict) -> str:
         errors = "; ".join(r["error"] for r in modes.values() if "error" in r)
         lines.append(
             f"| {name} | {B} | {T} | {_fmt(fwd.get('tokens_per_s'))} | {_fmt(loop.get('tokens_per_s'))} | "
-            f"{_fmt(ratio, 1)}{'x' if ratio else ''} | {_fmt(lat.get('ms_per_token'), 3)} | {_fmt(train.get('tokens_per_s'))} | "
-            f"{_fmt(fwd.get('peak_rss_mb'))} | {_fmt(train.get('peak_rss_mb'))} | {_fmt(lat.get('state_bytes'))} | {load:.1f} |"
+            f"{_fmt(ratio, 1)}{'x' if ratio else ''} | {_fmt(lat.get('ms_per_token'), 3)} | "
+            f"{_fmt(train.get('tokens_per_s'))} | {_fmt(fwd.get('peak_rss_mb'))} | {_fmt(train.get('peak_rss_mb'))} | "
+            f"{_fmt(lat.get('state_bytes'))} | {load:.1f} |"
             + (f" error: {errors}" if errors else "")
         )
     compare = [r for r in report["results"] if r["mode"] == "mambapy"]
     if compare:
         lines += ["", "## mamba vs mambapy (parallel scan), same weights, same run", "",
-                  "| batch | T | ours tok/s | mambapy tok/s | ours / mambapy speed | max abs output diff |", "|---|---|---|---|---|---|"]
+                  "| batch | T | ours tok/s | mambapy tok/s | ours / mambapy speed | max abs output diff |",
+                  "|---|---|---|---|---|---|"]
         for r in compare:
             if "error" in r:
                 lines.append(f"| {r['batch']} | {r['T']} | error: {r['error']} | | | |")
                 continue
-            lines.append(f"| {r['batch']} | {r['T']} | {_fmt(r['ours_tokens_per_s'])} | {_fmt(r['mambapy_tokens_per_s'])} | "
-                         f"{r['speedup_vs_mambapy']:.2f}x | {r['max_abs_diff']:.2e} |")
+            lines.append(f"| {r['batch']} | {r['T']} | {_fmt(r['ours_tokens_per_s'])} | "
+                         f"{_fmt(r['mambapy_tokens_per_s'])} | {r['speedup_vs_mambapy']:.2f}x | "
+                         f"{r['max_abs_diff']:.2e} |")
     flat = _latency_flatness(report["results"])
     if flat:
         lines += ["", "## decode latency flatness (ms/token at the longest T / at T=1024)", ""]
@@ -289,7 +293,8 @@ def to_markdown(report: dict) -> str:
 
 
 def _latency_flatness(results: list[dict]) -> dict:
-    lat = {(r["mixer"], r["batch"], r["T"]): r["ms_per_token"] for r in results if r["mode"] == "step_latency" and "ms_per_token" in r}
+    lat = {(r["mixer"], r["batch"], r["T"]): r["ms_per_token"] for r in results
+           if r["mode"] == "step_latency" and "ms_per_token" in r}
     out = {}
     for (name, B, T) in lat:
         longest = max(t for (n, b, t) in lat if n == name and b == B)

@@ -18,14 +18,14 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run 'longrecall COMMAND --help' for worked examples of each command.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, module in SUBCOMMANDS.items():
+    for module in SUBCOMMANDS.values():
         module.add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    import longrecall.mixers  # noqa: F401  registers every mixer
-    import longrecall.tasks  # noqa: F401  registers every task
+    import longrecall.mixers  # registers every mixer
+    import longrecall.tasks  # noqa: F401 - registers every task
 
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)

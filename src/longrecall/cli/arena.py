@@ -67,7 +67,8 @@ def add_parser(sub) -> None:
             "  [train]\n  steps = 300\n  short_conv = 4\n"
             "\nKV-cache policies (every run with an attention layer is re-evaluated from its checkpoint, never\n"
             "retrained; a policy x budget leaderboard is printed after the runs' leaderboard):\n"
-            '  policies = ["window", {name = "h2o", kwargs = {recent_ratio = 0.5}}, {name = "snapkv", mode = "prefill"}]\n'
+            '  policies = ["window", {name = "h2o", kwargs = {recent_ratio = 0.5}}, '
+            '{name = "snapkv", mode = "prefill"}]\n'
             "  budgets = [0.5, 0.25, 16]        # fractions of the sequence length, or tokens per layer and head\n"
             "  longrecall arena --preset kv-budget --report report/\n"
         ),

@@ -104,7 +104,8 @@ def run(args) -> int:
     except json.JSONDecodeError as error:
         print(f"error: --mixer-kwargs must be JSON like '{{\"mamba\": {{\"scan\": \"naive\"}}}}': {error}")
         return 2
-    if not isinstance(mixer_kwargs, dict) or not all(k in names and isinstance(v, dict) for k, v in mixer_kwargs.items()):
+    if not isinstance(mixer_kwargs, dict) or not all(k in names and isinstance(v, dict)
+                                                     for k, v in mixer_kwargs.items()):
         print("error: --mixer-kwargs must map benchmarked mixer names to dicts of constructor arguments")
         return 2
     spec = BenchSpec(mixers=names, lengths=args.lengths, batch_sizes=args.batch_sizes, d_model=args.d_model,
@@ -139,7 +140,8 @@ def add_parser(sub) -> None:
         description="Forward tokens/s (parallel form) vs the step loop, per-token step latency after a "
         "T-token prefill, training-step tokens/s and peak resident memory, per mixer, length and batch. "
         "Every cell runs in its own process. Mixers failing their contract check are not timed.",
-        epilog="examples:\n  longrecall bench --quick\n  longrecall bench --mixers s4d,mamba --lengths 1024,4096 --batch-sizes 1\n"
+        epilog="examples:\n  longrecall bench --quick\n"
+        "  longrecall bench --mixers s4d,mamba --lengths 1024,4096 --batch-sizes 1\n"
         "  longrecall bench --mixers mamba --modes train --mixer-kwargs '{\"mamba\": {\"scan\": \"naive\"}}'\n"
         "  longrecall bench --mixers all --out bench_results   (the full table: about 10 minutes)\n"
         "  longrecall bench --train-steps --widths 64 --lengths 64   (training steps of every mixer's 2-layer model)\n"
@@ -156,17 +158,19 @@ def add_parser(sub) -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default 2; 1 with --train-steps)")
     p.add_argument("--train-steps", action="store_true",
-                   help="instead of the mixer table: ms per training step (forward + backward + AdamW) of whole 2-layer "
-                        "models at the presets' sizes, every mixer timed in one process in interleaved rounds, with "
-                        "its ratio to attention (--repeats = rounds)")
+                   help="instead of the mixer table: ms per training step (forward + backward + AdamW) of whole "
+                        "2-layer models at the presets' sizes, every mixer timed in one process in interleaved rounds, "
+                        "with its ratio to attention (--repeats = rounds)")
     p.add_argument("--widths", type=_ints, default=[64], help="model widths for --train-steps (default 64)")
     p.add_argument("--compile", action="store_true",
                    help="with --train-steps: also time every model under torch.compile (the `compile` training option)")
-    p.add_argument("--mixer-kwargs", default="{}", help='JSON: constructor arguments per mixer, e.g. \'{"mamba": {"scan": "naive"}}\'')
+    p.add_argument("--mixer-kwargs", default="{}",
+                   help='JSON: constructor arguments per mixer, e.g. \'{"mamba": {"scan": "naive"}}\'')
     p.add_argument("--no-mambapy", action="store_true", help="skip the comparison with mambapy even if installed")
     p.add_argument("--compare-fla", action="store_true",
-                   help="instead of the mixer table: time our linear-attention kernels against flash-linear-attention's "
-                        "PyTorch references on the same inputs and check they agree (needs the `compare` extra)")
+                   help="instead of the mixer table: time our linear-attention kernels against "
+                        "flash-linear-attention's PyTorch references on the same inputs and check they agree "
+                        "(needs the `compare` extra)")
     p.add_argument("--quick", action="store_true", help="T in {64, 256}, batch 1, one repeat: a smoke run")
     p.add_argument("--out", default="bench_results", help="directory for bench.json and bench.md")
     p.add_argument("--json", action="store_true")

@@ -59,7 +59,8 @@ def _state_bytes(args) -> int:
         if not widths or min(widths) <= 0:
             raise ValueError
     except ValueError:
-        raise SystemExit(f"--widths must be comma-separated positive ints (e.g. 64,128,256), got {args.widths!r}")
+        raise SystemExit("--widths must be comma-separated positive ints (e.g. 64,128,256), "
+                         f"got {args.widths!r}") from None
     if args.length <= 0:
         raise SystemExit(f"--length must be a positive int, got {args.length}")
     table = state_bytes_table(widths, args.length, args.mixers.split(",") if args.mixers else None)
@@ -71,8 +72,8 @@ def _state_bytes(args) -> int:
     print("| " + " | ".join(columns) + " |")
     print("|" + "---|" * len(columns))
     for row in table:
-        print("| " + " | ".join(f"{row[c]:,}" if isinstance(row[c], int) else f"`{row[c]}`" if c == "name" else str(row[c])
-                                 for c in columns) + " |")
+        print("| " + " | ".join(f"{row[c]:,}" if isinstance(row[c], int) else f"`{row[c]}`" if c == "name"
+                                 else str(row[c]) for c in columns) + " |")
     return 0
 
 
@@ -89,7 +90,8 @@ def run(args) -> int:
     console = Console()
     for kind in kinds:
         table = Table(title=kind)
-        columns = ["name"] + (["state_growth"] if kind == "mixers" else []) + (["version"] if kind == "tasks" else []) + ["description"]
+        columns = (["name"] + (["state_growth"] if kind == "mixers" else []) + (["version"] if kind == "tasks" else [])
+                   + ["description"])
         for column in columns:
             table.add_column(column)
         for row in data[kind]:
@@ -114,6 +116,7 @@ def add_parser(sub) -> None:
     p.add_argument("--state-bytes", action="store_true",
                    help="measure each mixer's state bytes per layer (batch 1, float32) and print a markdown table")
     p.add_argument("--widths", default="64,128,256", help="d_model values for --state-bytes (default 64,128,256)")
-    p.add_argument("--length", type=int, default=1024, help="tokens read before measuring, for --state-bytes (default 1024)")
+    p.add_argument("--length", type=int, default=1024,
+                   help="tokens read before measuring, for --state-bytes (default 1024)")
     p.add_argument("--mixers", default=None, help="comma-separated mixers for --state-bytes (default: all)")
     p.set_defaults(run=run)

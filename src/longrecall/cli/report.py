@@ -33,12 +33,14 @@ def add_parser(sub) -> None:
         "when the store holds "
         "KV-cache policy evaluations, a policy x budget leaderboard, accuracy vs budget, and the policies' "
         "points on the frontier.",
-        epilog="examples:\n  longrecall report arena.db -o report/\n  longrecall report runs.db -o out --title 'MQAR sweep'",
+        epilog="examples:\n  longrecall report arena.db -o report/\n"
+        "  longrecall report runs.db -o out --title 'MQAR sweep'",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("store", help="the SQLite results store written by `longrecall arena`")
     p.add_argument("-o", "--out", required=True, help="output directory")
     p.add_argument("--title", default="longrecall report")
     p.add_argument("--all-lrs", action="store_true",
-                   help="show every learning rate of a sweep (default: each group at its best rate, Zoology's protocol)")
+                   help="show every learning rate of a sweep "
+                        "(default: each group at its best rate, Zoology's protocol)")
     p.set_defaults(run=run)

@@ -1,19 +1,8 @@
 """Memory mechanisms, one file each (the file name is the registry key); the imports below register them."""
 
 # (a) foundation: attention baselines and state-space layers
-from . import attention, mamba, s4d, sliding_window  # noqa: F401
+from . import attention, mamba, s4d, sliding_window  # noqa: F401 - imported to register
 
+# isort: split
 # (a) linear attention, delta rules and selective recurrences (matrix-valued fixed-size memories)
-from . import (  # noqa: F401
-    based,
-    deltanet,
-    gated_deltanet,
-    gla,
-    linear_attention,
-    mamba2,
-    mlstm,
-    mom,
-    retnet,
-    rwkv6,
-    titans,
-)
+from . import based, deltanet, gated_deltanet, gla, linear_attention, mamba2, mlstm, mom, retnet, rwkv6, titans  # noqa: F401 - imported to register

@@ -153,7 +153,8 @@ class Attention(Mixer):
             raise TypeError(f"policy must be a longrecall Policy instance or None, got {type(policy).__name__}")
         if not self.supports_policy:
             raise TypeError(
-                f"{type(self).__name__} overrides attention's forward/step; KV-cache policies apply to `attention` layers"
+                f"{type(self).__name__} overrides attention's forward/step; "
+                "KV-cache policies apply to `attention` layers"
             )
         self.kv_policy = policy.bind(n_heads=self.n_heads, layer=layer, n_layers=n_layers, context_len=context_len)
 

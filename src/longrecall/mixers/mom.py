@@ -8,8 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..modules import (RMSNorm, ShortConvolution, decay_init, delta_rule_step, gated_log_decay, head_dims, l2norm,
-                       own)
+from ..modules import RMSNorm, ShortConvolution, decay_init, delta_rule_step, gated_log_decay, head_dims, l2norm, own
 from ..ops.linear_attn import IMPLS, delta_rule, state_dtype
 from ..protocol import Mixer
 from ..registry import register_mixer
@@ -297,7 +296,7 @@ class MoM(Mixer):
         memories = []
         # a call per memory over its own length (small tensors stay in cache); unbind, not [i]: indexing in a
         # loop makes each backward zero-fill the whole (G, ...) gradient
-        per_memory = zip(lengths, *(t.unbind(0) for t in (q, k, v, beta, g)), memory.unbind(1))
+        per_memory = zip(lengths, *(t.unbind(0) for t in (q, k, v, beta, g)), memory.unbind(1), strict=True)
         for i, (n, q_i, k_i, v_i, beta_i, g_i, memory_i) in enumerate(per_memory):
             if n < L:
                 q_i, k_i, v_i, beta_i, g_i = (t[:, :, :n] for t in (q_i, k_i, v_i, beta_i, g_i))
@@ -330,7 +329,7 @@ class MoM(Mixer):
             o, *shared = self._memories(o, x_flat, q, None, count.new_full((1, B), T), None, W[M:],
                                         state.conv_k[:, M:], state.conv_v[:, M:], state.memory[:, M:])
             states.append(shared)
-        conv_k, conv_v, memory = (torch.cat(s, dim=1) for s in zip(*states))
+        conv_k, conv_v, memory = (torch.cat(s, dim=1) for s in zip(*states, strict=True))
         return self.read_out(o.view(B, T, H, V), x), MoMState(conv_q, conv_k, conv_v, memory)
 
     def forward_masked(self, x: Tensor, state: MoMState | None = None) -> tuple[Tensor, MoMState]:

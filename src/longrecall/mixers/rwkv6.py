@@ -137,7 +137,7 @@ class RWKV6(Mixer):
         xxx = xxx.unflatten(-1, (5, self.mix_rank))  # (..., 5, R)
         mw, mk, mv, mr, mg = torch.einsum("...fr,frd->f...d", xxx, self.time_maa_w2).unbind(0)  # 5 x (..., D)
         mu = self.time_maa_w, self.time_maa_k, self.time_maa_v, self.time_maa_r, self.time_maa_g  # (1, 1, D)
-        xw, xk, xv, xr, xg = (x + xx * (m.view(-1) + dm) for m, dm in zip(mu, (mw, mk, mv, mr, mg)))
+        xw, xk, xv, xr, xg = (x + xx * (m.view(-1) + dm) for m, dm in zip(mu, (mw, mk, mv, mr, mg), strict=True))
 
         r, k, v = (self._heads(proj(y)) for proj, y in ((self.receptance, xr), (self.key, xk), (self.value, xv)))
         d = self.time_decay.view(-1) + torch.tanh(xw @ self.time_decay_w1) @ self.time_decay_w2  # (..., D)

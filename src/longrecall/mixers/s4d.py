@@ -178,7 +178,7 @@ class S4D(Mixer):
         snap = self._cache_params
         return snap is not None and all(
             a.dtype == p.dtype and a.device == p.device and a.shape == p.shape and torch.equal(a, p)
-            for a, p in zip(snap, self._kernel_params())
+            for a, p in zip(snap, self._kernel_params(), strict=True)
         )
 
     def _get(self, T: int | None) -> tuple[_Disc, _Kernel | None]:

@@ -79,7 +79,7 @@ def _backward_through(times, times_t, n_layers: int, k: Tensor, v: Tensor) -> tu
 def memory_grads(weights: Weights, k: Tensor, v: Tensor) -> Weights:
     """Dense per-token gradients, each (B, H, n, in_l, out_l) (the step and tests use these)."""
     inputs, deltas = memory_backward(weights, k, v)
-    return tuple(x.unsqueeze(-1) * d.unsqueeze(-2) for x, d in zip(inputs, deltas))
+    return tuple(x.unsqueeze(-1) * d.unsqueeze(-2) for x, d in zip(inputs, deltas, strict=True))
 
 
 def _segment_products(g: Tensor) -> Tensor:
@@ -231,7 +231,7 @@ class Titans(Mixer):
             self.gates.bias.copy_(torch.tensor([2.0, -6.0, -2.0]).repeat_interleave(H))
         dims = [d] + [hidden] * (memory_depth - 1) + [d]
         self.memory_init = nn.ParameterList()  # theta before the first token, learned; per layer (H, in, out)
-        for d_in, d_out in zip(dims[:-1], dims[1:]):
+        for d_in, d_out in zip(dims[:-1], dims[1:], strict=True):
             W = torch.empty(H, d_in, d_out)
             for h in range(H):
                 nn.init.xavier_uniform_(W[h])
@@ -308,19 +308,19 @@ class Titans(Mixer):
 
         # gradient factors chunk by chunk: the first chunk's at theta_s, each later one's at theta(t0 - 1)
         cuts = [0, *range(min(L, b - pos), L, b), L]
-        sizes = [t1 - t0 for t0, t1 in zip(cuts[:-1], cuts[1:])]
+        sizes = [t1 - t0 for t0, t1 in zip(cuts[:-1], cuts[1:], strict=True)]
         if len(sizes) > 1:  # the rows t0 - 1 the later chunks read, taken once (slices would each zero-fill (L, L))
             ends = torch.tensor(cuts[1:-1], device=q.device) - 1
             rows = [t.index_select(-2, ends) for t in (c_w, c_m, neg_A_lr)]  # (B, H, chunks - 1, 1 | 1 | L)
         xs, ds = [[] for _ in range(n_layers)], [[] for _ in range(n_layers)]
-        for j, (t0, k_j, v_j) in enumerate(zip(cuts, k.split(sizes, dim=2), v.split(sizes, dim=2))):
+        for j, (t0, k_j, v_j) in enumerate(zip(cuts, k.split(sizes, dim=2), v.split(sizes, dim=2), strict=False)):
             if j == 0:
                 inputs, deltas = memory_backward(start, k_j, v_j)
             else:
                 X, D = [torch.cat(x, dim=2) for x in xs], [torch.cat(d, dim=2) for d in ds]  # (B, H, t0, in|out)
                 at = (rows[0][..., j - 1, None, :], rows[1][..., j - 1, None, :], rows[2][..., j - 1, None, :t0])
-                inputs, deltas = _backward_through(lambda h, i: read(h, i, *at), lambda g, i: read(g, i, *at, True),
-                                                   n_layers, k_j, v_j)
+                inputs, deltas = _backward_through(lambda h, i, at=at: read(h, i, *at),
+                                                   lambda g, i, at=at: read(g, i, *at, True), n_layers, k_j, v_j)
             for i in range(n_layers):
                 xs[i].append(inputs[i])
                 ds[i].append(deltas[i])
@@ -392,12 +392,12 @@ class Titans(Mixer):
         q, k, v, eta, lr, alpha = self.project(x.unsqueeze(1))  # (B, H, 1, d), (B, H, 1)
         grads = memory_grads(state.start, k, v)  # per layer (B, H, 1, in, out)
         eta, lr, alpha = (g[..., None, None] for g in (eta[..., 0], lr[..., 0], alpha[..., 0]))  # (B, H, 1, 1)
-        momentum = tuple(eta * M - lr * G[:, :, 0] for M, G in zip(state.momentum, grads))
-        weights = tuple((1 - alpha) * W + M for W, M in zip(state.weights, momentum))
+        momentum = tuple(eta * M - lr * G[:, :, 0] for M, G in zip(state.momentum, grads, strict=True))
+        weights = tuple((1 - alpha) * W + M for W, M in zip(state.weights, momentum, strict=True))
         o = memory_apply(weights, q)  # (B, H, 1, d)
         position = state.position + 1
         done = position == self.chunk_size  # (B,): this token closed the chunk
-        start = tuple(torch.where(done[:, None, None, None], W, S) for W, S in zip(weights, state.start))
+        start = tuple(torch.where(done[:, None, None, None], W, S) for W, S in zip(weights, state.start, strict=True))
         position = torch.where(done, torch.zeros_like(position), position)
         return self.output(o, x.unsqueeze(1))[:, 0], TitansState(start, weights, momentum, position)
 

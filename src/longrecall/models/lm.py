@@ -203,7 +203,7 @@ class LanguageModel(nn.Module):
 
     def state_bytes(self, state: ModelState) -> int:
         """Bytes held by every mixer's state (and short-conv buffers), counted from the tensors."""
-        layers = sum(block.mixer.state_bytes(s) for block, s in zip(self.blocks, state.layers))
+        layers = sum(block.mixer.state_bytes(s) for block, s in zip(self.blocks, state.layers, strict=True))
         return layers + state_nbytes(state.convs) + state_nbytes(state.last_hidden)
 
     @torch.no_grad()
@@ -254,7 +254,7 @@ class LanguageModel(nn.Module):
     def _run_blocks(self, x: Tensor, state: ModelState, how: str) -> tuple[Tensor, ModelState]:
         convs = state.convs or (None,) * len(self.blocks)
         new_layers, new_convs = [], []
-        for block, layer_state, conv_state in zip(self.blocks, state.layers, convs):
+        for block, layer_state, conv_state in zip(self.blocks, state.layers, convs, strict=True):
             x, layer_state, conv_state = getattr(block, how)(x, layer_state, conv_state)
             new_layers.append(layer_state)
             if conv_state is not None:

@@ -68,7 +68,7 @@ def load_kernel(name: str, source: str | Path) -> ModuleType | None:
             module = load(f"longrecall_{name}_{digest}", [str(source)], extra_cflags=CFLAGS,
                           extra_ldflags=LDFLAGS, verbose=False)
             _status[name] = "compiled"
-        except Exception as error:  # noqa: BLE001 - no compiler, no ninja, a failed build: fall back
+        except Exception as error:  # no compiler, no ninja, a failed build: fall back
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             _status[name] = f"unavailable ({reason})"
             warnings.warn(f"longrecall: the C++ kernel {name!r} could not be built ({reason}); using the PyTorch "

@@ -159,7 +159,7 @@ def cat_states(states: list[PolicyKVState]) -> PolicyKVState:
 
     def cat(items):
         if isinstance(items[0], tuple):
-            return tuple(cat(list(group)) for group in zip(*items))
+            return tuple(cat(list(group)) for group in zip(*items, strict=True))
         if items[0].dim() >= 3 and len({t.shape[2] for t in items}) > 1:
             m = max(t.shape[2] for t in items)
             fill = -1 if items[0].dtype in (torch.int8, torch.int16, torch.int32, torch.int64) else 0
@@ -278,7 +278,7 @@ class Policy:
         T = kv.pos.shape[2] - state.pos.shape[2]
         B, H = kv.pos.shape[:2]
         new = self.new_extra(B, H, T, device=kv.pos.device, dtype=kv.k.dtype)
-        extra = tuple(torch.cat([old, fresh], dim=2) for old, fresh in zip(state.extra, new))
+        extra = tuple(torch.cat([old, fresh], dim=2) for old, fresh in zip(state.extra, new, strict=True))
         return PolicyKVState(kv.k, kv.v, kv.pos, kv.length, extra, state.aux)
 
     def observe(self, state: PolicyKVState, obs: Observation) -> PolicyKVState:

@@ -125,7 +125,7 @@ class KIVI(Policy):
         pos = torch.gather(state.pos, 2, order).masked_fill(~ok, -1).reshape(B, H, m // G, G)
         new = (pack(kc, self.bits), ks[:, :, :, 0], kz[:, :, :, 0], pack(vc.reshape(B, H, m // G, G, K), self.bits),
                vs[..., 0], vz[..., 0], pos)
-        aux = tuple(torch.cat([old, fresh], 2) for old, fresh in zip(state.aux, new))
+        aux = tuple(torch.cat([old, fresh], 2) for old, fresh in zip(state.aux, new, strict=True))
         return keep_mask(state, valid & ~flush)._replace(aux=aux)
 
     def attend_view(self, state: PolicyKVState) -> tuple[Tensor, Tensor, Tensor]:

@@ -11,17 +11,41 @@ matplotlib: ``pip install 'longrecall[plot]'``.
 
 from .build import write_report
 from .plots import (
-    PLOTS, PlotDependencyError, Style, distance_curves, plot_accuracy_vs_budget, plot_accuracy_vs_distance,
-    plot_accuracy_vs_length, plot_accuracy_vs_state_bytes, plot_training_curves, require_matplotlib, style_for,
+    PLOTS,
+    PlotDependencyError,
+    Style,
+    distance_curves,
+    plot_accuracy_vs_budget,
+    plot_accuracy_vs_distance,
+    plot_accuracy_vs_length,
+    plot_accuracy_vs_state_bytes,
+    plot_training_curves,
+    require_matplotlib,
+    style_for,
 )
 from .tables import (
-    best_lr_records, budget_fraction, convergence_of, failed_runs, failed_to_html, failed_to_markdown, leaderboard,
-    lower_bounds, mixer_name, pareto_front,
-    policy_leaderboard, policy_pivots, provenance, state_bytes_at, status_counts, to_html, to_markdown,
+    best_lr_records,
+    budget_fraction,
+    convergence_of,
+    failed_runs,
+    failed_to_html,
+    failed_to_markdown,
+    leaderboard,
+    lower_bounds,
+    mixer_name,
+    pareto_front,
+    policy_leaderboard,
+    policy_pivots,
+    provenance,
+    state_bytes_at,
+    status_counts,
+    to_html,
+    to_markdown,
 )
 
 __all__ = [
-    "PLOTS", "PlotDependencyError", "Style", "best_lr_records", "budget_fraction", "convergence_of", "distance_curves", "failed_runs", "failed_to_html",
+    "PLOTS", "PlotDependencyError", "Style", "best_lr_records", "budget_fraction", "convergence_of", "distance_curves",
+    "failed_runs", "failed_to_html",
     "failed_to_markdown", "leaderboard", "lower_bounds", "mixer_name", "pareto_front", "plot_accuracy_vs_budget",
     "plot_accuracy_vs_distance", "plot_accuracy_vs_length", "plot_accuracy_vs_state_bytes", "plot_training_curves",
     "policy_leaderboard", "policy_pivots", "provenance",

@@ -11,9 +11,32 @@ from typing import Sequence
 from ..checkpoint import atomic_write_bytes
 from . import plots as _plots
 from .tables import (
-    best_lr_records, failed_runs, failed_to_html, failed_to_markdown, fmt_lr, fmt_pct, labels_of, leaderboard,
-    lower_bounds, mixer_name, pivots_to_html, recipe_table, recipe_to_html, recipe_to_markdown, recipe_varies, pivots_to_markdown, policy_leaderboard, policy_pivots, policy_to_html,
-    policy_to_markdown, provenance, status_counts, to_html, to_markdown, _html_table, _md_table,
+    _html_table,
+    _md_table,
+    best_lr_records,
+    failed_runs,
+    failed_to_html,
+    failed_to_markdown,
+    fmt_lr,
+    fmt_pct,
+    labels_of,
+    leaderboard,
+    lower_bounds,
+    mixer_name,
+    pivots_to_html,
+    pivots_to_markdown,
+    policy_leaderboard,
+    policy_pivots,
+    policy_to_html,
+    policy_to_markdown,
+    provenance,
+    recipe_table,
+    recipe_to_html,
+    recipe_to_markdown,
+    recipe_varies,
+    status_counts,
+    to_html,
+    to_markdown,
 )
 
 FIGURES = (
@@ -258,7 +281,7 @@ def write_report(records: Sequence[dict], out_dir, title: str = "longrecall repo
         md += ["No finished runs.", ""]
     if figures:
         md += ["## Figures", ""]
-        for name, caption, howto, path in figures:
+        for _name, caption, howto, path in figures:
             md += [f"### {caption}", "", f"![{caption}]({path.name})", "", f"*How to read:* {howto}", ""]
     if recipe_rows:
         name, caption, howto, path = recipe_figure
@@ -266,7 +289,7 @@ def write_report(records: Sequence[dict], out_dir, title: str = "longrecall repo
                f"### {caption}", "", f"![{caption}]({path.name})", "", f"*How to read:* {howto}", ""]
     if policy_rows:
         md += ["## KV-cache policies", "", POLICY_HOW_TO_READ, "", pivots_to_markdown(pivots)]
-        for name, caption, howto, path in policy_figures:
+        for _name, caption, howto, path in policy_figures:
             md += [f"### {caption}", "", f"![{caption}]({path.name})", "", f"*How to read:* {howto}", ""]
         md += ["### Policy evaluations (detail)", "", POLICY_DETAIL_HOW_TO_READ, "", policy_to_markdown(policy_rows)]
     md += [f"## Failed runs ({len(failed)})", "", failed_to_markdown(failed)]

@@ -19,7 +19,7 @@ from typing import Sequence
 
 from .plot_budget import plot_accuracy_vs_budget
 from .plot_curves import plot_learning_curves, plot_training_curves
-from .plot_style import (  # noqa: F401  (re-exported)
+from .plot_style import (  # noqa: F401 - re-exported
     DPI,
     INSTALL_HINT,
     KNOWN_MIXERS,
@@ -97,7 +97,7 @@ def plot_accuracy_vs_length(records: Sequence[dict], path, style: Style | None =
                 lo = [r["accuracy"] - r["accuracy_min"] if r["accuracy_min"] is not None else 0 for r in pts]
                 hi = [r["accuracy_max"] - r["accuracy"] if r["accuracy_max"] is not None else 0 for r in pts]
                 ax.errorbar(xs, ys, yerr=[lo, hi], color=style.color(m), capsize=3, linewidth=1.6, label=m)
-                for r, x, y in zip(pts, xs, ys):  # filled: converged; hollow: a lower bound
+                for r, x, y in zip(pts, xs, ys, strict=True):  # filled: converged; hollow: a lower bound
                     ax.plot([x], [y], linestyle="", marker=style.marker(m), markersize=6, color=style.color(m),
                             markerfacecolor=style.color(m) if r.get("converged") else "white", zorder=3)
             ax.set_xscale("log", base=2)

@@ -88,8 +88,8 @@ def policy_leaderboard(records: Sequence[dict], policy_evals: Sequence[dict]) ->
     ``delta``, ``state_bytes`` (after the context), ``state_bytes_end`` (after the whole
     sequence), ``resident_bytes`` (retrieval policies), ``seeds``, ``eval_seconds``, ``skipped``,
     ``failed``, ``note`` (the first skipped/failed reason) and ``converged`` (every evaluated model's
-    training converged: the policy's accuracy is measured on a trained model, not a lower bound's). Sorted by task, seq_len, model, then
-    fraction descending and accuracy descending.
+    training converged: the policy's accuracy is measured on a trained model, not a lower bound's).
+    Sorted by task, seq_len, model, then fraction descending and accuracy descending.
     """
     rows = []
     converged = {str(r.get("id")): convergence_of(r) == "converged" for r in records if r.get("status") == "done"}

@@ -92,7 +92,8 @@ def _recipe_cells(row: dict) -> list[str]:
         reached = f"{row['steps_to']:.0f}" + (f" ({row['reached']}/{row['seeds']} seeds)" if row["seeds"] > 1 else "")
     return [row["task"], str(row["seq_len"]), str(row["d_model"]), row["mixer"], row["loss_on"], fmt_lr(row),
             fmt_pct(row["accuracy"]), fmt_pct(row["best"]), reached or "—",
-            f"{row['steps']:.0f}" if row["steps"] is not None else "", f"{row['seconds']:.0f}" if row["seconds"] else "",
+            f"{row['steps']:.0f}" if row["steps"] is not None else "",
+            f"{row['seconds']:.0f}" if row["seconds"] else "",
             row["convergence"]]
 
 

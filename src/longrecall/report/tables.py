@@ -12,7 +12,7 @@ import math
 from collections import Counter, defaultdict
 from typing import Iterable, Sequence
 
-from .policy_tables import (  # noqa: F401  (re-exported)
+from .policy_tables import (  # noqa: F401 - re-exported
     NO_BUDGET,
     POLICY_COLUMNS,
     budget_fraction,
@@ -26,8 +26,8 @@ from .policy_tables import (  # noqa: F401  (re-exported)
     policy_to_html,
     policy_to_markdown,
 )
-from .recipes import RECIPE_COLUMNS, recipe_table, recipe_to_html, recipe_to_markdown, recipe_varies, steps_to  # noqa: F401  (re-exported)
-from .records import (  # noqa: F401  (re-exported)
+from .recipes import RECIPE_COLUMNS, recipe_table, recipe_to_html, recipe_to_markdown, recipe_varies, steps_to  # noqa: F401 - re-exported
+from .records import (  # noqa: F401 - re-exported
     _convergence_summary,
     _html_table,
     _md_escape,

@@ -42,7 +42,8 @@ class Batch:
             )
         for name, value in self.slices.items():
             if value.shape != (self.inputs.shape[0],):
-                raise ValueError(f"slice {name!r} must have shape (N,)={self.inputs.shape[0]}, got {tuple(value.shape)}")
+                raise ValueError(f"slice {name!r} must have shape (N,)={self.inputs.shape[0]}, "
+                                 f"got {tuple(value.shape)}")
 
     def __len__(self) -> int:
         return self.inputs.shape[0]

@@ -29,7 +29,7 @@ registered attention function), ``hooks`` (``apply_policy`` / ``kv_policy``).
 """
 
 try:  # the layered Cache API of transformers >= 5
-    from transformers.cache_utils import CacheLayerMixin  # noqa: F401
+    from transformers.cache_utils import CacheLayerMixin  # noqa: F401 - a probe for that API
 except ImportError as err:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "longrecall.adapters.hf needs transformers >= 5 with the layered Cache API (tested with 5.24): "

@@ -261,7 +261,7 @@ def _pass_states(S: Tensor, writes: Tensor, decay: Tensor | None) -> tuple[Tenso
             S = S + w
     else:
         d = decay[..., None, None] if decay.dim() == 3 else decay.unsqueeze(-1)  # (B, H, n, K or 1, 1)
-        for w, d_n in zip(writes.unbind(2), d.unbind(2)):
+        for w, d_n in zip(writes.unbind(2), d.unbind(2), strict=True):
             starts.append(S)
             S = torch.addcmul(w, d_n, S)
     return torch.stack(starts, dim=2), S
@@ -399,7 +399,7 @@ def delta_rule_chunked(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, log_decay:
 
     starts, values = [], []
     d = decay.unbind(2) if decay is not None else [None] * n
-    for U_n, W_n, kw_n, d_n in zip(U.unbind(2), W.unbind(2), k_write.unbind(2), d):
+    for U_n, W_n, kw_n, d_n in zip(U.unbind(2), W.unbind(2), k_write.unbind(2), d, strict=True):
         # U_n, W_n: (B, H, C, V | K); kw_n: (B, H, C, K); d_n: (B, H) or None
         starts.append(S)
         value = U_n - W_n @ S  # (B, H, C, V): the pseudo-values d = beta (v - a k S_prev) of the chunk

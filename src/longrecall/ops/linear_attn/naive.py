@@ -100,7 +100,7 @@ def linear_attn_naive(
     g_ = log_decay.to(dtype).unbind(2) if log_decay is not None else [None] * T
     u = bonus.to(dtype) if bonus is not None else None
     outs = []
-    for q_t, k_t, v_t, g_t in zip(q_, k_, v_, g_):
+    for q_t, k_t, v_t, g_t in zip(q_, k_, v_, g_, strict=True):
         # q_t, k_t: (B, H, K); v_t: (B, H, V); g_t: (B, H) or (B, H, K)
         write = k_t.unsqueeze(-1) * v_t.unsqueeze(-2)  # (B, H, K, V)
         if u is not None:  # RWKV-6: o_t = q_t (S_{t-1} + diag(u) k_t^T v_t)
@@ -140,14 +140,15 @@ def delta_rule_naive(
     """
     check_shapes(q, k, v, log_decay, initial_state, beta=beta)
     if log_decay is not None and log_decay.dim() != 3:
-        raise ValueError(f"delta_rule takes one decay per head: log_decay must be (B, H, T), got {tuple(log_decay.shape)}")
+        raise ValueError("delta_rule takes one decay per head: log_decay must be (B, H, T), "
+                         f"got {tuple(log_decay.shape)}")
     dtype = state_dtype(v.dtype)
     S = _start(q, v, initial_state, dtype)
     T = q.shape[2]
     q_, k_, v_, b_ = (t.to(dtype).unbind(2) for t in (q, k, v, beta))
     g_ = log_decay.to(dtype).unbind(2) if log_decay is not None else [None] * T
     outs = []
-    for q_t, k_t, v_t, b_t, g_t in zip(q_, k_, v_, b_, g_):
+    for q_t, k_t, v_t, b_t, g_t in zip(q_, k_, v_, b_, g_, strict=True):
         if g_t is not None:
             S = g_t.exp()[..., None, None] * S  # (B, H, K, V)
         # S (I - beta k^T k) form written as a correction of the current read-out k_t S

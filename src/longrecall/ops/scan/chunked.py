@@ -48,7 +48,7 @@ def _chunk_sequential(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
     decay = torch.exp(delta.unsqueeze(-1) * A)  # (B, L, E, N), in (0, 1]
     drive = (delta * u).unsqueeze(-1) * B.unsqueeze(2)  # (B, L, E, N)
     states = []
-    for a_t, b_t in zip(decay.unbind(1), drive.unbind(1)):  # unbind, never decay[:, t] (see notes)
+    for a_t, b_t in zip(decay.unbind(1), drive.unbind(1), strict=True):  # unbind, never decay[:, t] (see notes)
         h = torch.addcmul(b_t, a_t, h)  # h = a_t * h + b_t, one kernel
         states.append(h)
     hs = torch.stack(states, dim=1)  # (B, L, E, N)
@@ -86,7 +86,7 @@ _CHUNK_FNS = {"sequential": _chunk_sequential, "parallel": _chunk_parallel}
 def _scan_chunks(u, delta, A, B, C, h, chunk_size, chunk_fn, starts: list | None = None):
     """Run the chunks in order, passing the state on; optionally record each chunk's incoming state."""
     ys = []
-    for u_c, d_c, B_c, C_c in zip(*(t.split(chunk_size, dim=1) for t in (u, delta, B, C))):
+    for u_c, d_c, B_c, C_c in zip(*(t.split(chunk_size, dim=1) for t in (u, delta, B, C)), strict=True):
         if starts is not None:
             starts.append(h)
         y_c, h = chunk_fn(u_c, d_c, A, B_c, C_c, h)
@@ -132,12 +132,12 @@ class _ChunkedScan(torch.autograd.Function):
                 y_c, h_out = chunk_fn(*leaves)
             wanted = [t for t in leaves if t.requires_grad]
             # (h_out does not depend on C: with only C wanted in chunk 0 it has no graph)
-            outs, douts = zip(*[(o, d) for o, d in ((y_c, dy_c), (h_out, dh)) if o.requires_grad])
+            outs, douts = zip(*[(o, d) for o, d in ((y_c, dy_c), (h_out, dh)) if o.requires_grad], strict=True)
             got = iter(torch.autograd.grad(outs, wanted, douts, allow_unused=True))
             # allow_unused: e.g. C never reaches h_out, and dy may be all zeros; None means zero
             g = [next(got) if t.requires_grad else None for t in leaves]
-            g = [torch.zeros_like(t) if t.requires_grad and gi is None else gi for t, gi in zip(leaves, g)]
-            for store, gi in zip(seq_grads, (g[0], g[1], g[3], g[4])):
+            g = [torch.zeros_like(t) if t.requires_grad and gi is None else gi for t, gi in zip(leaves, g, strict=True)]
+            for store, gi in zip(seq_grads, (g[0], g[1], g[3], g[4]), strict=True):
                 store.append(gi)
             if dA is not None:
                 dA += g[2]
@@ -146,7 +146,8 @@ class _ChunkedScan(torch.autograd.Function):
         def along_time(store: list, need: bool):
             return torch.cat(store[::-1], dim=1) if need else None
 
-        du, ddelta, dB, dC = (along_time(s, n) for s, n in zip(seq_grads, (need_u, need_delta, need_B, need_C)))
+        du, ddelta, dB, dC = (along_time(s, n)
+                              for s, n in zip(seq_grads, (need_u, need_delta, need_B, need_C), strict=True))
         return du, ddelta, dA, dB, dC, dh if need_h0 else None, None, None
 
 

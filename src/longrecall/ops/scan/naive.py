@@ -60,7 +60,7 @@ def selective_scan_naive(
     ys = []
     # unbind, never u[:, t]: indexing inside the loop makes backward zero-fill a full
     # (B, T, ...) gradient per step (O(T^2) memory traffic).
-    for u_t, d_t, b_t, c_t in zip(u_.unbind(1), delta_.unbind(1), B_.unbind(1), C_.unbind(1)):
+    for u_t, d_t, b_t, c_t in zip(u_.unbind(1), delta_.unbind(1), B_.unbind(1), C_.unbind(1), strict=True):
         # u_t, d_t: (B, E); b_t, c_t: (B, N)
         decay = torch.exp(d_t.unsqueeze(-1) * A_)  # (B, E, N), in (0, 1] for A <= 0
         drive = (d_t * u_t).unsqueeze(-1) * b_t.unsqueeze(1)  # (B, E, N)
