@@ -21,17 +21,7 @@ Guarantees:
   (schema 1 -> 2 adds the policy tables; 2 -> 3 adds ``runs.convergence`` and fills it from each
   finished run's stored loss and held-out histories, ``longrecall.convergence``).
 
-KV-cache policy evaluations (schema 2) live in ``policy_evals``, one row per (run, policy,
-budget): primary key ``(run_id, policy_key, budget_key)`` where ``policy_key`` is the canonical
-JSON of the policy's name, resolved kwargs and mode, and ``budget_key`` the JSON of the budget as
-given (``0.25``, ``16``, ``null`` for none). Columns: ``policy``, ``policy_label``,
-``policy_kwargs`` (JSON), ``mode``, ``budget`` (JSON), ``budget_tokens`` (resolved),
-``context_len``, ``status`` (done / skipped / failed), ``metrics`` (JSON: accuracy, loss, scored,
-reference_accuracy, protocol details), ``by_distance``, ``by_slice``, ``state_bytes`` (after the
-context), ``state_bytes_end`` (after the sequence), ``resident_bytes(_end)`` (retrieval
-policies), ``eval_seconds``, ``checkpoint_step``, ``protocol``, versions, ``owner``, ``error``,
-``created_at``. ``add_policy_eval`` writes a row once (a failed one may be replaced);
-``policy_claims`` keeps two workers from evaluating the same run at once.
+The tables and their columns: ``store_schema``.
 """
 
 from __future__ import annotations
@@ -58,24 +48,18 @@ from .store_schema import (  # noqa: F401 - re-exported
     SCHEMA_VERSION,
     SQLITE_HEADER,
     STATUSES,
+    StoreError,
     _decode,
     _dumps,
+    check_store_file,
     convergence_of,
+    holds_store,
     migrate,
     now,
 )
 
 __all__ = ["Store", "StoreError", "SCHEMA_VERSION", "APP", "STATUSES", "POLICY_STATUSES", "code_version",
            "default_owner"]
-
-class StoreError(RuntimeError):
-    """The file is not a usable longrecall store, or a write was refused."""
-
-
-# ----------------------------------------------------------------------------- helpers
-
-
-# ----------------------------------------------------------------------------- the store
 
 
 class Store:
@@ -85,7 +69,7 @@ class Store:
         self.path = Path(path)
         self._conn: sqlite3.Connection | None = None
         self._pid = None
-        self._check_existing(create)
+        check_store_file(self.path, create)
         if create:  # `--store runs/x.db` on a fresh clone: SQLite will not create the folder
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._connect(initialise=True)
@@ -93,64 +77,6 @@ class Store:
     @classmethod
     def open(cls, path: str | Path, create: bool = True) -> "Store":
         return cls(path, create=create)
-
-    # -- opening -----------------------------------------------------------------------------
-
-    def _check_existing(self, create: bool) -> None:
-        """Refuse foreign or newer files before opening them for writing (they stay untouched)."""
-        path = self.path
-        if path.is_dir():
-            raise StoreError(f"{path} is a directory, not a results store file")
-        if not path.exists():
-            if not create:
-                raise StoreError(f"no results store at {path} (pass create=True to make one)")
-            return
-        if path.stat().st_size == 0:
-            return  # an empty file is an empty database: it becomes a new store
-        with open(path, "rb") as f:
-            header = f.read(len(SQLITE_HEADER))
-        if header != SQLITE_HEADER:
-            raise StoreError(f"{path} is not a SQLite database (and so not a longrecall results store); "
-                             f"refusing to open or overwrite it")
-        try:
-            conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
-        except sqlite3.Error as error:
-            raise StoreError(f"cannot open {path} read-only to inspect it: {error}") from None
-        try:
-            self._validate(conn)
-        except sqlite3.DatabaseError as error:
-            raise StoreError(f"{path} is a damaged or unreadable SQLite file: {error}; refusing to use it") from None
-        finally:
-            conn.close()
-
-    def _validate(self, conn: sqlite3.Connection) -> bool:
-        """True if ``conn`` holds our schema (this version or an older one we migrate), False if it
-        holds no tables; StoreError otherwise."""
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if not tables:
-            return False
-        if "meta" not in tables:
-            raise StoreError(f"{self.path} is a SQLite database but not a longrecall results store "
-                             f"(tables: {', '.join(sorted(tables))}); refusing to modify it")
-        try:
-            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-        except sqlite3.DatabaseError as error:
-            raise StoreError(f"{self.path} has a meta table this store cannot read ({error}); "
-                             f"it is not a longrecall results store; refusing to modify it") from None
-        if meta.get("app") != APP:
-            raise StoreError(f"{self.path} is a SQLite database of another application "
-                             f"(meta.app = {meta.get('app')!r}, expected {APP!r}); refusing to modify it")
-        try:
-            version = int(meta.get("schema_version"))
-        except (TypeError, ValueError):
-            raise StoreError(f"{self.path}: meta.schema_version is {meta.get('schema_version')!r}, "
-                             f"not an integer; the store is damaged") from None
-        if version > SCHEMA_VERSION:
-            raise StoreError(f"{self.path} was written with store schema version {version}, newer than this "
-                             f"longrecall understands ({SCHEMA_VERSION}); upgrade longrecall to read it")
-        if "runs" not in tables:
-            raise StoreError(f"{self.path}: the runs table is missing; the store is damaged")
-        return True
 
     def _connect(self, initialise: bool = False) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
@@ -160,7 +86,7 @@ class Store:
             try:
                 conn.execute("PRAGMA journal_mode = WAL")  # the file was checked to be ours or new
                 with self._transaction(conn):
-                    if not self._validate(conn):  # re-checked under the write lock
+                    if not holds_store(conn, self.path):  # re-checked under the write lock
                         for statement in _SCHEMA + _SCHEMA_V2:
                             conn.execute(statement)
                         conn.executemany("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",

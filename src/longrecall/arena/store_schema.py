@@ -2,6 +2,17 @@
 
 Each column is declared once, in its table's SQL; the tuples of column names the store and the
 export use are read off that SQL (``_columns``), so adding a column is one edit.
+
+KV-cache policy evaluations (schema 2) live in ``policy_evals``, one row per (run, policy,
+budget): primary key ``(run_id, policy_key, budget_key)`` where ``policy_key`` is the canonical
+JSON of the policy's name, resolved kwargs and mode, and ``budget_key`` the JSON of the budget as
+given (``0.25``, ``16``, ``null`` for none); ``metrics`` holds accuracy, loss, scored,
+reference_accuracy and protocol details, ``state_bytes`` is measured after the context and
+``state_bytes_end`` after the sequence. ``policy_claims`` keeps two workers from evaluating the
+same run at once.
+
+Before a store writes to a file, ``check_store_file`` inspects it read-only and refuses anything
+that is not a longrecall store of this or an older schema, leaving it untouched.
 """
 
 from __future__ import annotations
@@ -10,10 +21,12 @@ import json
 import re
 import sqlite3
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 __all__ = ["APP", "SCHEMA_VERSION", "STATUSES", "POLICY_STATUSES", "SQLITE_HEADER", "BUSY_TIMEOUT_S", "RUN_COLUMNS",
-           "POLICY_COLUMNS", "JSON_COLUMNS", "POLICY_JSON_COLUMNS", "migrate", "now", "convergence_of"]
+           "POLICY_COLUMNS", "JSON_COLUMNS", "POLICY_JSON_COLUMNS", "migrate", "now", "convergence_of",
+           "StoreError", "check_store_file", "holds_store"]
 
 APP = "longrecall"
 # 1: runs; 2: + policy_evals (KV-cache policy x budget evaluations of finished runs) and policy_claims;
@@ -166,3 +179,64 @@ def migrate(conn: sqlite3.Connection) -> None:
             conn.execute("UPDATE runs SET convergence = ? WHERE id = ?", (verdict, row[0]))
     conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
     conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (f"migrated_from_{version}_at", now()))
+
+
+class StoreError(RuntimeError):
+    """The file is not a usable longrecall store, or a write was refused."""
+
+
+def check_store_file(path: Path, create: bool) -> None:
+    """Refuse foreign or newer files before opening them for writing (they stay untouched)."""
+    if path.is_dir():
+        raise StoreError(f"{path} is a directory, not a results store file")
+    if not path.exists():
+        if not create:
+            raise StoreError(f"no results store at {path} (pass create=True to make one)")
+        return
+    if path.stat().st_size == 0:
+        return  # an empty file is an empty database: it becomes a new store
+    with open(path, "rb") as f:
+        header = f.read(len(SQLITE_HEADER))
+    if header != SQLITE_HEADER:
+        raise StoreError(f"{path} is not a SQLite database (and so not a longrecall results store); "
+                         f"refusing to open or overwrite it")
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
+    except sqlite3.Error as error:
+        raise StoreError(f"cannot open {path} read-only to inspect it: {error}") from None
+    try:
+        holds_store(conn, path)
+    except sqlite3.DatabaseError as error:
+        raise StoreError(f"{path} is a damaged or unreadable SQLite file: {error}; refusing to use it") from None
+    finally:
+        conn.close()
+
+
+def holds_store(conn: sqlite3.Connection, path: Path) -> bool:
+    """True if ``conn`` holds our schema (this version or an older one ``migrate`` upgrades), False if
+    it holds no tables; StoreError naming ``path`` otherwise."""
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if not tables:
+        return False
+    if "meta" not in tables:
+        raise StoreError(f"{path} is a SQLite database but not a longrecall results store "
+                         f"(tables: {', '.join(sorted(tables))}); refusing to modify it")
+    try:
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+    except sqlite3.DatabaseError as error:
+        raise StoreError(f"{path} has a meta table this store cannot read ({error}); "
+                         f"it is not a longrecall results store; refusing to modify it") from None
+    if meta.get("app") != APP:
+        raise StoreError(f"{path} is a SQLite database of another application "
+                         f"(meta.app = {meta.get('app')!r}, expected {APP!r}); refusing to modify it")
+    try:
+        version = int(meta.get("schema_version"))
+    except (TypeError, ValueError):
+        raise StoreError(f"{path}: meta.schema_version is {meta.get('schema_version')!r}, "
+                         f"not an integer; the store is damaged") from None
+    if version > SCHEMA_VERSION:
+        raise StoreError(f"{path} was written with store schema version {version}, newer than this "
+                         f"longrecall understands ({SCHEMA_VERSION}); upgrade longrecall to read it")
+    if "runs" not in tables:
+        raise StoreError(f"{path}: the runs table is missing; the store is damaged")
+    return True
