@@ -6,3 +6,6 @@ from . import attention, mamba, s4d, sliding_window  # noqa: F401 - imported to 
 # isort: split
 # (a) linear attention, delta rules and selective recurrences (matrix-valued fixed-size memories)
 from . import based, deltanet, gated_deltanet, gla, linear_attention, mamba2, mlstm, mom, retnet, rwkv6, titans  # noqa: F401 - imported to register
+
+# isort: split
+# (a) structured state spaces, long convolutions and classic RNNs (issue 13)
