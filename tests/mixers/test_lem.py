@@ -1,0 +1,179 @@
+"""LEM: the paper's equations (z first, y from the new z), forward == step loop, init, bounded states."""
+
+import math
+
+import pytest
+import torch
+
+from longrecall.mixers.lem import LEM, LEMState
+from longrecall.protocol import state_clone
+from longrecall.registry import get_mixer
+
+from mixer_helpers import F64, random_inputs, seeded
+
+D = 6
+
+
+def _model(d_hidden=None, dt=0.7, seed=0, d_model=D):
+    return seeded(LEM, d_model, seed=seed, d_hidden=d_hidden, dt=dt)
+
+
+def _random_state(m, B, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    return LEMState(*(torch.rand(B, m.d_hidden, generator=g, dtype=F64) * 2 - 1 for _ in range(2)))
+
+
+def _paper_equations(m, x, state, *, explicit_y=False):
+    """Eq. 3 of the paper written out with named blocks of the weights; ``explicit_y`` feeds y the old z."""
+    N = m.d_hidden
+    V1, V2, Vz, Vy = m.inp2hid.weight.split(N)  # (N, D) each
+    c1, c2, cz, cy = m.inp2hid.bias.split(N)
+    W1, W2, Wz = m.hid2hid.weight.split(N)  # (N, N) each
+    d1, d2, dz = m.hid2hid.bias.split(N)
+    Wy, by = m.transform_z.weight, m.transform_z.bias
+    y, z = state
+    ys = []
+    for u in x.unbind(1):
+        dt1 = m.dt * torch.sigmoid(y @ W1.T + u @ V1.T + c1 + d1)
+        dt2 = m.dt * torch.sigmoid(y @ W2.T + u @ V2.T + c2 + d2)
+        z_new = (1 - dt1) * z + dt1 * torch.tanh(y @ Wz.T + u @ Vz.T + cz + dz)
+        y = (1 - dt2) * y + dt2 * torch.tanh((z if explicit_y else z_new) @ Wy.T + by + u @ Vy.T + cy)
+        z = z_new
+        ys.append(y)
+    return torch.stack(ys, 1), LEMState(y, z)
+
+
+def test_registered_and_attributes():
+    assert get_mixer("lem") is LEM
+    assert LEM.state_growth == "constant"
+    m = LEM(8)
+    assert m.d_hidden == 8 and m.out_proj is None and m.dt == 1.0
+    assert LEM(8, d_hidden=12).out_proj.weight.shape == (8, 12)
+
+
+def test_init_as_the_reference():
+    torch.manual_seed(0)
+    m = LEM(32, d_hidden=128)
+    bound = 1 / math.sqrt(128)
+    cell = [m.inp2hid.weight, m.inp2hid.bias, m.hid2hid.weight, m.hid2hid.bias, m.transform_z.weight,
+            m.transform_z.bias]
+    for p in cell:  # every weight and bias ~ U(-1/sqrt(N), 1/sqrt(N)), N the hidden width (not fan-in)
+        assert p.abs().max() <= bound and p.abs().max() > 0.9 * bound
+    w = m.inp2hid.weight  # fan-in 32: PyTorch's default would be U(-1/sqrt(32), 1/sqrt(32))
+    assert abs(w.std().item() - bound / math.sqrt(3)) < 0.05 * bound
+    s = m.init_state(2)
+    assert s.y.shape == s.z.shape == (2, 128) and not s.y.any() and not s.z.any()
+
+
+@pytest.mark.parametrize("d_hidden", [None, 4, 9])
+def test_step_equals_the_paper_equations(d_hidden):
+    m = _model(d_hidden)
+    x, s0 = random_inputs(2, 9, D, seed=2), _random_state(m, 2)
+    with torch.no_grad():
+        y_ref, s_ref = _paper_equations(m, x, s0)
+        y, s = m.step_loop(x, s0)
+        if m.out_proj is not None:
+            y_ref = m.out_proj(y_ref)
+        torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(s, s_ref, rtol=1e-12, atol=1e-12)
+        # the update order matters: y read from the old z is a different model
+        y_exp, _ = _paper_equations(m, x, s0, explicit_y=True)
+        assert (y_exp - _paper_equations(m, x, s0)[0]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("d_hidden", [None, 4])
+@pytest.mark.parametrize("T", [1, 5, 16])
+def test_forward_equals_step_loop(d_hidden, T):
+    m = _model(d_hidden)
+    x = random_inputs(3, T, D, seed=4)
+    for s0 in (m.init_state(3, dtype=F64), _random_state(m, 3)):
+        with torch.no_grad():
+            y_par, s_par = m(x, s0)
+            y_rec, s_rec = m.step_loop(x, s0)
+        torch.testing.assert_close(y_par, y_rec, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(s_par, s_rec, rtol=1e-12, atol=1e-12)
+
+
+def test_gradients_forward_equal_step_loop():
+    m = _model(5)
+    x = random_inputs(2, 8, D, seed=5).requires_grad_()
+    s0 = LEMState(*(t.requires_grad_() for t in _random_state(m, 2)))
+    g = torch.Generator().manual_seed(6)
+    w_y, w_a, w_b = (torch.randn(shape, generator=g, dtype=F64) for shape in ((2, 8, D), (2, 5), (2, 5)))
+
+    def grads(run):
+        y, s = run(x, s0)
+        loss = (y * w_y).sum() + (s.y * w_a).sum() + (s.z * w_b).sum()
+        names = [n for n, _ in m.named_parameters()] + ["x", "y0", "z0"]
+        return dict(zip(names, torch.autograd.grad(loss, [*m.parameters(), x, *s0]), strict=True))
+
+    g_par, g_rec = grads(m.forward), grads(m.step_loop)
+    for name in g_par:
+        assert g_par[name].abs().max() > 0, name
+        torch.testing.assert_close(g_par[name], g_rec[name], rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_chunked_forward_equals_whole():
+    m = _model()
+    x = random_inputs(2, 17, D, seed=7)
+    with torch.no_grad():
+        y, s = m(x)
+        ya, sa = m(x[:, :6])
+        yb, sb = m(x[:, 6:], sa)
+    torch.testing.assert_close(torch.cat([ya, yb], 1), y, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(sb, s, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dt", [1.0, 0.3])
+def test_states_stay_in_the_unit_box_for_any_input(dt):
+    # dt <= 1: each update is a convex combination of the old state and a tanh, so |y|, |z| <= 1 (paper, sec. 4)
+    m = _model(dt=dt)
+    x = random_inputs(2, 300, D, seed=8, scale=50.0)
+    with torch.no_grad():
+        _, s = m(x, _random_state(m, 2))
+        ys, _ = m(x)
+    assert ys.abs().max() <= 1 and s.y.abs().max() <= 1 and s.z.abs().max() <= 1
+    assert ys.abs().max() > 0.9  # large inputs saturate the tanh: the bound is tight, not vacuous
+
+
+def test_time_step_scales_the_update():
+    m_small, m_big = _model(dt=0.01), _model(dt=1.0)  # same weights: same seed
+    x, s0 = random_inputs(2, 1, D, seed=9), _random_state(m_small, 2)
+    with torch.no_grad():
+        small = (m_small(x, s0)[1].y - s0.y).abs().max()
+        big = (m_big(x, s0)[1].y - s0.y).abs().max()
+    assert small <= 0.01 * 2 and big > 10 * small  # |y_n - y_{n-1}| <= dt2 |tanh - y| <= 2 dt
+
+
+def test_step_does_not_mutate_state_and_state_bytes():
+    m = LEM(5, d_hidden=7)
+    s = LEMState(torch.randn(3, 7), torch.randn(3, 7))
+    before = state_clone(s)
+    m.step(torch.randn(3, 5), s)
+    m(torch.randn(3, 4, 5), s)
+    torch.testing.assert_close(s, before, rtol=0, atol=0)
+    assert m.state_bytes(m.init_state(3)) == 3 * 2 * 7 * 4
+
+
+def test_bad_arguments():
+    for dt in (0.0, -0.5, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="dt"):
+            LEM(4, dt=dt)
+    for d_hidden in (0, -3, 2.5):
+        with pytest.raises(ValueError, match="d_hidden"):
+            LEM(4, d_hidden=d_hidden)
+    with pytest.raises(ValueError, match="d_model"):
+        LEM(0)
+    m = LEM(4, d_hidden=3)
+    with pytest.raises(ValueError, match="d_model"):
+        m(torch.zeros(1, 3, 5))
+    with pytest.raises(ValueError, match="state"):
+        m(torch.zeros(2, 3, 4), m.init_state(3))
+    with pytest.raises(ValueError, match="state"):
+        m.step(torch.zeros(2, 4), LEM(4).init_state(2))
+
+
+def test_empty_sequence():
+    m = LEM(4)
+    y, s = m(torch.zeros(2, 0, 4))
+    assert y.shape == (2, 0, 4) and s.y.shape == s.z.shape == (2, 4)
