@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import ast
 from typing import NamedTuple
 
 import pytest
 import torch
 from torch import Tensor, nn
 
-from longrecall.contract import CHECKS, KNOWN_GAPS, ContractError, run_contract
+from longrecall.contract import CHECKS, KNOWN_GAPS, ContractError, build, config_key, run_contract
 from longrecall.protocol import Mixer
 from longrecall.registry import MIXERS
 
@@ -23,9 +24,28 @@ def test_contract(name, check):
     assert result.passed, result.message
 
 
+def _parse_key(key: str) -> tuple[str, dict]:
+    """``"dss(variant='softmax')"`` -> ``("dss", {"variant": "softmax"})``; a plain registry key -> ``(key, {})``."""
+    node = ast.parse(key, mode="eval").body
+    if isinstance(node, ast.Name):
+        return node.id, {}
+    return node.func.id, {kw.arg: ast.literal_eval(kw.value) for kw in node.keywords}
+
+
 def test_known_gaps_name_real_mixers_and_checks():
-    for (name, check), reason in KNOWN_GAPS.items():
+    for (key, check), reason in KNOWN_GAPS.items():
+        name, kwargs = _parse_key(key)
         assert name in MIXERS and check in CHECKS and reason
+        assert config_key(name, **kwargs) == key  # the form run_contract looks up
+
+
+@pytest.mark.parametrize("key,check", [k for k in KNOWN_GAPS if "(" in k[0]])
+def test_variant_gaps_are_reported_and_real(key, check):
+    name, kwargs = _parse_key(key)
+    (result,) = run_contract(name, checks=[check], **kwargs)
+    assert result.passed is None and result.mixer == key and KNOWN_GAPS[(key, check)] in result.message
+    with pytest.raises(ContractError):  # not a stale entry: the check does fail on that variant
+        CHECKS[check](lambda: build(name, **kwargs))
 
 
 def test_every_mixer_module_registers_a_mixer():

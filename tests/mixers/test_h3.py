@@ -29,10 +29,9 @@ def _reference(m, x, s0):
     """Algorithm 1 by explicit sums: shift FIR, outer products, the diagonal SSM by complex exponentials."""
     B, T, _ = x.shape
     H, d, N = m.n_heads, m.head_dim, m.d_state
-    p = dict(m.ssm.named_parameters())
-    A = torch.complex(-torch.exp(p["log_A_real"]), p["A_imag"])  # (H, M)
-    dtA = torch.exp(p["log_dt"])[:, None] * A
-    W = torch.view_as_complex(p["C"].contiguous()) * (torch.exp(dtA) - 1) / A
+    A = torch.complex(-torch.exp(m.diag_log_A_real), m.diag_A_imag)  # (H, M)
+    dtA = torch.exp(m.diag_log_dt)[:, None] * A
+    W = torch.view_as_complex(m.diag_C.contiguous()) * (torch.exp(dtA) - 1) / A
     q, k, v = m.q_proj(x), m.k_proj(x), m.v_proj(x)
     C = m.shift.weight[:, 0].flip(-1)  # (D, N): the shift SSM's kernel, C_j meets k_{t-j}
     k_all = torch.cat([s0.shift.transpose(1, 2), k], 1)  # the carried keys come first
@@ -44,7 +43,7 @@ def _reference(m, x, s0):
     for t in range(T):
         conv = sum(2 * (W * torch.exp(dtA * j)).real.sum(-1)[:, None, None] * kv[:, t - j] for j in range(t + 1))
         carried = 2 * (W[:, None, None] * torch.exp(dtA * (t + 1))[:, None, None] * s0c).real.sum(-1)
-        S = conv + carried + m.ssm.D[:, None, None] * kv[:, t]  # (B, H, d, d)
+        S = conv + carried + m.diag_D[:, None, None] * kv[:, t]  # (B, H, d, d)
         ys.append((q[:, t].view(B, H, d, 1) * S).sum(-2).flatten(-2))
     s_T = (torch.exp(dtA * T)[:, None, None] * s0c
            + sum(torch.exp(dtA * (T - 1 - j))[:, None, None] * kv[:, j, ..., None] for j in range(T)))
@@ -58,12 +57,11 @@ def test_registered_and_init():
     assert m.n_heads == 64 and m.shift.weight.shape == (64, 1, 64)
     w = m.shift.weight
     assert abs(w.mean().item()) < 0.05 and abs(w.std().item() - 1) < 0.05  # C_shift ~ N(0, 1)
-    s = m.ssm
-    torch.testing.assert_close(s.A_imag[0], math.pi * torch.arange(32.0))  # S4D-Lin
-    torch.testing.assert_close(s.log_A_real, torch.full((64, 32), math.log(0.5)))
-    dt = s.log_dt.exp()
+    torch.testing.assert_close(m.diag_A_imag[0], math.pi * torch.arange(32.0))  # S4D-Lin
+    torch.testing.assert_close(m.diag_log_A_real, torch.full((64, 32), math.log(0.5)))
+    dt = m.diag_log_dt.exp()
     assert dt.min() >= 1e-3 and dt.max() <= 1e-1
-    assert not hasattr(s, "out") and all(p._no_weight_decay for p in (s.log_dt, s.log_A_real, s.A_imag))
+    assert all(p._no_weight_decay for p in (m.diag_log_dt, m.diag_log_A_real, m.diag_A_imag))
     assert m.state_bytes(m.init_state(1)) == (64 * 63 + 64 * 32 * 2) * 4 == 32512
 
 
@@ -101,7 +99,7 @@ def test_fft_gradients_equal_step_loop():
 def test_chunked_and_cached_inference():
     m = make()
     x = rand_x(T=17)
-    with torch.no_grad():  # the S4D kernel cache serves both chunk lengths
+    with torch.no_grad():  # the kernel cache serves both chunk lengths
         y, s = m(x)
         ya, sa = m(x[:, :6])
         yb, sb = m(x[:, 6:], sa)
@@ -115,12 +113,11 @@ def test_kernel_finite_and_decaying_at_long_T():
     m = H3(8, d_state=16)
     T = 65536
     with torch.no_grad():
-        K = m.ssm.kernel(T)  # (H, T), float32
-        s = m.ssm
-        dt_re = -torch.exp(s.log_dt)[:, None] * torch.exp(s.log_A_real)  # (H, M), dt Re A < 0
-        W_abs = (2 * torch.view_as_complex(s.C.contiguous()).abs()
-                 * torch.expm1(torch.complex(dt_re, torch.exp(s.log_dt)[:, None] * s.A_imag)).abs()
-                 / torch.complex(-torch.exp(s.log_A_real), s.A_imag).abs())
+        K = m.kernel(T)  # (H, T), float32
+        dt_re = -torch.exp(m.diag_log_dt)[:, None] * torch.exp(m.diag_log_A_real)  # (H, M), dt Re A < 0
+        W_abs = (2 * torch.view_as_complex(m.diag_C.contiguous()).abs()
+                 * torch.expm1(torch.complex(dt_re, torch.exp(m.diag_log_dt)[:, None] * m.diag_A_imag)).abs()
+                 / torch.complex(-torch.exp(m.diag_log_A_real), m.diag_A_imag).abs())
         j = torch.arange(T, dtype=torch.float32)
         envelope = (W_abs[..., None] * torch.exp(dt_re[..., None] * j)).sum(1)  # (H, T): |K_j| <= this
     assert torch.isfinite(K).all()

@@ -5,15 +5,13 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..modules import ShortConvolution
-from ..ops.conv import causal_conv_fft_freq
+from ..ops.ssm import ParamCache, diagonal
 from ..protocol import Mixer
 from ..registry import register_mixer
-from ..validation import ArgumentError, check_choice, check_int, check_positive
-from .s4d import INITS, S4D
+from ..validation import ArgumentError, check_int
 
 __all__ = ["H3", "H3State"]
 
@@ -21,11 +19,6 @@ __all__ = ["H3", "H3State"]
 class H3State(NamedTuple):
     shift: Tensor  # (B, D, N - 1): the shift SSM's state, the last N - 1 keys before the shift
     ssm: Tensor  # (B, H, d, d, N/2, 2): the diagonal SSM's complex modes per head entry, as (re, im)
-
-
-def _hd(t: Tensor) -> Tensor:
-    """A per-head tensor (H, ...) broadcast over a head's (d, d) entries: (H, 1, 1, ...)."""
-    return t[:, None, None]
 
 
 @register_mixer("h3")
@@ -42,11 +35,11 @@ class H3(Mixer):
         o_t^h = (q_t^h)^T S_t^h,   y = concat_h(o^h) W_o + b_o      # (B, T, D)
 
     Recurrent form of the diagonal SSM: ``s_t = exp(dt A) s_{t-1} + kv_t``, ``S_t = 2 Re(sum_n W_n s_t,n) +
-    D kv_t`` (s: (B, H, d, d, N/2) complex).  The diagonal SSM is an :class:`~longrecall.mixers.s4d.S4D`
-    module used for its discretisation, kernel and kernel cache (ZOH, S4D-Lin/-Inv init, dt log-uniform in
-    [dt_min, dt_max], C complex normal, D ~ N(0, 1), no weight decay on the dynamics); its own GELU/GLU
-    output stage is removed, since H3 has ``W_o``.  The parallel form convolves by FFT with that kernel and
-    adds the carried state's response on S4D's factorised powers; the shift SSM is a ``ShortConvolution``.
+    D kv_t`` (s: (B, H, d, d, N/2) complex).  The diagonal SSM has S4D's parameterisation and init
+    (``diag_log_dt``, ``diag_log_A_real``, ``diag_A_imag``, ``diag_C``, ``diag_D``: ZOH, S4D-Lin/-Inv, dt
+    log-uniform in [dt_min, dt_max], C complex normal, D ~ N(0, 1), no weight decay on the dynamics) and runs
+    on :mod:`~longrecall.ops.ssm.diagonal` (FFT convolution, the carried state's response and the final state
+    on factorised powers; the kernel memoised at inference); the shift SSM is a ``ShortConvolution``.
 
     Kept from the reference: one shift and one diagonal SSM of the same N = ``d_state`` (64), the shift SSM
     per channel and the diagonal SSM per head (shared by the head's d x d entries), ``C_shift`` and ``D_k``
@@ -73,22 +66,39 @@ class H3(Mixer):
     def __init__(self, d_model: int, *, d_state: int = 64, head_dim: int = 1, init: str = "lin",
                  dt_min: float = 1e-3, dt_max: float = 1e-1):
         super().__init__(d_model)
-        check_int(d_state=d_state, head_dim=head_dim)
-        if d_state % 2:
-            raise ArgumentError("d_state", "a positive even int (N/2 complex modes)", repr(d_state))
+        check_int(head_dim=head_dim)
+        diagonal.check_args(d_state=d_state, dt_min=dt_min, dt_max=dt_max, init=init)
         if self.d_model % head_dim:
             raise ArgumentError("head_dim", f"an int dividing d_model={self.d_model}", repr(head_dim))
-        check_choice("init", init, INITS)
-        check_positive(dt_min=dt_min, dt_max=dt_max)
         D, N = self.d_model, int(d_state)
         self.d_state, self.head_dim, self.n_heads = N, int(head_dim), D // head_dim
         self.q_proj, self.k_proj, self.v_proj = nn.Linear(D, D), nn.Linear(D, D), nn.Linear(D, D)
         self.shift = ShortConvolution(D, N, bias=False, activation=None)  # weight (D, 1, N): C flipped in time
         nn.init.normal_(self.shift.weight)
         self.k_D = nn.Parameter(torch.randn(D))
-        self.ssm = S4D(self.n_heads, d_state=N, init=init, dt_min=dt_min, dt_max=dt_max)  # checks dt_min <= dt_max
-        del self.ssm.out  # H3 has its own output projection
+        log_dt, log_A_real, A_imag, C = diagonal.s4d_init(self.n_heads, N, init, dt_min, dt_max)  # one per head
+        self.diag_log_dt = nn.Parameter(log_dt)  # (H,)
+        self.diag_log_A_real = nn.Parameter(log_A_real)  # (H, M)
+        self.diag_A_imag = nn.Parameter(A_imag)  # (H, M)
+        self.diag_C = nn.Parameter(C)  # (H, M, 2): complex as (re, im)
+        self.diag_D = nn.Parameter(torch.randn(self.n_heads))
+        for param in (self.diag_log_dt, self.diag_log_A_real, self.diag_A_imag):
+            param._no_weight_decay = True
         self.out_proj = nn.Linear(D, D)
+        self._cache_kernels = ParamCache(size=5)  # the discretisation and 4 lengths' plans
+
+    def _kernel_params(self) -> tuple[Tensor, ...]:
+        return (self.diag_log_dt, self.diag_log_A_real, self.diag_A_imag, self.diag_C)
+
+    def _get(self, T: int | None) -> tuple[diagonal.Disc, diagonal.Plan | None]:
+        """The diagonal SSM's discretisation and (for ``T``) plan: cached at inference, fresh otherwise."""
+        params, cache = self._kernel_params(), self._cache_kernels
+        d = cache.get(params, lambda: diagonal.s4d_discretize(*params), "disc")
+        return d, (None if T is None else cache.get(params, lambda: diagonal.plan(d, T), T))
+
+    def kernel(self, T: int) -> Tensor:
+        """The diagonal SSM's convolution kernel ``K (H, T)`` (for tests and inspection)."""
+        return diagonal.kernel(diagonal.s4d_discretize(*self._kernel_params()), T)
 
     def init_state(self, batch_size: int, *, device=None, dtype=None) -> H3State:
         p = self.k_D
@@ -103,13 +113,14 @@ class H3(Mixer):
         got = tuple(tuple(t.shape) for t in state) if isinstance(state, H3State) else type(state).__name__
         if got != want:
             raise ValueError(f"state must be H3State with shapes {want}, got {got}")
-        return torch.view_as_complex(state.ssm.contiguous())  # (B, H, d, d, M); a view, never written
+        # the core's layout, heads last before the modes: (B, d, d, H, M); a view, never written
+        return torch.view_as_complex(state.ssm.contiguous()).movedim(1, -2)
 
     def _heads(self, t: Tensor) -> Tensor:
         """(..., D) -> (..., H, d)."""
         return t.unflatten(-1, (self.n_heads, self.head_dim))
 
-    def _kv(self, x: Tensor, buffer: Tensor, step: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def _kv(self, x: Tensor, buffer: Tensor, step: bool) -> tuple[Tensor, Tensor, Tensor]:
         """q (..., H, d), the outer products kv (..., H, d, d) and the new shift buffer, for x (B, [T,] D)."""
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         k_bar, buffer = (self.shift.step if step else self.shift)(k, buffer)
@@ -120,32 +131,25 @@ class H3(Mixer):
         """o^h = (q^h)^T S^h for q (..., H, d), S (..., H, d, d); concatenated and projected: (..., D)."""
         return self.out_proj((q.unsqueeze(-1) * S).sum(-2).flatten(-2))
 
+    @staticmethod
+    def _state(shift: Tensor, s: Tensor) -> H3State:
+        """The state from the shift buffer and the modes ``s (B, d, d, H, M)`` in the core's layout."""
+        return H3State(shift, torch.view_as_real(s.movedim(-2, 1).contiguous()))
+
     def step(self, x: Tensor, state: H3State) -> tuple[Tensor, H3State]:
         self.check_input(x, step=True)
-        s = self._check_state(state, x.shape[0])  # (B, H, d, d, M) complex
+        s = self._check_state(state, x.shape[0])  # (B, d, d, H, M) complex
         q, kv, shift = self._kv(x, state.shift, step=True)  # (B, H, d), (B, H, d, d)
-        disc, _ = self.ssm._get(None)
-        s = _hd(disc.dA) * s + kv[..., None]  # a new tensor: the input state is untouched
-        S = 2 * (_hd(disc.W) * s).real.sum(-1) + _hd(self.ssm.D) * kv  # (B, H, d, d)
-        return self._output(q, S), H3State(shift, torch.view_as_real(s))
+        S, s = diagonal.step(self._get(None)[0], self.diag_D, kv.movedim(1, -1), s)  # (B, d, d, H), new modes
+        return self._output(q, S.movedim(-1, 1)), self._state(shift, s)
 
     def _forward(self, x: Tensor, state: H3State) -> tuple[Tensor, H3State]:
-        B, T, _ = x.shape
-        s0 = self._check_state(state, B)  # (B, H, d, d, M) complex
+        s0 = self._check_state(state, x.shape[0])  # (B, d, d, H, M) complex
         q, kv, shift = self._kv(x, state.shift, step=False)  # (B, T, H, d), (B, T, H, d, d)
-        u = kv.permute(0, 2, 3, 4, 1).contiguous()  # (B, H, d, d, T); time contiguous for the FFT and the matmuls
-        disc, ker = self.ssm._get(T)
-        c, nc, M = ker.c, ker.nc, disc.dA.shape[1]
-        S = causal_conv_fft_freq(u, _hd(ker.k_f)) + _hd(self.ssm.D)[..., None] * u  # (B, H, d, d, T)
-        # the carried state's response, 2 Re(sum_n W_n dA_n^{t+1} s0_n), on S4D's factorisation t = i c + r
-        g = (_hd(disc.W * disc.dA) * s0)[..., None, :] * _hd(ker.hi)  # (B, H, d, d, nc, M)
-        S0 = 2 * (torch.cat([g.real, -g.imag], dim=-1) @ _hd(ker.lo))  # (B, H, d, d, nc, c)
-        S = S + S0.flatten(-2)[..., :T]
-        # final state sum_m dA^m u_{T-1-m} + dA^T s0, m = i c + r, zero-padded past T
-        w = F.pad(u.flip(-1), (0, nc * c - T)).unflatten(-1, (nc, c))  # (B, H, d, d, nc, c)
-        inner = w @ _hd(ker.lo_t)  # (B, H, d, d, nc, 2M)
-        s = (torch.complex(inner[..., :M], inner[..., M:]) * _hd(ker.hi)).sum(-2) + _hd(ker.dA_T) * s0
-        return self._output(q, S.permute(0, 4, 1, 2, 3)), H3State(shift, torch.view_as_real(s))
+        u = kv.permute(0, 3, 4, 2, 1).contiguous()  # (B, d, d, H, T); time contiguous for the FFT and the matmuls
+        d, p = self._get(x.shape[1])
+        S, s = diagonal.apply(d, p, self.diag_D, u, s0)  # (B, d, d, H, T), (B, d, d, H, M)
+        return self._output(q, S.permute(0, 4, 3, 1, 2)), self._state(shift, s)  # S: (B, T, H, d, d)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, d_state={self.d_state}, head_dim={self.head_dim}, n_heads={self.n_heads}"
