@@ -191,6 +191,84 @@ PRESETS["recipe"] = {
 }
 
 
+# Issue 13's comparisons. Arguments that depend on the length (S4's C~ length, the long filters'
+# lengths, MultiresConv's depth) are set to the preset's longest T: one mixer entry serves every
+# length. Each preset's cost on 2 cores is estimated from `docs/bench/train-steps-issue13-2026-12-07/`.
+ZOOLOGY_TASKS = PRESETS["zoology-mqar"]["spec"]["tasks"]
+ZOOLOGY_TRAIN = PRESETS["zoology-mqar"]["spec"]["train"]
+
+PRESETS["gated-convs"] = {
+    "description": "Zoology Figure 2 at CPU scale: attention, base_conv, h3, hyena, rwkv6, s4d x widths 64/128 x "
+                   "(T, kv pairs) = (64, 4), (128, 8), (256, 16) x lr 1e-3, 3e-3 (72 runs on the recipe; "
+                   "about 4-6 h with 2 workers)",
+    # Zoology: vocab 8192, widths 64-512, the best of 4 rates, a BaseConv short conv in every model.
+    # Published direction: attention solves every (T, pairs) at every width; gated convolutions need
+    # width growing with T (at (256, 16): H3 0.08 -> 0.66, Hyena 0.05 -> 0.68 from width 64 to 512).
+    "spec": {
+        "name": "gated-convs",
+        "mixers": ["attention", {"name": "base_conv", "kwargs": {"l_max": 256}}, "h3",
+                   {"name": "hyena", "kwargs": {"l_max": 256}}, "rwkv6", "s4d"],
+        "tasks": ZOOLOGY_TASKS,
+        "widths": [64, 128],
+        "seeds": [0],
+        "lrs": [1e-3, 3e-3],
+        "n_layers": 2,
+        "train": dict(ZOOLOGY_TRAIN),
+    },
+}
+
+# Long Range Arena's ListOps (Tay et al. 2021: depth 10, up to 10 arguments, 500-2,000 tokens) at the
+# lengths a CPU trains: every structured state space and long convolution beside attention and Mamba
+LONG_MIXERS_1K = [
+    "attention", "s4d", "mamba", {"name": "s4", "kwargs": {"l_max": 1024}}, "lssl", "dss", "lru", "h3",
+    {"name": "hyena", "kwargs": {"l_max": 1024}}, {"name": "base_conv", "kwargs": {"l_max": 1024}},
+    {"name": "multires", "kwargs": {"max_len": 1024}}, "lem", "lstm", "gru",
+]
+
+PRESETS["lra-listops"] = {
+    "description": "ListOps (LRA's depth and arity) at T=512 and 1,024: attention, mamba and 12 structured SSMs, "
+                   "long convolutions and RNNs, width 64, lr 1e-3 (28 runs, up to 2,000 steps at batch 16; "
+                   "several hours on 2 cores)",
+    "spec": {
+        "name": "lra-listops",
+        "mixers": LONG_MIXERS_1K,
+        "tasks": [{"task": "listops", "kwargs": {"max_depth": 9, "max_args": 10}}],
+        "lengths": [512, 1024],
+        "widths": [64],
+        "seeds": [0],
+        "n_layers": 2,
+        "train": {
+            "steps": 1000, "max_steps": 2000, "batch_size": 16, "lr": 1e-3, "warmup_steps": 100, "short_conv": 4,
+            "eval_every": 100, "eval_examples": 256, "early_stop_accuracy": 0.99, "target_accuracy": 0.99,
+            "threads": 1,
+        },
+    },
+}
+
+# The copying-memory problem (Arjovsky et al. 2016; the benchmark of HiPPO, LSSL, S4 and LEM): 10
+# symbols kept across delays up to 4,096 blanks, where an LTI kernel can hold them and a gated RNN's
+# state decays. T = 2 * 10 + delay + 1.
+PRESETS["delayed-copy"] = {
+    "description": "10 symbols across delays of 256, 1,024 and 4,096 blanks: s4, lssl, s4d, dss, lru, lem, lstm, "
+                   "gru, mamba, width 64 (27 runs, up to 2,000 steps at batch 8; many hours on 2 cores)",
+    "spec": {
+        "name": "delayed-copy",
+        "mixers": [{"name": "s4", "kwargs": {"l_max": 4096}}, "lssl", "s4d", "dss", "lru", "lem", "lstm", "gru",
+                   "mamba"],
+        "tasks": [{"task": "delayed_copy", "kwargs": {"n_symbols": 10, "alphabet_size": 8}}],
+        "lengths": [277, 1045, 4117],
+        "widths": [64],
+        "seeds": [0],
+        "n_layers": 2,
+        "train": {
+            "steps": 1000, "max_steps": 2000, "batch_size": 8, "lr": 1e-3, "warmup_steps": 100, "short_conv": 4,
+            "eval_every": 100, "eval_examples": 128, "early_stop_accuracy": 0.99, "target_accuracy": 0.99,
+            "threads": 1,
+        },
+    },
+}
+
+
 def get_preset(name: str) -> dict:
     if name not in PRESETS:
         raise KeyError(f"Unknown preset {name!r}. Available presets: {', '.join(PRESETS)}")
