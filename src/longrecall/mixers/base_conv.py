@@ -45,8 +45,8 @@ class BaseConv(Mixer):
     ``short_kernel_size=0`` drops the short stage, leaving one Zoology long layer.  The paper writes the
     layer as ``(u W + b_1) * (h * u + b_2)`` (as we recall section 5.1; not rechecked): Zoology's long
     filter has no ``b_2`` and neither has this one.  Zoology's optional implicit long filter is not offered.
-    Written from memory of Zoology's code (the search tools were not available): the ``+ u`` skip and the
-    ``randn`` filter init are our reading of it.
+    The ``+ u`` skip is checked against Zoology's ``BaseConv.forward`` (``conv(u) * projection(u) + u``);
+    the ``randn`` init of the explicit long filter is our reading of its ``LongConvolution``.
 
     Args:
         d_model: width D.

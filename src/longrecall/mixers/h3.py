@@ -47,7 +47,7 @@ class H3(Mixer):
     default; then kv is the product k_bar * v), ``nn.Linear`` projections with bias.
     Departures: the shift SSM's ``B`` is fixed at e_1 as in the paper (the code also lets it train); the
     output channel order is (head, entry) rather than the code's (entry, head), a permutation of ``W_o``'s
-    inputs; no dropout.  Written from memory of the reference (the search tools were not available).
+    inputs; no dropout.  Not yet compared line by line with the reference code.
 
     Args:
         d_model: width D.

@@ -58,10 +58,9 @@ class Hyena(Mixer):
     1e-2, fixed), ``beta ~ randn``, short filter of 3 taps with bias, default ``nn.Linear``/``Conv1d`` inits.
     Departures and doubts: the positional features are computed, not a table (the code registers them as a
     parameter with learning rate 1e-5, which also caps it at ``l_max``; sequences past ``l_max`` are cut
-    there); ``sin_freq`` defaults to the reference ``HyenaFilter``'s w = 1 (the ``Sin`` module's own default
-    is 10, and the paper argues for high frequencies: we did not recheck which the paper's runs used);
-    no dropout, no filter normalisation, one head (``num_heads=1``, as the reference's default).  Written from
-    memory of the reference (the search tools were not available).
+    there); ``sin_freq`` defaults to the reference ``HyenaFilter``'s ``w=1`` ("frequency of periodic
+    activations", checked in safari's code; the ``Sin`` module's own default, 10, is what the filter overrides);
+    no dropout, no filter normalisation, one head (``num_heads=1``, as the reference's default).
 
     Args:
         d_model: width D.
