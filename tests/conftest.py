@@ -13,6 +13,8 @@ import longrecall.mixers  # registers every mixer
 import longrecall.policies  # registers every KV-cache policy
 import longrecall.tasks  # noqa: F401 - registers every task
 
+pytest.register_assert_rewrite("mixer_helpers")  # its shared checks' asserts explain their failures, as a test's do
+
 
 @pytest.fixture(autouse=True)
 def _seed_and_threads():

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from longrecall.mixers.base_conv import BaseConv, BaseConvState
-from longrecall.protocol import state_clone
 from longrecall.registry import get_mixer
 
+import mixer_helpers as mh
 from mixer_helpers import F64, rand_x_for, seeded
 
 D = 5
@@ -90,23 +90,13 @@ def test_state_bounded_and_history_past_the_filter_forgotten():
 
 def test_step_does_not_mutate_state():
     m = make()
-    _, s = m(rand_x(T=8))
-    before = state_clone(s)
-    m.step(rand_x(T=1)[:, 0], s)
-    m(rand_x(T=3), s)
-    for a, b in zip(s, before, strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    mh.assert_step_and_forward_keep_state(m, m(rand_x(T=8))[1], rand_x(T=1)[:, 0], rand_x(T=3))
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="l_max"):
-        BaseConv(4, l_max=1)
-    with pytest.raises(ValueError, match="short_kernel_size"):
-        BaseConv(4, short_kernel_size=-1)
-    with pytest.raises(ValueError, match="impl"):
-        BaseConv(4, impl="direct")
+    mh.assert_bad_arguments(BaseConv, [({"l_max": 1}, "l_max"), ({"short_kernel_size": -1}, "short_kernel_size"),
+                                       ({"impl": "direct"}, "impl")])
     m = BaseConv(4, l_max=4)
-    with pytest.raises(ValueError, match="state"):
-        m(torch.zeros(2, 3, 4), m.init_state(3))
+    mh.assert_wrong_states_rejected(m, m.init_state(3))
     with pytest.raises(ValueError, match="state"):
         m(torch.zeros(1, 3, 4), BaseConvState(torch.zeros(1, 4, 2), torch.zeros(1, 4, 9)))

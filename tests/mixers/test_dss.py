@@ -12,6 +12,7 @@ from longrecall.ops.conv import causal_conv_naive
 from longrecall.ops.ssm import legs_nplr
 from longrecall.registry import get_mixer
 
+import mixer_helpers as mh
 from mixer_helpers import F64, random_inputs, seeded
 
 CONFIGS = {"exp": {}, "softmax": {"variant": "softmax"}, "softmax_L": {"variant": "softmax", "softmax_length": 12}}
@@ -148,10 +149,7 @@ def test_fft_forward_equals_step_loop(config, T):
     m = _model(config)
     x, s0 = _x(3, T, 5), _random_state(m, 3)
     for start in (s0, None):
-        y_par, s_par = m(x, start)
-        y_rec, s_rec = m.step_loop(x, start if start is not None else m.init_state(3))
-        torch.testing.assert_close(y_par, y_rec, rtol=1e-10, atol=1e-10)
-        torch.testing.assert_close(s_par.ssm, s_rec.ssm, rtol=1e-10, atol=1e-10)
+        mh.assert_parallel_equals_step_loop(m, x, start, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("config,grow", CASES)
@@ -170,26 +168,9 @@ def test_fft_forward_equals_direct_convolution(config, grow, T):
 @pytest.mark.parametrize("config,grow", CASES)
 def test_gradients_fft_equal_direct_convolution_and_step_loop(config, grow):
     m = _model(config, grow=grow)
-    x = _x(2, 13, 5).requires_grad_()
-    s0 = DSSState(_random_state(m, 2).ssm.requires_grad_())
-    w_y, w_s = torch.randn(2, 13, 5, dtype=F64), torch.randn(s0.ssm.shape, dtype=F64)
-
-    def grads(run):
-        m.zero_grad()
-        y, s = run(x, s0)
-        ((y * w_y).sum() + (s.ssm * w_s).sum()).backward()
-        out = {n: p.grad.clone() for n, p in m.named_parameters()}
-        out["x"], out["s0"] = x.grad.clone(), s0.ssm.grad.clone()
-        x.grad = s0.ssm.grad = None
-        return out
-
-    g_par = grads(m.forward)
-    assert set(g_par) == {n for n, _ in m.named_parameters()} | {"x", "s0"}
     refs = [lambda a, b: _reference_forward(m, a, b)] + ([m.step_loop] if config in RECURRENT else [])
-    for ref in refs:
-        g_ref = grads(ref)
-        for name in g_par:
-            torch.testing.assert_close(g_par[name], g_ref[name], rtol=1e-9, atol=1e-10, msg=name)
+    g_par = mh.assert_grads_match(m, _x(2, 13, 5), _random_state(m, 2), refs=refs, rtol=1e-9, atol=1e-10)
+    assert set(g_par) == {n for n, _ in m.named_parameters()} | {"x", "s0"}
 
 
 def test_softmax_per_call_normaliser_carries_the_state_but_not_the_outputs():
@@ -253,11 +234,7 @@ def test_float32_long_sequence_parity():
     torch.manual_seed(0)
     m = DSS(8, d_state=16)
     x = _x(1, 700, 8, dtype=torch.float32)
-    s0 = DSSState(torch.randn(m.init_state(1).ssm.shape))
-    y_par, s_par = m(x, s0)
-    y_rec, s_rec = m.step_loop(x, s0)
-    torch.testing.assert_close(y_par, y_rec, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(s_par.ssm, s_rec.ssm, rtol=1e-4, atol=1e-4)
+    mh.assert_parallel_equals_step_loop(m, x, DSSState(torch.randn(m.init_state(1).ssm.shape)), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("config", list(CONFIGS))
@@ -277,18 +254,10 @@ def test_kernel_cache_per_length(config):
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="variant.*'exp'.*'softmax'"):
-        DSS(4, variant="legs")
-    with pytest.raises(ValueError, match="softmax_length"):
-        DSS(4, softmax_length=8)  # exp has no normaliser
-    with pytest.raises(ValueError, match="softmax_length"):
-        DSS(4, variant="softmax", softmax_length=0)
-    with pytest.raises(ValueError, match="d_state"):
-        DSS(4, d_state=7)
-    with pytest.raises(ValueError, match="dt_min"):
-        DSS(4, dt_min=0.2, dt_max=0.1)
-    with pytest.raises(ValueError, match="d_model"):
-        DSS(0)
+    mh.assert_bad_arguments(DSS, [({"variant": "legs"}, "variant.*'exp'.*'softmax'"),
+                                  ({"softmax_length": 8}, "softmax_length"),  # exp has no normaliser
+                                  ({"variant": "softmax", "softmax_length": 0}, "softmax_length"),
+                                  ({"d_state": 7}, "d_state"), ({"dt_min": 0.2, "dt_max": 0.1}, "dt_min"),
+                                  ({"d_model": 0}, "d_model")])
     m = DSS(4, d_state=4)
-    with pytest.raises(ValueError, match="state"):
-        m(torch.zeros(2, 3, 4), m.init_state(3))
+    mh.assert_wrong_states_rejected(m, m.init_state(3))

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from longrecall.mixers.h3 import H3, H3State
-from longrecall.protocol import state_clone
 from longrecall.registry import get_mixer
 
+import mixer_helpers as mh
 from mixer_helpers import F64, rand_x_for, seeded
 
 D = 4
@@ -97,15 +97,8 @@ def test_fft_gradients_equal_step_loop():
 
 
 def test_chunked_and_cached_inference():
-    m = make()
-    x = rand_x(T=17)
     with torch.no_grad():  # the kernel cache serves both chunk lengths
-        y, s = m(x)
-        ya, sa = m(x[:, :6])
-        yb, sb = m(x[:, 6:], sa)
-    torch.testing.assert_close(torch.cat([ya, yb], 1), y, rtol=1e-10, atol=1e-10)
-    for a, b in zip(sb, s, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+        mh.assert_chunked_equals_whole(make(), rand_x(T=17), (6,), rtol=1e-10, atol=1e-10)
 
 
 def test_kernel_finite_and_decaying_at_long_T():
@@ -127,23 +120,11 @@ def test_kernel_finite_and_decaying_at_long_T():
 
 def test_step_does_not_mutate_state():
     m = make()
-    s = _random_state(m)
-    before = state_clone(s)
-    m.step(rand_x(T=1)[:, 0], s)
-    m(rand_x(T=4), s)
-    for a, b in zip(s, before, strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    mh.assert_step_and_forward_keep_state(m, _random_state(m), rand_x(T=1)[:, 0], rand_x(T=4))
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="head_dim"):
-        H3(6, head_dim=4)
-    with pytest.raises(ValueError, match="d_state"):
-        H3(4, d_state=5)
-    with pytest.raises(ValueError, match="init"):
-        H3(4, init="legs")
-    with pytest.raises(ValueError, match="dt_min"):
-        H3(4, dt_min=0.5, dt_max=0.1)
+    mh.assert_bad_arguments(H3, [({"d_model": 6, "head_dim": 4}, "head_dim"), ({"d_state": 5}, "d_state"),
+                                 ({"init": "legs"}, "init"), ({"dt_min": 0.5, "dt_max": 0.1}, "dt_min")])
     m = H3(4, d_state=4)
-    with pytest.raises(ValueError, match="state"):
-        m(torch.zeros(2, 3, 4), m.init_state(3))
+    mh.assert_wrong_states_rejected(m, m.init_state(3))

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from longrecall.mixers.hyena import Hyena, HyenaState
-from longrecall.protocol import state_clone
 from longrecall.registry import get_mixer
 
+import mixer_helpers as mh
 from mixer_helpers import F64, rand_x_for, seeded
 
 D = 4
@@ -135,20 +135,14 @@ def test_filter_cache_used_invalidated_and_training_unaffected():
 def test_step_does_not_mutate_state():
     m = make()
     _, s = m(rand_x(T=5))
-    before = state_clone(s)
-    m.step(rand_x(T=1)[:, 0], s)
-    m(rand_x(T=3), s)
-    for a, b in zip(s, before, strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    mh.assert_step_and_forward_keep_state(m, s, rand_x(T=1)[:, 0], rand_x(T=3))
     assert m.state_bytes(s) == 2 * D * (3 * 2 + 5) * 8
 
 
 def test_bad_arguments():
-    for kw, name in [({"emb_dim": 4}, "emb_dim"), ({"emb_dim": 1}, "emb_dim"), ({"l_max": 1}, "l_max"),
-                     ({"target": 1.0}, "target"), ({"sin_freq": 0}, "sin_freq"), ({"impl": "direct"}, "impl"),
-                     ({"num_inner_mlps": -1}, "num_inner_mlps"), ({"filter_order": 0}, "filter_order")]:
-        with pytest.raises(ValueError, match=name):
-            Hyena(4, **kw)
+    mh.assert_bad_arguments(Hyena, [({"emb_dim": 4}, "emb_dim"), ({"emb_dim": 1}, "emb_dim"), ({"l_max": 1}, "l_max"),
+                                    ({"target": 1.0}, "target"), ({"sin_freq": 0}, "sin_freq"),
+                                    ({"impl": "direct"}, "impl"), ({"num_inner_mlps": -1}, "num_inner_mlps"),
+                                    ({"filter_order": 0}, "filter_order")])
     m = Hyena(4, l_max=8)
-    with pytest.raises(ValueError, match="state"):
-        m(torch.zeros(2, 3, 4), m.init_state(3))
+    mh.assert_wrong_states_rejected(m, m.init_state(3))

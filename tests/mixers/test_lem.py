@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from longrecall.mixers.lem import LEM, LEMState
-from longrecall.protocol import state_clone
 from longrecall.registry import get_mixer
 
+import mixer_helpers as mh
 from mixer_helpers import F64, random_inputs, seeded
 
 D = 6
@@ -88,40 +88,18 @@ def test_forward_equals_step_loop(d_hidden, T):
     x = random_inputs(3, T, D, seed=4)
     for s0 in (m.init_state(3, dtype=F64), _random_state(m, 3)):
         with torch.no_grad():
-            y_par, s_par = m(x, s0)
-            y_rec, s_rec = m.step_loop(x, s0)
-        torch.testing.assert_close(y_par, y_rec, rtol=1e-12, atol=1e-12)
-        torch.testing.assert_close(s_par, s_rec, rtol=1e-12, atol=1e-12)
+            mh.assert_parallel_equals_step_loop(m, x, s0, rtol=1e-12, atol=1e-12)
 
 
 def test_gradients_forward_equal_step_loop():
     m = _model(5)
-    x = random_inputs(2, 8, D, seed=5).requires_grad_()
-    s0 = LEMState(*(t.requires_grad_() for t in _random_state(m, 2)))
-    g = torch.Generator().manual_seed(6)
-    w_y, w_a, w_b = (torch.randn(shape, generator=g, dtype=F64) for shape in ((2, 8, D), (2, 5), (2, 5)))
-
-    def grads(run):
-        y, s = run(x, s0)
-        loss = (y * w_y).sum() + (s.y * w_a).sum() + (s.z * w_b).sum()
-        names = [n for n, _ in m.named_parameters()] + ["x", "y0", "z0"]
-        return dict(zip(names, torch.autograd.grad(loss, [*m.parameters(), x, *s0]), strict=True))
-
-    g_par, g_rec = grads(m.forward), grads(m.step_loop)
-    for name in g_par:
-        assert g_par[name].abs().max() > 0, name
-        torch.testing.assert_close(g_par[name], g_rec[name], rtol=1e-10, atol=1e-12, msg=name)
+    x, s0 = random_inputs(2, 8, D, seed=5), _random_state(m, 2)
+    mh.assert_grads_match(m, x, s0, seed=6, rtol=1e-10, atol=1e-12, nonzero=True)
 
 
 def test_chunked_forward_equals_whole():
-    m = _model()
-    x = random_inputs(2, 17, D, seed=7)
     with torch.no_grad():
-        y, s = m(x)
-        ya, sa = m(x[:, :6])
-        yb, sb = m(x[:, 6:], sa)
-    torch.testing.assert_close(torch.cat([ya, yb], 1), y, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(sb, s, rtol=1e-12, atol=1e-12)
+        mh.assert_chunked_equals_whole(_model(), random_inputs(2, 17, D, seed=7), (6,), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("dt", [1.0, 0.3])
@@ -148,29 +126,18 @@ def test_time_step_scales_the_update():
 def test_step_does_not_mutate_state_and_state_bytes():
     m = LEM(5, d_hidden=7)
     s = LEMState(torch.randn(3, 7), torch.randn(3, 7))
-    before = state_clone(s)
-    m.step(torch.randn(3, 5), s)
-    m(torch.randn(3, 4, 5), s)
-    torch.testing.assert_close(s, before, rtol=0, atol=0)
+    mh.assert_step_and_forward_keep_state(m, s, torch.randn(3, 5), torch.randn(3, 4, 5))
     assert m.state_bytes(m.init_state(3)) == 3 * 2 * 7 * 4
 
 
 def test_bad_arguments():
-    for dt in (0.0, -0.5, 1.5, float("nan")):
-        with pytest.raises(ValueError, match="dt"):
-            LEM(4, dt=dt)
-    for d_hidden in (0, -3, 2.5):
-        with pytest.raises(ValueError, match="d_hidden"):
-            LEM(4, d_hidden=d_hidden)
-    with pytest.raises(ValueError, match="d_model"):
-        LEM(0)
+    mh.assert_bad_arguments(LEM, [*(({"dt": dt}, "dt") for dt in (0.0, -0.5, 1.5, float("nan"))),
+                                  *(({"d_hidden": d_hidden}, "d_hidden") for d_hidden in (0, -3, 2.5)),
+                                  ({"d_model": 0}, "d_model")])
     m = LEM(4, d_hidden=3)
     with pytest.raises(ValueError, match="d_model"):
         m(torch.zeros(1, 3, 5))
-    with pytest.raises(ValueError, match="state"):
-        m(torch.zeros(2, 3, 4), m.init_state(3))
-    with pytest.raises(ValueError, match="state"):
-        m.step(torch.zeros(2, 4), LEM(4).init_state(2))
+    mh.assert_wrong_states_rejected(m, m.init_state(3), LEM(4).init_state(2))
 
 
 def test_empty_sequence():

@@ -7,9 +7,9 @@ import torch
 
 from longrecall.mixers.lru import LRU, LRUState
 from longrecall.ops.diag_scan import diag_scan
-from longrecall.protocol import state_clone
 from longrecall.registry import get_mixer
 
+import mixer_helpers as mh
 from mixer_helpers import F64, random_inputs, seeded
 
 D_MODEL = 5
@@ -96,58 +96,29 @@ def test_default_ring_and_glorot_projections():
 def test_parallel_equals_step_loop_and_dense_kernel(T, chunk_size):
     m = _model(chunk_size=chunk_size)
     x, s0 = _x(3, T), _random_state(m, 3)
-    y_par, s_par = m(x, s0)
-    y_rec, s_rec = m.step_loop(x, s0)
-    torch.testing.assert_close(y_par, y_rec, rtol=1e-11, atol=1e-11)
-    torch.testing.assert_close(s_par.h, s_rec.h, rtol=1e-11, atol=1e-11)
+    y_par, _ = mh.assert_parallel_equals_step_loop(m, x, s0, rtol=1e-11, atol=1e-11)
     torch.testing.assert_close(y_par, _dense_reference(m, x, s0), rtol=1e-10, atol=1e-10)
     y0, _ = m(x)  # zero initial state
     torch.testing.assert_close(y0, _dense_reference(m, x, m.init_state(3)), rtol=1e-10, atol=1e-10)
 
 
 def test_chunked_forward_equals_whole():
-    m = _model(chunk_size=4)
-    x = _x(2, 23)
-    y, s = m(x)
-    ya, sa = m(x[:, :9])
-    yb, sb = m(x[:, 9:], sa)
-    torch.testing.assert_close(torch.cat([ya, yb], 1), y, rtol=1e-11, atol=1e-11)
-    torch.testing.assert_close(sb.h, s.h, rtol=1e-11, atol=1e-11)
+    mh.assert_chunked_equals_whole(_model(chunk_size=4), _x(2, 23), (9,), rtol=1e-11, atol=1e-11)
 
 
 def test_gradients_parallel_equal_step_loop():
     m = _model(chunk_size=3)
-    x = _x(2, 13).requires_grad_()
-    s0 = LRUState(_random_state(m, 2).h.requires_grad_())
-    w_y, w_s = torch.randn(2, 13, D_MODEL, dtype=F64), torch.randn(s0.h.shape, dtype=F64)
-
-    def grads(run):
-        m.zero_grad()
-        y, s = run(x, s0)
-        ((y * w_y).sum() + (s.h * w_s).sum()).backward()
-        out = {n: p.grad.clone() for n, p in m.named_parameters()}
-        out["x"], out["s0"] = x.grad.clone(), s0.h.grad.clone()
-        x.grad = None
-        s0.h.grad = None
-        return out
-
-    g_par, g_rec = grads(m.forward), grads(m.step_loop)
+    g_par = mh.assert_grads_match(m, _x(2, 13), _random_state(m, 2), rtol=1e-9, atol=1e-10, nonzero=True)
     assert set(g_par) == {n for n, _ in m.named_parameters()} | {"x", "s0"}
-    for name in g_par:
-        assert g_par[name].abs().max() > 0, name
-        torch.testing.assert_close(g_par[name], g_rec[name], rtol=1e-9, atol=1e-10, msg=name)
 
 
 def test_float32_long_sequence_parity():
     torch.manual_seed(0)
     m = LRU(8, d_state=16)
     x = random_inputs(1, 600, 8, dtype=torch.float32, seed=3)
-    s0 = LRUState(torch.randn(m.init_state(1).h.shape))
-    y_par, s_par = m(x, s0)
-    y_rec, s_rec = m.step_loop(x, s0)
+    y_par, s_par = mh.assert_parallel_equals_step_loop(m, x, LRUState(torch.randn(m.init_state(1).h.shape)),
+                                                    rtol=1e-4, atol=1e-4)
     assert y_par.dtype == torch.float32 and s_par.h.dtype == torch.float32
-    torch.testing.assert_close(y_par, y_rec, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(s_par.h, s_rec.h, rtol=1e-4, atol=1e-4)
 
 
 def test_long_impulse_response_finite_and_decaying():
@@ -173,10 +144,7 @@ def test_long_impulse_response_finite_and_decaying():
 def test_step_does_not_mutate_state_and_state_bytes():
     m = LRU(5, d_state=6)
     s = LRUState(torch.randn(m.init_state(3).h.shape))
-    before = state_clone(s)
-    m.step(torch.randn(3, 5), s)
-    m(torch.randn(3, 4, 5), s)
-    torch.testing.assert_close(s.h, before.h, rtol=0, atol=0)
+    mh.assert_step_and_forward_keep_state(m, s, torch.randn(3, 5), torch.randn(3, 4, 5))
     assert s.h.shape == (3, 6, 2) and s.h.dtype == torch.float32
     _, out = m(torch.randn(3, 4, 5), s)
     assert m.state_bytes(out) == 3 * 6 * 2 * 4
@@ -185,20 +153,14 @@ def test_step_does_not_mutate_state_and_state_bytes():
 
 
 def test_bad_arguments():
-    for kwargs, arg in (({"d_state": 0}, "d_state"), ({"d_state": 2.5}, "d_state"), ({"r_min": -0.1}, "r_min"),
-                        ({"r_max": 1.0}, "r_max"), ({"r_min": 0.99, "r_max": 0.9}, "r_min"),
-                        ({"max_phase": 0.0}, "max_phase"), ({"chunk_size": 0}, "chunk_size")):
-        with pytest.raises(ValueError, match=arg):
-            LRU(4, **kwargs)
-    with pytest.raises(ValueError, match="d_model"):
-        LRU(0)
+    mh.assert_bad_arguments(LRU, [({"d_state": 0}, "d_state"), ({"d_state": 2.5}, "d_state"),
+                                  ({"r_min": -0.1}, "r_min"), ({"r_max": 1.0}, "r_max"),
+                                  ({"r_min": 0.99, "r_max": 0.9}, "r_min"), ({"max_phase": 0.0}, "max_phase"),
+                                  ({"chunk_size": 0}, "chunk_size"), ({"d_model": 0}, "d_model")])
     m = LRU(4, d_state=4)
     with pytest.raises(ValueError, match="d_model"):
         m(torch.zeros(1, 3, 5))
-    with pytest.raises(ValueError, match="state"):
-        m(torch.zeros(2, 3, 4), m.init_state(3))
-    with pytest.raises(ValueError, match="state"):
-        m.step(torch.zeros(2, 4), LRUState(torch.zeros(2, 5, 2)))
+    mh.assert_wrong_states_rejected(m, m.init_state(3), LRUState(torch.zeros(2, 5, 2)))
 
 
 def test_empty_sequence_and_r_min_zero():

@@ -1,18 +1,16 @@
 """LSSL: HiPPO-LegS init, Krylov kernel == explicit matrix powers, FFT path == step loop == direct convolution,
 learnable-A variant, long kernels, bad arguments."""
 
-import copy
 import math
 
 import pytest
 import torch
 
 from longrecall.mixers.lssl import LSSL, LSSLState
-from longrecall.ops.conv import causal_conv_naive
-from longrecall.ops.ssm import ParamCache, hippo_legs
-from longrecall.protocol import state_clone
+from longrecall.ops.ssm import hippo_legs
 from longrecall.registry import get_mixer
 
+import mixer_helpers as mh
 from mixer_helpers import F64, random_inputs, seeded
 
 
@@ -69,38 +67,21 @@ def test_fft_forward_equals_step_loop(learn_A, T):
     x = random_inputs(3, T, 4, seed=2)
     s0 = LSSLState(torch.randn(3, 4, 8, dtype=F64, generator=torch.Generator().manual_seed(1)))
     for start in (s0, m.init_state(3, dtype=F64)):
-        y_par, s_par = m(x, start)
-        y_rec, s_rec = m.step_loop(x, start)
-        torch.testing.assert_close(y_par, y_rec, rtol=1e-9, atol=1e-10)
-        torch.testing.assert_close(s_par.ssm, s_rec.ssm, rtol=1e-9, atol=1e-10)
+        mh.assert_parallel_equals_step_loop(m, x, start, rtol=1e-9, atol=1e-10)
 
 
 def test_fft_forward_equals_direct_convolution():
-    m = _model()
-    x = random_inputs(2, 19, 4, seed=3)
-    u = x.transpose(1, 2)
-    y_ssm = causal_conv_naive(u, _reference_kernel(m, 19)) + m.D[:, None] * u
-    torch.testing.assert_close(m(x)[0], m._output(y_ssm.transpose(1, 2)), rtol=1e-9, atol=1e-10)
+    mh.assert_fft_equals_direct_convolution(_model(), random_inputs(2, 19, 4, seed=3), _reference_kernel, rtol=1e-9,
+                                            atol=1e-10)
 
 
 @pytest.mark.parametrize("learn_A", [False, True])
 def test_gradients_fft_path_equal_step_loop(learn_A):
     m = _model(learn_A=learn_A)
-    x = random_inputs(2, 11, 4, seed=5).requires_grad_()
-    s0 = torch.randn(2, 4, 8, dtype=F64, requires_grad=True)
-    w_y, w_s = torch.randn(2, 11, 4, dtype=F64), torch.randn(s0.shape, dtype=F64)
-    names = ["x", "s0"] + [n for n, _ in m.named_parameters()]
-
-    def grads(run):
-        y, s = run(x, LSSLState(s0))
-        out = torch.autograd.grad((y * w_y).sum() + (s.ssm * w_s).sum(), [x, s0, *m.parameters()])
-        return dict(zip(names, out, strict=True))
-
-    g_par, g_rec = grads(m.forward), grads(m.step_loop)
+    x, s0 = random_inputs(2, 11, 4, seed=5), LSSLState(torch.randn(2, 4, 8, dtype=F64))
+    g_par = mh.assert_grads_match(m, x, s0, rtol=1e-8, atol=1e-10, nonzero=True)  # weights from the global RNG
+    assert set(g_par) == {"x", "s0"} | {n for n, _ in m.named_parameters()}
     assert ("A" in g_par) == learn_A
-    for name in names:
-        assert g_par[name].abs().max() > 0, name
-        torch.testing.assert_close(g_par[name], g_rec[name], rtol=1e-8, atol=1e-10, msg=name)
 
 
 def test_long_kernel_finite_and_decaying():
@@ -109,35 +90,19 @@ def test_long_kernel_finite_and_decaying():
     m = LSSL(2, d_state=16)
     with torch.no_grad():
         m.log_dt.fill_(math.log(1e-3))
-        K = m.kernel(65536)
-    assert K.shape == (2, 65536) and torch.isfinite(K).all()
-    head = K[:, :1024].abs().max()
-    assert head > 1e-3
-    assert K[:, 8192:16384].abs().max() < 1e-2 * head
-    assert K[:, -4096:].abs().max() < 1e-6 * head
-    with torch.no_grad():
-        K64 = copy.deepcopy(m).double().kernel(65536)
-    torch.testing.assert_close(K.double(), K64, rtol=0, atol=1e-5 * head.item())
+    mh.assert_long_kernel_decays(m, 65536)
 
 
 def test_float32_parity():
     torch.manual_seed(0)
     m = LSSL(4, d_state=16)
     x = random_inputs(1, 150, 4, dtype=torch.float32, seed=6)
-    s0 = LSSLState(torch.randn(1, 4, 16))
-    y_par, s_par = m(x, s0)
-    y_rec, s_rec = m.step_loop(x, s0)
-    torch.testing.assert_close(y_par, y_rec, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(s_par.ssm, s_rec.ssm, rtol=1e-4, atol=1e-4)
+    mh.assert_parallel_equals_step_loop(m, x, LSSLState(torch.randn(1, 4, 16)), rtol=1e-4, atol=1e-4)
 
 
 def test_step_does_not_mutate_state_and_state_bytes():
     m = LSSL(5, d_state=6)
-    s = LSSLState(torch.randn(3, 5, 6))
-    before = state_clone(s)
-    m.step(torch.randn(3, 5), s)
-    m(torch.randn(3, 4, 5), s)
-    torch.testing.assert_close(s.ssm, before.ssm, rtol=0, atol=0)
+    mh.assert_step_and_forward_keep_state(m, LSSLState(torch.randn(3, 5, 6)), torch.randn(3, 5), torch.randn(3, 4, 5))
     assert m.state_bytes(m.init_state(3)) == 3 * 5 * 6 * 4
 
 
@@ -151,19 +116,13 @@ def test_discretisation_cache_follows_parameters():
     m.log_dt.data.add_(0.3)
     with torch.no_grad():
         y2 = m(x)[0]
-        want = copy.deepcopy(m)
-        want._cache = ParamCache()
-        torch.testing.assert_close(y2, want(x)[0], rtol=0, atol=0)
+        torch.testing.assert_close(y2, mh.fresh_cache_copy(m)(x)[0], rtol=0, atol=0)
     assert not torch.allclose(y1, y2)
 
 
 def test_bad_arguments():
-    for kwargs, name in [({"d_state": 0}, "d_state"), ({"d_state": 2.5}, "d_state"), ({"learn_A": 1}, "learn_A"),
-                         ({"dt_min": 0.2, "dt_max": 0.1}, "dt_min"), ({"dt_max": -1.0}, "dt_max")]:
-        with pytest.raises(ValueError, match=name):
-            LSSL(4, **kwargs)
+    mh.assert_bad_arguments(LSSL, [({"d_state": 0}, "d_state"), ({"d_state": 2.5}, "d_state"),
+                                   ({"learn_A": 1}, "learn_A"), ({"dt_min": 0.2, "dt_max": 0.1}, "dt_min"),
+                                   ({"dt_max": -1.0}, "dt_max")])
     m = LSSL(4, d_state=4)
-    with pytest.raises(ValueError, match="state"):
-        m(torch.zeros(2, 3, 4), m.init_state(3))
-    with pytest.raises(ValueError, match="state"):
-        m.step(torch.zeros(2, 4), LSSLState(torch.zeros(2, 4, 5)))
+    mh.assert_wrong_states_rejected(m, m.init_state(3), LSSLState(torch.zeros(2, 4, 5)))

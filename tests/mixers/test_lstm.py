@@ -8,6 +8,7 @@ import torch
 from longrecall.mixers.lstm import LSTM, LSTMState
 from longrecall.registry import get_mixer
 
+import mixer_helpers as mh
 from mixer_helpers import F64, random_inputs, seeded
 
 D = 6
@@ -53,53 +54,9 @@ def test_forget_bias_option():
         torch.testing.assert_close(p, q, rtol=0, atol=0, msg=name)  # exactly torch's init
 
 
-@pytest.mark.parametrize("hidden_size", [None, 4, 9])
-@pytest.mark.parametrize("T", [1, 7, 33])
-def test_torch_kernel_equals_step_equations(hidden_size, T):
-    m = _model(hidden_size)
-    x, s0 = random_inputs(3, T, D, seed=2), _random_state(m, 3)
-    y_par, s_par = m(x, s0)
-    y_rec, s_rec = m.step_loop(x, s0)
-    torch.testing.assert_close(y_par, y_rec, rtol=1e-12, atol=1e-12)
-    for a, b in zip(s_par, s_rec, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
-
-
-@pytest.mark.parametrize("hidden_size", [None, 4])
-def test_gradients_torch_kernel_equal_step_loop(hidden_size):
-    m = _model(hidden_size)
-    T, B = 11, 2
-    x = random_inputs(B, T, D, seed=4).requires_grad_()
-    s0 = LSTMState(*(t.requires_grad_() for t in _random_state(m, B)))
-    g = torch.Generator().manual_seed(5)
-    w_y, w_h, w_c = (torch.randn(shape, generator=g, dtype=F64) for shape in ((B, T, D), s0.h.shape, s0.c.shape))
-
-    def grads(run):
-        y, s = run(x, s0)
-        loss = (y * w_y).sum() + (s.h * w_h).sum() + (s.c * w_c).sum()
-        names, params = zip(*m.named_parameters(), strict=True)
-        return dict(zip([*names, "x", "h0", "c0"], torch.autograd.grad(loss, [*params, x, *s0]), strict=True))
-
-    g_par, g_rec = grads(m.forward), grads(m.step_loop)
-    for name, gp in g_par.items():
-        assert gp.abs().max() > 0, name
-        torch.testing.assert_close(gp, g_rec[name], rtol=1e-10, atol=1e-12, msg=name)
-
-
-@pytest.mark.parametrize("dtype,tol", [(F64, 1e-12), (torch.float32, 1e-5)])
-def test_chunked_carry_equals_one_kernel_call(dtype, tol):
-    m = _model(hidden_size=5).to(dtype)
-    x = random_inputs(2, 64, D, seed=6, dtype=dtype)
-    with torch.no_grad():
-        h, (h_n, c_n) = m.rnn(x)  # one long call through torch's kernel, zero initial state
-        y_full = m.out_proj(h)
-        s, ys = None, []
-        for a, b in ((0, 1), (1, 11), (11, 31), (31, 64)):
-            y, s = m(x[:, a:b], s)
-            ys.append(y)
-    torch.testing.assert_close(torch.cat(ys, 1), y_full, rtol=tol, atol=tol)
-    torch.testing.assert_close(s.h, h_n[0], rtol=tol, atol=tol)
-    torch.testing.assert_close(s.c, c_n[0], rtol=tol, atol=tol)
+# torch's kernel == the step loop (outputs and state), its gradients, a chunked carry: written once for GRU and LSTM
+(test_torch_kernel_equals_step_equations, test_gradients_torch_kernel_equal_step_loop,
+ test_chunked_carry_equals_one_kernel_call) = mh.torch_rnn_tests(_model, _random_state, D)
 
 
 def test_saturated_gates_hold_the_cell():
@@ -122,19 +79,12 @@ def test_state_bytes(hidden_size, N):
 
 
 def test_bad_arguments():
-    for bad in (0, -1, 2.5, True):
-        with pytest.raises(ValueError, match="hidden_size"):
-            LSTM(4, hidden_size=bad)
-    for bad in (float("nan"), float("inf"), "1", True):
-        with pytest.raises(ValueError, match="forget_bias"):
-            LSTM(4, forget_bias=bad)
-    with pytest.raises(ValueError, match="d_model"):
-        LSTM(0)
+    bad_biases = (float("nan"), float("inf"), "1", True)
+    mh.assert_bad_arguments(LSTM, [*(({"hidden_size": bad}, "hidden_size") for bad in (0, -1, 2.5, True)),
+                                   *(({"forget_bias": bad}, "forget_bias") for bad in bad_biases),
+                                   ({"d_model": 0}, "d_model")])
     m = LSTM(4, hidden_size=3)
-    with pytest.raises(ValueError, match="state"):
-        m(torch.zeros(2, 3, 4), LSTMState(torch.zeros(2, 4), torch.zeros(2, 4)))
-    with pytest.raises(ValueError, match="state"):
-        m.step(torch.zeros(2, 4), m.init_state(3))
+    mh.assert_wrong_states_rejected(m, LSTMState(torch.zeros(2, 4), torch.zeros(2, 4)), m.init_state(3))
 
 
 def test_empty_sequence():
@@ -149,18 +99,4 @@ def test_cudnn_kernel_equals_step_equations():
     m = LSTM(32, hidden_size=48).cuda()
     x = torch.randn(2, 200, 32, device="cuda")
     s0 = LSTMState(*(torch.randn(2, 48, device="cuda") for _ in range(2)))
-    torch.backends.cudnn.allow_tf32 = False  # compare float32 arithmetic, not TF32
-    try:
-        with torch.no_grad():
-            y_par, s_par = m(x, s0)
-            y_rec, s_rec = m.step_loop(x, s0)
-            ya, sa = m(x[:, :77], s0)
-            yb, sb = m(x[:, 77:], sa)
-    finally:
-        torch.backends.cudnn.allow_tf32 = True
-    torch.testing.assert_close(y_par, y_rec, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(torch.cat([ya, yb], 1), y_par, rtol=1e-5, atol=1e-5)
-    for a, b, c in zip(s_par, s_rec, sb, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
-        torch.testing.assert_close(c, a, rtol=1e-5, atol=1e-5)
-        assert a.untyped_storage().nbytes() == a.numel() * a.element_size()  # owns its memory
+    mh.assert_cudnn_equals_step_loop(m, x, s0, cut=77)

@@ -7,9 +7,9 @@ import torch
 
 from longrecall.mixers.multires import WAVELETS, MultiresConv, MultiresState, max_depth
 from longrecall.ops.conv import causal_conv_fft, causal_conv_naive
-from longrecall.protocol import state_clone, state_leaves
 from longrecall.registry import get_mixer
 
+import mixer_helpers as mh
 from mixer_helpers import F64, random_inputs, seeded
 
 D = 5
@@ -86,32 +86,13 @@ def test_parallel_equals_step_loop(k, J, T):
     m = _model(k, J)
     x, s0 = random_inputs(2, T, D, seed=2), _random_state(m, 2)
     for start in (s0, m.init_state(2, dtype=F64)):
-        y_par, s_par = m(x, start)
-        y_rec, s_rec = m.step_loop(x, start)
-        torch.testing.assert_close(y_par, y_rec, rtol=1e-12, atol=1e-12)
-        for a, b in zip(state_leaves(s_par), state_leaves(s_rec), strict=True):
-            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+        mh.assert_parallel_equals_step_loop(m, x, start, rtol=1e-12, atol=1e-12)
 
 
 def test_gradients_parallel_equal_step_loop():
     m = _model(3, 3)
-    x = random_inputs(2, 11, D, seed=4).requires_grad_()
-    s0 = MultiresState(tuple(t.requires_grad_() for t in _random_state(m, 2).levels))
-    g = torch.Generator().manual_seed(5)
-    w_y = torch.randn(2, 11, D, generator=g, dtype=F64)
-    w_s = [torch.randn(t.shape, generator=g, dtype=F64) for t in s0.levels]
-
-    def grads(run):
-        y, s = run(x, s0)
-        loss = (y * w_y).sum() + sum((a * b).sum() for a, b in zip(s.levels, w_s, strict=True))
-        names = [n for n, _ in m.named_parameters()]
-        out = torch.autograd.grad(loss, [*m.parameters(), x, *s0.levels])
-        return dict(zip(names + ["x"] + [f"s0[{i}]" for i in range(len(w_s))], out, strict=True))
-
-    g_par, g_rec = grads(m.forward), grads(m.step_loop)
-    for name in g_par:
-        assert g_par[name].abs().max() > 0, name
-        torch.testing.assert_close(g_par[name], g_rec[name], rtol=1e-10, atol=1e-12, msg=name)
+    x, s0 = random_inputs(2, 11, D, seed=4), _random_state(m, 2)
+    mh.assert_grads_match(m, x, s0, seed=5, rtol=1e-10, atol=1e-12, nonzero=True)
 
 
 @pytest.mark.parametrize("k,J", [(2, 3), (3, 2), (4, 3)])
@@ -156,14 +137,8 @@ def test_long_kernel_finite_and_fading_with_haar_filters():
 @pytest.mark.parametrize("split", [1, 3, 9, 16])
 def test_chunked_forward_equals_whole(split):
     m = _model(3, 3)  # buffers of 2, 4 and 8 inputs
-    x = random_inputs(2, 23, D, seed=8)
     with torch.no_grad():
-        y, s = m(x)
-        ya, sa = m(x[:, :split])
-        yb, sb = m(x[:, split:], sa)
-    torch.testing.assert_close(torch.cat([ya, yb], 1), y, rtol=1e-12, atol=1e-12)
-    for a, b in zip(sb.levels, s.levels, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+        mh.assert_chunked_equals_whole(m, random_inputs(2, 23, D, seed=8), (split,), rtol=1e-12, atol=1e-12)
 
 
 def test_state_holds_the_last_inputs_of_each_level():
@@ -184,33 +159,19 @@ def test_state_bytes_and_no_mutation():
     assert m.state_bytes(s) == 3 * 4 * 2 * 15 * 4  # B D (k-1)(2^J-1) float32
     m = m.double()
     s = _random_state(m, 3)
-    before = state_clone(s)
-    m.step(torch.randn(3, 4, dtype=F64), s)
-    m(torch.randn(3, 6, 4, dtype=F64), s)
-    for a, b in zip(s.levels, before.levels, strict=True):
-        assert torch.equal(a, b)
+    mh.assert_step_and_forward_keep_state(m, s, torch.randn(3, 4, dtype=F64), torch.randn(3, 6, 4, dtype=F64))
     _, s_new = m(torch.randn(3, 6, 4, dtype=F64), s)
     assert all(t.untyped_storage().nbytes() == t.numel() * t.element_size() for t in s_new.levels)
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="kernel_size"):
-        MultiresConv(4, kernel_size=1)
-    with pytest.raises(ValueError, match="depth"):
-        MultiresConv(4, depth=0)
-    with pytest.raises(ValueError, match="max_len"):
-        MultiresConv(4, max_len=0)
-    with pytest.raises(ValueError, match="wavelet_init"):
-        MultiresConv(4, wavelet_init="db3")
-    with pytest.raises(ValueError, match="kernel_size.*'db2'"):
-        MultiresConv(4, kernel_size=2, wavelet_init="db2")
+    mh.assert_bad_arguments(MultiresConv, [({"kernel_size": 1}, "kernel_size"), ({"depth": 0}, "depth"),
+                                           ({"max_len": 0}, "max_len"), ({"wavelet_init": "db3"}, "wavelet_init"),
+                                           ({"kernel_size": 2, "wavelet_init": "db2"}, "kernel_size.*'db2'")])
     m = MultiresConv(4, depth=2)
     with pytest.raises(ValueError, match="d_model"):
         m(torch.zeros(1, 3, 5))
-    with pytest.raises(ValueError, match="state"):
-        m(torch.zeros(2, 3, 4), m.init_state(3))
-    with pytest.raises(ValueError, match="state"):
-        m.step(torch.zeros(2, 4), MultiresConv(4, depth=3).init_state(2))
+    mh.assert_wrong_states_rejected(m, m.init_state(3), MultiresConv(4, depth=3).init_state(2))
 
 
 def test_empty_sequence():

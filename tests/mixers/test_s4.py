@@ -1,18 +1,17 @@
 """S4: init from the LegS NPLR, Cauchy kernel == dense Krylov reference, FFT path == step loop == direct
 convolution, carried state, long kernels, cache safety, bad arguments."""
 
-import copy
 import math
 
 import pytest
 import torch
 
 from longrecall.mixers.s4 import S4, S4State
-from longrecall.ops.conv import causal_conv_naive
-from longrecall.ops.ssm import ParamCache, bilinear, dplr_to_real, hippo_legs, krylov_kernel_naive, legs_nplr
-from longrecall.protocol import state_clone, state_leaves
+from longrecall.ops.ssm import bilinear, dplr_to_real, hippo_legs, krylov_kernel_naive, legs_nplr
+from longrecall.protocol import state_leaves
 from longrecall.registry import get_mixer
 
+import mixer_helpers as mh
 from mixer_helpers import F64, random_inputs, seeded
 
 
@@ -90,47 +89,23 @@ def test_fft_forward_equals_step_loop(T):
     m = _model()
     x, s0 = random_inputs(3, T, 4, seed=2), _random_state(m, 3)
     for start in (s0, m.init_state(3, dtype=F64)):
-        y_par, s_par = m(x, start)
-        y_rec, s_rec = m.step_loop(x, start)
-        torch.testing.assert_close(y_par, y_rec, rtol=1e-9, atol=1e-10)
-        torch.testing.assert_close(s_par.ssm, s_rec.ssm, rtol=1e-9, atol=1e-10)
+        mh.assert_parallel_equals_step_loop(m, x, start, rtol=1e-9, atol=1e-10)
 
 
 def test_fft_forward_equals_direct_convolution():
-    m = _model()
-    x = random_inputs(2, 19, 4, seed=3)
-    u = x.transpose(1, 2)
-    y_ssm = causal_conv_naive(u, _reference_kernel(m, 19)) + m.D[:, None] * u
-    torch.testing.assert_close(m(x)[0], m._output(y_ssm.transpose(1, 2)), rtol=1e-9, atol=1e-10)
+    mh.assert_fft_equals_direct_convolution(_model(), random_inputs(2, 19, 4, seed=3), _reference_kernel, rtol=1e-9,
+                                            atol=1e-10)
 
 
 @pytest.mark.parametrize("split", [1, 6, 9, 15])
 def test_chunked_forward_equals_whole(split):
-    m = _model()
-    x = random_inputs(2, 23, 4, seed=4)
-    y, s = m(x)
-    ya, sa = m(x[:, :split])
-    yb, sb = m(x[:, split:], sa)
-    torch.testing.assert_close(torch.cat([ya, yb], 1), y, rtol=1e-9, atol=1e-10)
-    torch.testing.assert_close(sb.ssm, s.ssm, rtol=1e-9, atol=1e-10)
+    mh.assert_chunked_equals_whole(_model(), random_inputs(2, 23, 4, seed=4), (split,), rtol=1e-9, atol=1e-10)
 
 
 def test_gradients_fft_path_equal_step_loop():
     m = _model()
-    x = random_inputs(2, 11, 4, seed=5).requires_grad_()
-    s0 = S4State(_random_state(m, 2).ssm.requires_grad_())
-    w_y, w_s = torch.randn(2, 11, 4, dtype=F64), torch.randn(s0.ssm.shape, dtype=F64)
-
-    def grads(run):
-        out = torch.autograd.grad(
-            [(y * w_y).sum() + (s.ssm * w_s).sum() for y, s in [run(x, s0)]][0], [x, s0.ssm, *m.parameters()]
-        )
-        return dict(zip(["x", "s0"] + [n for n, _ in m.named_parameters()], out, strict=True))
-
-    g_par, g_rec = grads(m.forward), grads(m.step_loop)
-    for name in g_par:
-        assert g_par[name].abs().max() > 0, name
-        torch.testing.assert_close(g_par[name], g_rec[name], rtol=1e-8, atol=1e-10, msg=name)
+    x, s0 = random_inputs(2, 11, 4, seed=5), _random_state(m, 2)
+    mh.assert_grads_match(m, x, s0, rtol=1e-8, atol=1e-10, nonzero=True)  # weights from the global RNG
 
 
 def test_long_kernel_finite_and_decaying():
@@ -139,35 +114,20 @@ def test_long_kernel_finite_and_decaying():
     m = S4(2, d_state=16)  # float32, l_max = 1024: six doublings of C~
     with torch.no_grad():
         m.log_dt.fill_(math.log(1e-3))
-        K = m.kernel(65536)
-    assert K.shape == (2, 65536) and torch.isfinite(K).all()
-    head = K[:, :1024].abs().max()
-    assert head > 1e-3
-    assert K[:, 8192:16384].abs().max() < 1e-2 * head  # exp(-8) ~ 3e-4, with the float32 noise floor
-    assert K[:, -4096:].abs().max() < 1e-6 * head
-    with torch.no_grad():
-        K64 = copy.deepcopy(m).double().kernel(65536)
-    torch.testing.assert_close(K.double(), K64, rtol=0, atol=1e-5 * head.item())
+    mh.assert_long_kernel_decays(m, 65536)  # at 8192-16384: exp(-8) ~ 3e-4, with the float32 noise floor
 
 
 def test_float32_parity():
     torch.manual_seed(0)
     m = S4(4, d_state=16, l_max=64)
     x = random_inputs(1, 150, 4, dtype=torch.float32, seed=6)
-    s0 = S4State(torch.randn(m.init_state(1).ssm.shape))
-    y_par, s_par = m(x, s0)
-    y_rec, s_rec = m.step_loop(x, s0)
-    torch.testing.assert_close(y_par, y_rec, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(s_par.ssm, s_rec.ssm, rtol=1e-4, atol=1e-4)
+    mh.assert_parallel_equals_step_loop(m, x, S4State(torch.randn(m.init_state(1).ssm.shape)), rtol=1e-4, atol=1e-4)
 
 
 def test_step_does_not_mutate_state_and_state_bytes():
     m = S4(5, d_state=6, l_max=4)
     s = S4State(torch.randn(m.init_state(3).ssm.shape))
-    before = state_clone(s)
-    m.step(torch.randn(3, 5), s)
-    m(torch.randn(3, 6, 5), s)
-    torch.testing.assert_close(s.ssm, before.ssm, rtol=0, atol=0)
+    mh.assert_step_and_forward_keep_state(m, s, torch.randn(3, 5), torch.randn(3, 6, 5))
     assert s.ssm.shape == (3, 5, 3, 2) and s.ssm.dtype == torch.float32
     assert m.state_bytes(m.init_state(3)) == 3 * 5 * 6 * 4
 
@@ -180,14 +140,11 @@ def test_discretisation_cache_used_and_invalidated():
         y1 = m(x)[0]
     cached = state_leaves(list(m._cache._values.values()))
     assert ("K", 12) in m._cache._values and all(not t.is_inference() and t.grad_fn is None for t in cached)
-    fresh = copy.deepcopy(m)
-    fresh._cache = ParamCache()
+    fresh = mh.fresh_cache_copy(m)
     m.log_dt.data.add_(0.3)  # no version bump: the cache must notice the values
     with torch.no_grad():
         y2 = m(x)[0]
-        want = copy.deepcopy(m)
-        want._cache = ParamCache()
-        torch.testing.assert_close(y2, want(x)[0], rtol=0, atol=0)
+        torch.testing.assert_close(y2, mh.fresh_cache_copy(m)(x)[0], rtol=0, atol=0)
         torch.testing.assert_close(y1, fresh(x)[0], rtol=0, atol=0)
     assert not torch.allclose(y1, y2)
     m.train()
@@ -196,13 +153,8 @@ def test_discretisation_cache_used_and_invalidated():
 
 
 def test_bad_arguments():
-    for kwargs, name in [({"d_state": 7}, "d_state"), ({"d_state": 0}, "d_state"), ({"l_max": 0}, "l_max"),
-                         ({"l_max": 2.0}, "l_max"), ({"dt_min": 0.2, "dt_max": 0.1}, "dt_min"),
-                         ({"dt_min": 0.0}, "dt_min")]:
-        with pytest.raises(ValueError, match=name):
-            S4(4, **kwargs)
+    mh.assert_bad_arguments(S4, [({"d_state": 7}, "d_state"), ({"d_state": 0}, "d_state"), ({"l_max": 0}, "l_max"),
+                                 ({"l_max": 2.0}, "l_max"), ({"dt_min": 0.2, "dt_max": 0.1}, "dt_min"),
+                                 ({"dt_min": 0.0}, "dt_min")])
     m = S4(4, d_state=4)
-    with pytest.raises(ValueError, match="state"):
-        m(torch.zeros(2, 3, 4), m.init_state(3))
-    with pytest.raises(ValueError, match="state"):
-        m.step(torch.zeros(2, 4), S4State(torch.zeros(2, 4, 4, 2)))
+    mh.assert_wrong_states_rejected(m, m.init_state(3), S4State(torch.zeros(2, 4, 4, 2)))

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from longrecall.mixers.s4d import S4D, S4DState
-from longrecall.protocol import state_clone
 from longrecall.registry import get_mixer
 
+import mixer_helpers as mh
 from mixer_helpers import F64, random_inputs, seeded
 
 
@@ -49,36 +49,20 @@ def test_registered_and_attributes():
 def test_fft_forward_equals_step_loop(init, T):
     m = _model(init)
     x, s0 = _x(3, T, 6), _random_state(m, 3)
-    y_par, s_par = m(x, s0)
-    y_rec, s_rec = m.step_loop(x, s0)
-    torch.testing.assert_close(y_par, y_rec, rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(s_par.ssm, s_rec.ssm, rtol=1e-10, atol=1e-10)
-    y0, s0_par = m(x)  # zero initial state
-    y0_rec, s0_rec = m.step_loop(x, m.init_state(3))
-    torch.testing.assert_close(y0, y0_rec, rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(s0_par.ssm, s0_rec.ssm, rtol=1e-10, atol=1e-10)
+    for start in (s0, None):  # None: the zero initial state
+        mh.assert_parallel_equals_step_loop(m, x, start, rtol=1e-10, atol=1e-10)
 
 
 def test_float32_long_sequence_parity():
     torch.manual_seed(0)
     m = S4D(8, d_state=16, init="inv")
     x = _x(1, 700, 8, dtype=torch.float32)
-    s0 = S4DState(torch.randn(m.init_state(1).ssm.shape))
-    y_par, s_par = m(x, s0)
-    y_rec, s_rec = m.step_loop(x, s0)
-    torch.testing.assert_close(y_par, y_rec, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(s_par.ssm, s_rec.ssm, rtol=1e-4, atol=1e-4)
+    mh.assert_parallel_equals_step_loop(m, x, S4DState(torch.randn(m.init_state(1).ssm.shape)), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("init", ["lin", "inv"])
 def test_chunked_forward_equals_whole(init):
-    m = _model(init)
-    x = _x(2, 23, 6)
-    y, s = m(x)
-    ya, sa = m(x[:, :9])
-    yb, sb = m(x[:, 9:], sa)
-    torch.testing.assert_close(torch.cat([ya, yb], 1), y, rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(sb.ssm, s.ssm, rtol=1e-10, atol=1e-10)
+    mh.assert_chunked_equals_whole(_model(init), _x(2, 23, 6), (9,), rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("init", ["lin", "inv"])
@@ -99,33 +83,14 @@ def test_kernel_float32_long():
 @pytest.mark.parametrize("init", ["lin", "inv"])
 def test_gradients_fft_path_equal_step_loop(init):
     m = _model(init)
-    x = _x(2, 13, 6).requires_grad_()
-    s0 = S4DState(_random_state(m, 2).ssm.requires_grad_())
-    w_y, w_s = torch.randn(2, 13, 6, dtype=F64), torch.randn(s0.ssm.shape, dtype=F64)
-
-    def grads(run):
-        m.zero_grad()
-        y, s = run(x, s0)
-        ((y * w_y).sum() + (s.ssm * w_s).sum()).backward()
-        out = {n: p.grad.clone() for n, p in m.named_parameters()}
-        out["x"], out["s0"] = x.grad.clone(), s0.ssm.grad.clone()
-        x.grad = None
-        s0.ssm.grad = None
-        return out
-
-    g_par, g_rec = grads(m.forward), grads(m.step_loop)
+    g_par = mh.assert_grads_match(m, _x(2, 13, 6), _random_state(m, 2), rtol=1e-9, atol=1e-10)
     assert set(g_par) == {n for n, _ in m.named_parameters()} | {"x", "s0"}
-    for name in g_par:
-        torch.testing.assert_close(g_par[name], g_rec[name], rtol=1e-9, atol=1e-10, msg=name)
 
 
 def test_step_does_not_mutate_state_and_state_bytes():
     m = S4D(5, d_state=6)
     s = S4DState(torch.randn(m.init_state(3).ssm.shape))
-    before = state_clone(s)
-    m.step(torch.randn(3, 5), s)
-    m(torch.randn(3, 4, 5), s)
-    torch.testing.assert_close(s.ssm, before.ssm, rtol=0, atol=0)
+    mh.assert_step_and_forward_keep_state(m, s, torch.randn(3, 5), torch.randn(3, 4, 5))
     assert s.ssm.shape == (3, 5, 3, 2) and s.ssm.dtype == torch.float32
     assert m.state_bytes(m.init_state(3)) == 3 * 5 * 6 * 4
 
@@ -185,25 +150,13 @@ def test_cache_does_not_affect_training():
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="d_state"):
-        S4D(4, d_state=7)
-    with pytest.raises(ValueError, match="d_state"):
-        S4D(4, d_state=0)
-    with pytest.raises(ValueError, match="d_state"):
-        S4D(4, d_state=-2)
-    with pytest.raises(ValueError, match="init.*'lin'.*'inv'"):
-        S4D(4, init="legs")
-    with pytest.raises(ValueError, match="dt_min"):
-        S4D(4, dt_min=0.2, dt_max=0.1)
-    with pytest.raises(ValueError, match="dt_min"):
-        S4D(4, dt_min=0.0)
-    with pytest.raises(ValueError, match="d_model"):
-        S4D(0)
+    mh.assert_bad_arguments(S4D, [*(({"d_state": bad}, "d_state") for bad in (7, 0, -2)),
+                                  ({"init": "legs"}, "init.*'lin'.*'inv'"), ({"dt_min": 0.2, "dt_max": 0.1}, "dt_min"),
+                                  ({"dt_min": 0.0}, "dt_min"), ({"d_model": 0}, "d_model")])
     m = S4D(4, d_state=4)
     with pytest.raises(ValueError, match="d_model"):
         m(torch.zeros(1, 3, 5))
-    with pytest.raises(ValueError, match="state"):
-        m(torch.zeros(2, 3, 4), m.init_state(3))
+    mh.assert_wrong_states_rejected(m, m.init_state(3))
 
 
 def test_empty_sequence():
