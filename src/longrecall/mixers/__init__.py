@@ -10,3 +10,6 @@ from . import based, deltanet, gated_deltanet, gla, linear_attention, mamba2, ml
 # isort: split
 # (a) structured state spaces, long convolutions and classic RNNs (issue 13)
 from . import base_conv, dss, gru, h3, hyena, lem, lru, lssl, lstm, multires, s4, stu  # noqa: F401 - imported to register
+
+# isort: split
+# (b) memory-augmented transformers (issue 14)
