@@ -72,6 +72,10 @@ class TrainConfig:
     max_steps: int | None = None  # a run still "learning" at `steps` continues, one eval interval at a time, up to this
     target_accuracy: float | None = 0.99  # held-out accuracy that counts as converged (convergence.py); None: never
     compile: bool = False  # torch.compile the training step (falls back to eager, with a warning, where it fails)
+    # training across segments: read each sequence segment_len tokens at a time, carrying the model
+    # state; backpropagate through bptt_segments segments before the carried state is detached
+    segment_len: int | None = None  # None: the whole sequence in one call
+    bptt_segments: int | None = None  # None: through every segment (equals whole-sequence training)
     # optimisation: AdamW, linear warm-up then cosine decay to min_lr_ratio * lr over max_steps (or steps)
     steps: int = 1000
     batch_size: int = 64
@@ -119,6 +123,11 @@ class TrainConfig:
         check_ratio("target_accuracy", self.target_accuracy, low_open=True, allow_none=True)
         check_ratio("early_stop_accuracy", self.early_stop_accuracy, low_open=True, allow_none=True)
         check_bool(compile=self.compile)
+        check_int(segment_len=self.segment_len, bptt_segments=self.bptt_segments, allow_none=True)
+        if self.bptt_segments is not None and self.segment_len is None:
+            raise ArgumentError("bptt_segments", "None unless segment_len is set", repr(self.bptt_segments))
+        if self.compile and self.segment_len is not None:
+            raise ArgumentError("compile", "false when segment_len is set (segments train eagerly)", "True")
         check_int(threads=self.threads, allow_none=True)
         if isinstance(self.layers, str) or not self.layers:
             raise ArgumentError("layers", "a non-empty list of mixer names", repr(self.layers))

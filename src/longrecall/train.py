@@ -26,6 +26,7 @@ from .checkpoint import atomic_write_json, load_checkpoint, read_manifest, save_
 from .config import TrainConfig
 from .evaluate import evaluate
 from .models import LanguageModel
+from .protocol import state_detach
 from .registry import TASKS
 from .tasks.base import IGNORE_INDEX, Batch, Task
 
@@ -113,6 +114,42 @@ def training_targets(batch: Batch, loss_on: str) -> Tensor:
     return torch.where(scored, batch.targets, targets)
 
 
+def segmented_backward(model: LanguageModel, inputs: Tensor, targets: Tensor, segment_len: int,
+                       bptt_segments: int | None) -> tuple[Tensor, Tensor, Tensor]:
+    """Training across segments: read ``inputs (B, T)`` ``segment_len`` tokens at a time carrying the
+    model state, and backpropagate every ``bptt_segments`` segments (truncated BPTT), detaching the
+    carried state there. Gradients accumulate into ``.grad``; the loss is the mean over every scored
+    position of the sequence, as whole-sequence training computes it, so with ``bptt_segments=None``
+    the gradients equal whole-sequence training's (the contract's chunked carry). Returns the loss
+    (detached), and the logits (P, V) and labels (P,) at the scored positions, in order.
+    """
+    total = int((targets != IGNORE_INDEX).sum())
+    if total == 0:
+        raise ValueError("targets score no position (all are -100)")
+    state, window, loss_value = None, None, 0.0
+    all_logits, all_labels, where = [], [], []
+    T = inputs.shape[1]
+    flat = torch.arange(inputs.numel(), device=inputs.device).view_as(inputs)  # (B, T): b * T + t
+    starts = range(0, T, segment_len)
+    for k, t0 in enumerate(starts):
+        seg = slice(t0, t0 + segment_len)
+        part, state = model.loss_sum(inputs[:, seg], targets[:, seg], state)
+        window = part[0] / total if window is None else window + part[0] / total
+        all_logits.append(part[1].detach())
+        all_labels.append(part[2])
+        where.append(flat[:, seg][targets[:, seg] != IGNORE_INDEX])
+        last = k == len(starts) - 1
+        if last or (bptt_segments is not None and (k + 1) % bptt_segments == 0):
+            if window.requires_grad:
+                window.backward()
+            loss_value = window.detach() + loss_value
+            window = None
+            if not last:
+                state = state_detach(state)  # the truncation boundary: no gradient into earlier segments
+    order = torch.cat(where).argsort()  # the whole sequence's (b, t) order, as whole-sequence training returns
+    return loss_value, torch.cat(all_logits)[order], torch.cat(all_labels)[order]
+
+
 def stop_reason(config: TrainConfig, step: int, history: list, evals: list) -> str | None:
     """Why training stops after ``step`` (an evaluation was just made there), or None to go on.
 
@@ -148,6 +185,14 @@ def progress_columns() -> list:
             TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn()]
 
 
+def _saved_config(manifest: dict) -> dict | None:
+    """The checkpoint's config with the keys added since it was written at their defaults."""
+    try:
+        return TrainConfig(**manifest.get("config", {})).to_dict()
+    except (TypeError, ValueError):
+        return manifest.get("config")
+
+
 def train(config: TrainConfig, *, progress: bool | Progress = True, resume: bool = True, log=print) -> dict:
     """Run training; returns the metrics dict (also written to ``out_dir/metrics.json``).
 
@@ -170,7 +215,7 @@ def train(config: TrainConfig, *, progress: bool | Progress = True, resume: bool
     evals: list[dict] = []
     start_step, last_checkpoint, manifest = 0, None, None
     if out_dir is not None and resume and (manifest := read_manifest(out_dir)) is not None:
-        if manifest.get("config") != config.to_dict():
+        if _saved_config(manifest) != config.to_dict():
             raise ValueError(
                 f"{out_dir} holds a checkpoint of a different config; use another out_dir or resume=False"
             )
@@ -213,7 +258,12 @@ def train(config: TrainConfig, *, progress: bool | Progress = True, resume: bool
             tick = time.perf_counter()
             batch = task.build(config.batch_size, train_seed(config.seed, step)).to(device)
             targets = training_targets(batch, config.loss_on)
-            loss, logits, labels = loss_fn(batch.inputs, targets)
+            if config.segment_len is None:
+                loss, logits, labels = loss_fn(batch.inputs, targets)
+            else:  # gradients are taken segment by segment here; the step below applies them
+                optimizer.zero_grad(set_to_none=True)
+                loss, logits, labels = segmented_backward(model, batch.inputs, targets, config.segment_len,
+                                                          config.bptt_segments)
             if not torch.isfinite(loss):
                 where = (f"the last good checkpoint (step {last_checkpoint}) in {out_dir} is kept"
                          if last_checkpoint is not None else "no checkpoint was written")
@@ -223,8 +273,9 @@ def train(config: TrainConfig, *, progress: bool | Progress = True, resume: bool
                 message = f"loss is {loss.item()} at step {step} (lr {scheduler.get_last_lr()[0]:.3g}); {where}"
                 metrics["error"] = message
                 raise TrainingDiverged(message, metrics)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if config.segment_len is None:
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
             scheduler.step()

@@ -40,6 +40,11 @@ from ..registry import MIXERS
 IGNORE_INDEX = -100
 
 
+def _wide(logits: Tensor) -> Tensor:
+    """Logits for the loss in at least float32 (half precision is widened; float64 stays float64)."""
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+
 class ModelState(NamedTuple):
     layers: tuple  # one mixer state per block
     convs: tuple = ()  # one ShortConv state per block when the model has short convolutions
@@ -274,7 +279,16 @@ class LanguageModel(nn.Module):
         labels = targets[scored]
         if labels.numel() == 0:
             raise ValueError("targets score no position (all are -100)")
-        return F.cross_entropy(logits.float(), labels), logits, labels
+        return F.cross_entropy(_wide(logits), labels), logits, labels
+
+    def loss_sum(self, input_ids: Tensor, targets: Tensor, state: ModelState | None = None
+                 ) -> tuple[tuple[Tensor, Tensor, Tensor], ModelState]:
+        """Summed cross-entropy over the scored positions of one segment read from ``state``, with its
+        logits (P, V) and targets (P,), and the state after it (training across segments)."""
+        h, state = self.hidden(input_ids, state)
+        scored = targets != IGNORE_INDEX  # (B, t)
+        logits, labels = self.head(h[scored]), targets[scored]  # (P, V), (P,)
+        return (F.cross_entropy(_wide(logits), labels, reduction="sum"), logits, labels), state
 
     def step(self, token: Tensor, state: ModelState) -> tuple[Tensor, ModelState]:
         """One token per sequence: token (B,) -> logits (B, V), new state."""
