@@ -37,6 +37,9 @@ KNOWN_GAPS: dict[tuple[str, str], str] = {
         f"{_DSS_PER_CALL}: each chunk uses its own length's normaliser; outputs differ, states agree",
     ("dss(variant='softmax')", "gradients"):
         f"{_DSS_PER_CALL}, so the step loop computes other outputs and hence other gradients",
+    ("compressive(compression='conv')", "gradients"):
+        "the compressed memory is stop-gradient (as in the paper): the conv f_c learns only from "
+        "reconstruction_loss, never from the outputs; tests/mixers/test_compressive.py checks the gradients",
 }
 
 

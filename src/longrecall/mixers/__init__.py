@@ -13,4 +13,4 @@ from . import base_conv, dss, gru, h3, hyena, lem, lru, lssl, lstm, multires, s4
 
 # isort: split
 # (b) memory-augmented transformers (issue 14)
-from . import ahn, infini, memorizing, rat  # noqa: F401 - imported to register
+from . import ahn, compressive, infini, memorizing, rat, transformer_xl  # noqa: F401 - imported to register
