@@ -286,6 +286,36 @@ PRESETS["delayed-copy"] = {
 }
 
 
+# Issue 14: the memory-augmented transformers beside full attention and a window of the same reach, on
+# three retrieval probes at lengths 4-8x their segment / window (64 tokens), so that what a memory
+# answers beyond its local context is what its memory kept.
+MEMORY_TRANSFORMERS = [
+    "attention", {"name": "sliding_window", "kwargs": {"window": 64}}, "transformer_xl", "compressive", "infini",
+    "ahn", "rat", "memorizing", {"name": "memorizing", "kwargs": {"memory_size": 128}},
+]
+
+PRESETS["memory-transformers"] = {
+    "description": "memory-augmented transformers (transformer_xl, compressive, infini, ahn, rat, memorizing) with "
+                   "attention and a 64-token window on passkey, MQAR and fact_update at T=256, 512, width 64, the "
+                   "best of lr 1e-3, 3e-3 (108 runs; many hours on 2 cores)",
+    "spec": {
+        "name": "memory-transformers",
+        "mixers": MEMORY_TRANSFORMERS,
+        "tasks": [t for t in PROBE_TASKS if t["task"] in ("passkey", "mqar", "fact_update")],
+        "lengths": [256, 512],
+        "widths": [64],
+        "seeds": [0],
+        "lrs": [1e-3, 3e-3],
+        "n_layers": 2,
+        "train": {
+            "steps": 1500, "max_steps": 3000, "batch_size": 16, "warmup_steps": 100, "short_conv": 4,
+            "eval_every": 100, "eval_examples": 256, "early_stop_accuracy": 0.99, "target_accuracy": 0.99,
+            "threads": 1,
+        },
+    },
+}
+
+
 def get_preset(name: str) -> dict:
     if name not in PRESETS:
         raise KeyError(f"Unknown preset {name!r}. Available presets: {', '.join(PRESETS)}")
