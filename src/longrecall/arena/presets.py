@@ -316,6 +316,26 @@ PRESETS["memory-transformers"] = {
 }
 
 
+# Hybrids (issue 14): Samba and a Jamba-style stack against their pure parts at equal depth (4 layers),
+# on MQAR where the window alone cannot see the keys (T=256, 16 pairs; window 32)
+def _hybrid_configs() -> list[dict]:
+    from ..models.architectures import architecture
+
+    stacks = [architecture("samba", 4), architecture("jamba", 4, attention_every=4),
+              ["mamba"] * 4, ["attention"] * 4, ["sliding_window"] * 4]
+    return [{**RECIPE_TRAIN, "layers": layers, "mixer_kwargs": {"sliding_window": {"window": 32}}, "d_model": 64,
+             "task": "mqar", "task_kwargs": {"vocab_size": 256, "seq_len": 256, "num_kv_pairs": 16},
+             "lr": 1e-3, "steps": 1500, "max_steps": 3000, "batch_size": 16, "seed": 0} for layers in stacks]
+
+
+PRESETS["hybrids"] = {
+    "description": "Samba (mamba + window, alternating) and a Jamba-style stack (one attention in four) against "
+                   "4 layers of mamba, attention or a 32-token window on MQAR T=256, 16 pairs (5 runs, lr 1e-3, "
+                   "1,500 steps extended to 3,000 while learning)",
+    "spec": {"name": "hybrids", "configs": _hybrid_configs()},
+}
+
+
 def get_preset(name: str) -> dict:
     if name not in PRESETS:
         raise KeyError(f"Unknown preset {name!r}. Available presets: {', '.join(PRESETS)}")
