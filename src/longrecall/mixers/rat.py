@@ -39,7 +39,7 @@ class RAT(Mixer):
     With ``rope`` queries and keys are rotated by their chunk index (RoPE at chunk level), so a query
     and its own running summary are at relative position 0.
 
-    Unsure (from the paper's description, not its code; the arXiv id is from memory): the exact gate
+    Unsure (from the paper's description, not its code at github.com/CLAIRE-Labo/RAT): the exact gate
     parameterisation (here one sigmoid forget gate per channel shared by keys and values, torch's
     default Linear init), the output gate (sigmoid here), and the positional scheme (chunk-level RoPE
     here; ``rope=False`` is NoPE).

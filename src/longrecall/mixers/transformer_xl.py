@@ -43,10 +43,11 @@ class TransformerXL(Mixer):
     segments and attends within each at once, as the paper trains; the step loop is the spec.
 
     TRAMS (Yu et al. 2023, "TRAMS: Training-free Memory Selection for Long-range Language Modeling",
-    arXiv 2310.15494; the id is from memory, not checked), with ``trams_keep`` = k: each memory key
-    gets the query-independent score
-    ``score_j = ||K~_j||_2 * |sum_e K~_{j,e}|`` with ``K~_j = W_{Q,h}^T k_j`` (k_j the head's key before
-    rotation, W_{Q,h} (K, D) the head's rows of the query projection), so that q_i . k_j = x_i . K~_j.
+    arXiv 2310.15494, EMNLP 2023 Findings), with ``trams_keep`` = k: each memory key gets the
+    query-independent score ``score_j = ||K~_j||_2 * |sum_e K~_{j,e}|`` (the authors' code as the
+    project's mechanism card transcribes it; the paper writes its metric as cos<K~, 1> ||K~||) with
+    ``K~_j = W_{Q,h}^T k_j`` (k_j the head's key before rotation, W_{Q,h} (K, D) the head's rows of the
+    query projection), so that q_i . k_j = x_i . K~_j.
     The R = ``trams_recent`` most recent memory tokens are always kept; of the older ones only the k with
     the highest score are attended (all of them while the memory holds <= k + R tokens).  Selection is
     per head and per segment.
