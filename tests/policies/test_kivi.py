@@ -36,7 +36,9 @@ def test_a_residual_window_longer_than_the_sequence_is_full_attention(mode):
     mixer = make_attention(KIVI(mode=mode, residual=64, group=8))
     y_ref, s_ref = plain(x)
     y, s = mixer(x)  # (step mode runs the step loop: equal to the parallel kernel up to rounding)
-    assert torch.allclose(y, y_ref, atol=1e-12, rtol=0) and torch.equal(s.k, s_ref.k) and s.aux[-1].shape[2] == 0
+    # keys equal up to float64 rounding (the step loop rotates one token at a time)
+    assert torch.allclose(y, y_ref, atol=1e-12, rtol=0) and torch.allclose(s.k, s_ref.k, atol=1e-14, rtol=0)
+    assert s.aux[-1].shape[2] == 0
     assert torch.equal(run_steps(mixer, x)[0], run_steps(plain, x)[0])
 
 

@@ -23,9 +23,11 @@ def rotary_angles(positions: Tensor, head_dim: int, base: float = 10000.0) -> tu
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate pairs (x[..., :K/2], x[..., K/2:]) (the GPT-NeoX / Llama "rotate half" layout).
 
-    x: (..., K); cos, sin broadcastable to (..., K/2). Computed in float32, returned in x's dtype.
+    x: (..., K); cos, sin broadcastable to (..., K/2). Computed in float32 or wider (float64 stays
+    float64, so float64 checks of the parallel form against the step loop stay tight), returned in x's dtype.
     """
     half = x.shape[-1] // 2
-    x1, x2 = x[..., :half].float(), x[..., half:].float()
+    work = torch.promote_types(x.dtype, torch.float32)
+    x1, x2 = x[..., :half].to(work), x[..., half:].to(work)
     rotated = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
     return rotated.to(x.dtype)
