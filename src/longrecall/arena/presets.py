@@ -6,6 +6,8 @@ runtime measured on the project's 2-core CPU.
 
 from __future__ import annotations
 
+from ..models.architectures import architecture
+
 FOUNDATION_MIXERS = ["attention", "sliding_window", "s4d", "mamba"]
 
 PRESETS: dict[str, dict] = {
@@ -305,11 +307,7 @@ PRESETS["memory-transformers"] = {
         "seeds": [0],
         "lrs": [1e-3, 3e-3],
         "n_layers": 2,
-        "train": {
-            "steps": 1500, "max_steps": 3000, "batch_size": 16, "warmup_steps": 100, "short_conv": 4,
-            "eval_every": 100, "eval_examples": 256, "early_stop_accuracy": 0.99, "target_accuracy": 0.99,
-            "threads": 1,
-        },
+        "train": {**ZOOLOGY_TRAIN, "batch_size": 16, "eval_every": 100, "eval_examples": 256},
     },
 }
 
@@ -317,8 +315,6 @@ PRESETS["memory-transformers"] = {
 # Hybrids (issue 14): Samba and a Jamba-style stack against their pure parts at equal depth (4 layers),
 # on MQAR where the window alone cannot see the keys (T=256, 16 pairs; window 32)
 def _hybrid_configs() -> list[dict]:
-    from ..models.architectures import architecture
-
     stacks = [architecture("samba", 4), architecture("jamba", 4, attention_every=4),
               ["mamba"] * 4, ["attention"] * 4, ["sliding_window"] * 4]
     return [{**RECIPE_TRAIN, "layers": layers, "mixer_kwargs": {"sliding_window": {"window": 32}}, "d_model": 64,

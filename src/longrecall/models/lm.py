@@ -273,22 +273,23 @@ class LanguageModel(nn.Module):
 
     def loss(self, input_ids: Tensor, targets: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Mean cross-entropy over scored positions; also logits (P, V) and targets (P,) there."""
-        h, _ = self.hidden(input_ids)
-        scored = targets != IGNORE_INDEX  # (B, T)
-        logits = self.head(h[scored])  # (P, V): the head only where something is scored
-        labels = targets[scored]
+        (loss, logits, labels), _ = self._scored_loss(input_ids, targets, None, "mean")
         if labels.numel() == 0:
             raise ValueError("targets score no position (all are -100)")
-        return F.cross_entropy(_wide(logits), labels), logits, labels
+        return loss, logits, labels
 
     def loss_sum(self, input_ids: Tensor, targets: Tensor, state: ModelState | None = None
                  ) -> tuple[tuple[Tensor, Tensor, Tensor], ModelState]:
         """Summed cross-entropy over the scored positions of one segment read from ``state``, with its
         logits (P, V) and targets (P,), and the state after it (training across segments)."""
+        return self._scored_loss(input_ids, targets, state, "sum")
+
+    def _scored_loss(self, input_ids: Tensor, targets: Tensor, state: ModelState | None, reduction: str
+                     ) -> tuple[tuple[Tensor, Tensor, Tensor], ModelState]:
         h, state = self.hidden(input_ids, state)
-        scored = targets != IGNORE_INDEX  # (B, t)
-        logits, labels = self.head(h[scored]), targets[scored]  # (P, V), (P,)
-        return (F.cross_entropy(_wide(logits), labels, reduction="sum"), logits, labels), state
+        scored = targets != IGNORE_INDEX  # (B, T)
+        logits, labels = self.head(h[scored]), targets[scored]  # (P, V): the head only where something is scored
+        return (F.cross_entropy(_wide(logits), labels, reduction=reduction), logits, labels), state
 
     def step(self, token: Tensor, state: ModelState) -> tuple[Tensor, ModelState]:
         """One token per sequence: token (B,) -> logits (B, V), new state."""
