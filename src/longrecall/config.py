@@ -58,6 +58,10 @@ class TrainConfig:
     layers: list[str] = field(default_factory=lambda: ["attention", "attention"])
     d_model: int = 64
     mixer_kwargs: dict = field(default_factory=dict)
+    # the model around the layer list (models.MODELS): "lm", the plain stack, or a wrapper whose memory
+    # crosses all layers ("rmt", "memformer") with its own arguments (segment_len, num_memory, ...)
+    model: str = "lm"
+    model_kwargs: dict = field(default_factory=dict)
     mlp: bool = True
     short_conv: int = 0  # causal depthwise conv width before each mixer (H3/Based shift conv); 0 = none
     tie_embeddings: bool = False
@@ -129,10 +133,24 @@ class TrainConfig:
         if self.compile and self.segment_len is not None:
             raise ArgumentError("compile", "false when segment_len is set (segments train eagerly)", "True")
         check_int(threads=self.threads, allow_none=True)
+        self._check_model()
         if isinstance(self.layers, str) or not self.layers:
             raise ArgumentError("layers", "a non-empty list of mixer names", repr(self.layers))
         if not isinstance(self.eval_task_kwargs, list) or not all(isinstance(d, dict) for d in self.eval_task_kwargs):
             raise ArgumentError("eval_task_kwargs", "a list of dicts", repr(self.eval_task_kwargs))
+
+    def _check_model(self) -> None:
+        from .models import MODELS  # here, not at the top: the models import the mixers' registry
+
+        check_choice("model", self.model, tuple(MODELS))
+        if not isinstance(self.model_kwargs, dict):
+            raise ArgumentError("model_kwargs", "a dict of the model's arguments", repr(self.model_kwargs))
+        accepted = MODELS[self.model].extra_arguments()
+        for key, value in self.model_kwargs.items():
+            if key not in accepted:
+                names = ", ".join(accepted) if accepted else f"none (model {self.model!r} takes no extra arguments)"
+                raise ArgumentError(f"model_kwargs.{key}", f"one of: {names}", repr(key))
+            check_int(**{f"model_kwargs.{key}": value})
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -25,7 +25,7 @@ from . import __version__, convergence
 from .checkpoint import atomic_write_json, load_checkpoint, read_manifest, save_checkpoint
 from .config import TrainConfig
 from .evaluate import evaluate
-from .models import LanguageModel
+from .models import MODELS, LanguageModel
 from .protocol import state_detach
 from .registry import TASKS
 from .tasks.base import IGNORE_INDEX, Batch, Task
@@ -55,7 +55,8 @@ def make_task(config: TrainConfig, **overrides) -> Task:
 
 
 def make_model(config: TrainConfig, vocab_size: int) -> LanguageModel:
-    return LanguageModel(
+    """The run's model: ``config.model`` (models.MODELS) around its layer list."""
+    return MODELS[config.model](
         vocab_size,
         config.d_model,
         config.layers,
@@ -63,6 +64,7 @@ def make_model(config: TrainConfig, vocab_size: int) -> LanguageModel:
         mlp=config.mlp,
         short_conv=config.short_conv,
         tie_embeddings=config.tie_embeddings,
+        **config.model_kwargs,
     )
 
 

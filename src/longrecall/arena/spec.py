@@ -4,6 +4,8 @@ A spec is written in TOML (or Python, or given as a dict)::
 
     name = "demo"
     mixers = ["attention", { name = "sliding_window", kwargs = { window = 32 } }]
+    # a mixer entry may also name the model around its layers (models.MODELS), e.g.
+    # { name = "attention", model = "rmt", model_kwargs = { segment_len = 64, num_memory = 8 } }
     tasks = [{ task = "mqar", kwargs = { vocab_size = 256, num_kv_pairs = 8 } }]
     lengths = [64, 128]          # each sets the task's seq_len (a task entry may set its own lengths)
     widths = [32, 64]            # d_model
@@ -291,12 +293,16 @@ class ArenaSpec:
             tasks.append((task, kwargs, per_length))
 
         runs = []
-        grid = ((m, t, length, w, s, lr) for m, m_lrs in zip(mixers, mixer_lrs, strict=True) for t in tasks
-                for length in t[2] for w, s, lr in itertools.product(widths, seeds, m_lrs))
-        for (mixer, mkwargs), (task, tkwargs, per_length), length, width, seed, lr in grid:
+        # a mixer entry may name the model around its layers (models.MODELS: "rmt", "memformer")
+        models = [{k: e[k] for k in ("model", "model_kwargs") if k in e} if isinstance(e, dict) else {}
+                  for e in self.mixers]
+        grid = ((m, mod, t, length, w, s, lr) for m, mod, m_lrs in zip(mixers, models, mixer_lrs, strict=True)
+                for t in tasks for length in t[2] for w, s, lr in itertools.product(widths, seeds, m_lrs))
+        for (mixer, mkwargs), model, (task, tkwargs, per_length), length, width, seed, lr in grid:
             values = {
                 **({"lr": lr} if lr is not None else {}),
                 **train,
+                **model,
                 "layers": [mixer] * self.n_layers,
                 "mixer_kwargs": resolve_mixer_kwargs(mixer, mkwargs),
                 "d_model": width,
@@ -306,16 +312,17 @@ class ArenaSpec:
             }
             config = make_config(values, f"run (mixer={mixer}, task={task}, seq_len={length}, d_model={width}, "
                                          f"seed={seed})")
-            labels = {"spec": self.name, "mixer": mixer, "mixer_kwargs": dict(mkwargs), "task": task,
-                      "task_kwargs": dict(tkwargs), "seq_len": length, "d_model": width, "n_layers": self.n_layers,
-                      "seed": seed, "lr": config.lr, "loss_on": config.loss_on}
+            labels = {"spec": self.name, "mixer": _model_label(config, mixer), "mixer_kwargs": dict(mkwargs),
+                      "task": task, "task_kwargs": dict(tkwargs), "seq_len": length, "d_model": width,
+                      "n_layers": self.n_layers, "seed": seed, "lr": config.lr, "loss_on": config.loss_on}
             runs.append(RunSpec(run_id(config), config, labels, self.name))
         return runs
 
     _entry = staticmethod(registry_entry)
 
     def _mixer(self, i: int, entry: Any) -> tuple[str, dict]:
-        name, kwargs = self._entry(f"mixers[{i}]", entry, "name", MIXERS, "mixer", extra=("lrs",))
+        name, kwargs = self._entry(f"mixers[{i}]", entry, "name", MIXERS, "mixer",
+                                   extra=("lrs", "model", "model_kwargs"))
         return name, check_mixer_kwargs(name, kwargs, f"mixers[{i}].kwargs")
 
     def _task(self, i: int, entry: Any) -> tuple[str, dict, list[int] | None]:
@@ -385,12 +392,18 @@ class ArenaSpec:
             else:
                 resolved_mixers = dict(config.mixer_kwargs)
         config = make_config({**config.to_dict(), "task_kwargs": resolved_task, "mixer_kwargs": resolved_mixers}, key)
-        labels = {"spec": self.name, "mixer": layers[0] if len(layers) == 1 else "+".join(config.layers),
+        stack = layers[0] if len(layers) == 1 else "+".join(config.layers)
+        labels = {"spec": self.name, "mixer": _model_label(config, stack),
                   "mixer_kwargs": given_mixer_kwargs, "task": config.task,
                   "task_kwargs": given_task_kwargs, "seq_len": getattr(obj, "seq_len", None),
                   "d_model": config.d_model, "n_layers": len(config.layers), "seed": config.seed, "lr": config.lr,
                   "loss_on": config.loss_on}
         return RunSpec(run_id(config), config, labels, self.name)
+
+
+def _model_label(config: TrainConfig, layers: str) -> str:
+    """A run's mixer label: its layers, inside the model's name when a wrapper holds them (``rmt(attention)``)."""
+    return layers if config.model == "lm" else f"{config.model}({layers})"
 
 
 # ----------------------------------------------------------------------------- loading

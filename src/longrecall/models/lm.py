@@ -191,6 +191,11 @@ class LanguageModel(nn.Module):
             raise TypeError(f"bad mixer_kwargs for mixer {name!r}: {error}") from None
 
     @classmethod
+    def extra_arguments(cls) -> tuple[str, ...]:
+        """The constructor arguments a config's ``model_kwargs`` may set (none for the plain stack)."""
+        return ()
+
+    @classmethod
     def from_config(cls, config: dict) -> "LanguageModel":
         config = dict(config)
         return cls(config.pop("vocab_size"), config.pop("d_model"), config.pop("layers"), **config)
