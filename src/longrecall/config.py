@@ -75,6 +75,9 @@ class TrainConfig:
     loss_on: str = "answers"
     max_steps: int | None = None  # a run still "learning" at `steps` continues, one eval interval at a time, up to this
     target_accuracy: float | None = 0.99  # held-out accuracy that counts as converged (convergence.py); None: never
+    # weight of the mixers' auxiliary losses (LanguageModel.auxiliary_loss: compressive's attention
+    # reconstruction, Rae et al. 2020) added to the task loss; 0: none
+    aux_loss_weight: float = 0.0
     compile: bool = False  # torch.compile the training step (falls back to eager, with a warning, where it fails)
     # training across segments: read each sequence segment_len tokens at a time, carrying the model
     # state; backpropagate through bptt_segments segments before the carried state is detached
@@ -127,6 +130,8 @@ class TrainConfig:
         check_ratio("target_accuracy", self.target_accuracy, low_open=True, allow_none=True)
         check_ratio("early_stop_accuracy", self.early_stop_accuracy, low_open=True, allow_none=True)
         check_bool(compile=self.compile)
+        if not is_number(self.aux_loss_weight) or self.aux_loss_weight < 0:
+            raise ArgumentError("aux_loss_weight", "a number >= 0", repr(self.aux_loss_weight))
         check_int(segment_len=self.segment_len, bptt_segments=self.bptt_segments, allow_none=True)
         if self.bptt_segments is not None and self.segment_len is None:
             raise ArgumentError("bptt_segments", "None unless segment_len is set", repr(self.bptt_segments))

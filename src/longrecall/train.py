@@ -226,6 +226,9 @@ def train(config: TrainConfig, *, progress: bool | Progress = True, resume: bool
         history, evals = manifest.get("history", []), manifest.get("evals", [])
         log(f"resuming from the checkpoint at step {start_step} in {out_dir}")
 
+    if config.aux_loss_weight and not any(hasattr(b.mixer, "auxiliary_loss") for b in model.blocks):
+        raise ValueError(f"aux_loss_weight={config.aux_loss_weight}: no mixer of {config.layers} has an auxiliary "
+                         "loss (compressive has one); set it to 0")
     n_params = model.num_parameters()
     tokens_per_step = config.batch_size * task.seq_len
     train_seconds = sum(h.get("seconds", 0.0) for h in history)
@@ -278,6 +281,10 @@ def train(config: TrainConfig, *, progress: bool | Progress = True, resume: bool
             if config.segment_len is None:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+            aux = None
+            if config.aux_loss_weight:
+                aux = model.auxiliary_loss(batch.inputs)
+                (config.aux_loss_weight * aux).backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
             scheduler.step()
@@ -288,6 +295,7 @@ def train(config: TrainConfig, *, progress: bool | Progress = True, resume: bool
             answers = batch.targets[targets != IGNORE_INDEX] != IGNORE_INDEX  # (P,) among the loss positions
             accuracy = (logits[answers].argmax(-1) == labels[answers]).float().mean().item()
             history.append({"step": step, "loss": loss.item(), "accuracy": accuracy,
+                            **({"aux_loss": aux.item()} if aux is not None else {}),
                             "lr": optimizer.param_groups[0]["lr"], "grad_norm": grad_norm.item(), "seconds": seconds})
             info = f"loss {loss.item():.3f} acc {accuracy:.3f}"
             if step % config.eval_every == 0 or step == config.steps or step == last:

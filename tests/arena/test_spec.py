@@ -353,3 +353,16 @@ def test_validating_a_spec_allocates_nothing_and_draws_no_random_numbers():
     before = torch.get_rng_state()
     load_spec(grid(widths=[4096], seeds=[0]))
     assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_mixer_entry_overrides_train_keys_for_itself():
+    spec = load_spec({"name": "own", "mixers": ["attention", {"name": "mamba2", "train": {"short_conv": 0}}],
+                      "tasks": ["mqar"], "lengths": [64], "widths": [16], "train": {"steps": 5, "short_conv": 4}})
+    runs = {r.labels["mixer"]: r.config for r in spec.expand()}
+    assert runs["attention"].short_conv == 4 and runs["mamba2"].short_conv == 0
+    with pytest.raises(ConfigError, match=r"mixers\[0\].train.lr"):
+        load_spec({"name": "x", "mixers": [{"name": "mamba2", "train": {"lr": 1e-3}}], "tasks": ["mqar"],
+                   "lengths": [64], "widths": [16]}).expand()
+    with pytest.raises(ConfigError, match=r"mixers\[0\].train.bogus"):
+        load_spec({"name": "x", "mixers": [{"name": "mamba2", "train": {"bogus": 1}}], "tasks": ["mqar"],
+                   "lengths": [64], "widths": [16]}).expand()

@@ -22,7 +22,8 @@ RESULT_NEUTRAL_KEYS = ("out_dir", "threads")
 # keys added after stores existed: left out of the id while at these defaults, so a run configured
 # before they existed keeps its id (and its stored result)
 ID_OMITTED_DEFAULTS = {"loss_on": "answers", "max_steps": None, "target_accuracy": 0.99, "compile": False,
-                       "segment_len": None, "bptt_segments": None, "model": "lm", "model_kwargs": {}}
+                       "segment_len": None, "bptt_segments": None, "model": "lm", "model_kwargs": {},
+                       "aux_loss_weight": 0.0}
 
 
 def canonical_json(obj: Any) -> str:

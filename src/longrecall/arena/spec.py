@@ -5,7 +5,8 @@ A spec is written in TOML (or Python, or given as a dict)::
     name = "demo"
     mixers = ["attention", { name = "sliding_window", kwargs = { window = 32 } }]
     # a mixer entry may also name the model around its layers (models.MODELS), e.g.
-    # { name = "attention", model = "rmt", model_kwargs = { segment_len = 64, num_memory = 8 } }
+    # { name = "attention", model = "rmt", model_kwargs = { segment_len = 64, num_memory = 8 } },
+    # and override train keys for itself: { name = "mamba2", train = { short_conv = 0 } }
     tasks = [{ task = "mqar", kwargs = { vocab_size = 256, num_kv_pairs = 8 } }]
     lengths = [64, 128]          # each sets the task's seq_len (a task entry may set its own lengths)
     widths = [32, 64]            # d_model
@@ -293,9 +294,17 @@ class ArenaSpec:
             tasks.append((task, kwargs, per_length))
 
         runs = []
-        # a mixer entry may name the model around its layers (models.MODELS: "rmt", "memformer")
-        models = [{k: e[k] for k in ("model", "model_kwargs") if k in e} if isinstance(e, dict) else {}
-                  for e in self.mixers]
+        # a mixer entry may name the model around its layers (models.MODELS: "rmt", "memformer") and
+        # override train keys for that mixer only (e.g. a per-mixer short_conv measured by a study)
+        models = []
+        for i, e in enumerate(self.mixers):
+            own = {k: e[k] for k in ("model", "model_kwargs") if k in e} if isinstance(e, dict) else {}
+            if isinstance(e, dict) and "train" in e:
+                own_train = check_train(e["train"], f"mixers[{i}].train")
+                if "lr" in own_train:
+                    raise ConfigError(f"mixers[{i}].train.lr: set a mixer's rates with mixers[{i}].lrs")
+                own = {**own_train, **own}
+            models.append(own)
         grid = ((m, mod, t, length, w, s, lr) for m, mod, m_lrs in zip(mixers, models, mixer_lrs, strict=True)
                 for t in tasks for length in t[2] for w, s, lr in itertools.product(widths, seeds, m_lrs))
         for (mixer, mkwargs), model, (task, tkwargs, per_length), length, width, seed, lr in grid:
@@ -322,7 +331,7 @@ class ArenaSpec:
 
     def _mixer(self, i: int, entry: Any) -> tuple[str, dict]:
         name, kwargs = self._entry(f"mixers[{i}]", entry, "name", MIXERS, "mixer",
-                                   extra=("lrs", "model", "model_kwargs"))
+                                   extra=("lrs", "model", "model_kwargs", "train"))
         return name, check_mixer_kwargs(name, kwargs, f"mixers[{i}].kwargs")
 
     def _task(self, i: int, entry: Any) -> tuple[str, dict, list[int] | None]:

@@ -208,7 +208,7 @@ class Compressive(Mixer):
         segment's tokens in x: mean((attn(q, old) - attn(q, f_c(old)))^2), the attention being unmasked softmax
         attention over all of ``old`` (rotated at its positions) or over its compression (each slot at the
         position of its last token).  Averaged over the evictions; 0 when there are none.  Only f_c's weights
-        get gradients (q and ``old`` are detached), as in the paper.  Not used by any training loop here.
+        get gradients (q and ``old`` are detached), as in the paper.  Training adds it with ``aux_loss_weight``.
         """
         self.check_input(x)
         state = state if state is not None else self.init_state(x.shape[0], device=x.device, dtype=x.dtype)
@@ -225,6 +225,10 @@ class Compressive(Mixer):
             approx = (rq @ self._rotate(ck, old_pos[:, self.rate - 1 :: self.rate]).transpose(-1, -2)).softmax(-1) @ cv
             losses.append((exact - approx).pow(2).mean())
         return torch.stack(losses).mean() if losses else x.new_zeros(())
+
+    def auxiliary_loss(self, x: Tensor) -> Tensor:
+        """The training loop's hook (``aux_loss_weight``): the reconstruction loss from the initial state."""
+        return self.reconstruction_loss(x)
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, n_heads={self.n_heads}, segment_len={self.segment_len}, "

@@ -296,6 +296,25 @@ class LanguageModel(nn.Module):
         logits, labels = self.head(h[scored]), targets[scored]  # (P, V): the head only where something is scored
         return (F.cross_entropy(_wide(logits), labels, reduction=reduction), logits, labels), state
 
+    def auxiliary_loss(self, input_ids: Tensor) -> Tensor | None:
+        """The mean of the mixers' own training losses (a mixer's ``auxiliary_loss(x)``, e.g. the
+        Compressive Transformer's attention reconstruction) on the inputs each sees while the model
+        reads ``input_ids`` from the initial state; None when no mixer defines one.  The inputs are
+        recorded in a pass without gradient, so only what the mixer's loss differentiates learns."""
+        owners = [i for i, block in enumerate(self.blocks) if hasattr(block.mixer, "auxiliary_loss")]
+        if not owners:
+            return None
+        seen: dict[int, Tensor] = {}
+        hooks = [self.blocks[i].mixer.register_forward_pre_hook(
+            lambda module, args, i=i: seen.__setitem__(i, args[0].detach())) for i in owners]
+        try:
+            with torch.no_grad():
+                self.hidden(input_ids)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return torch.stack([self.blocks[i].mixer.auxiliary_loss(seen[i]) for i in owners]).mean()
+
     def step(self, token: Tensor, state: ModelState) -> tuple[Tensor, ModelState]:
         """One token per sequence: token (B,) -> logits (B, V), new state."""
         self._check_tokens(token, 1)
