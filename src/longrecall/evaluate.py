@@ -6,8 +6,8 @@ Distances are grouped into power-of-two buckets (1, 2-3, 4-7, ...) so that accur
 curves have a readable number of points at any length.
 
 ``evaluate_policy`` scores the same way with the model's attention caches under a KV-cache policy
-and budget (query-agnostic: the context is compressed before the question is read; see its
-docstring for the protocol and the bytes it reports).
+and budget under one of four protocols (``policy_protocols``: when the question is read relative to
+the compression; see its docstring for the bytes it reports).
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from .policy_protocols import PROTOCOLS, STORED_NAMES, run_protocol
 from .tasks.base import IGNORE_INDEX, Batch
+from .validation import check_choice, check_int
 
 
 def distance_bucket(distance: int) -> str:
@@ -120,7 +122,7 @@ def evaluate(model, batches: Batch | list[Batch], *, batch_size: int = 64, devic
 
 # ----------------------------------------------------------------------------- under a KV-cache policy
 
-POLICY_PROTOCOL = "query_agnostic_v1"
+POLICY_PROTOCOL = STORED_NAMES["agnostic"]  # what stores written before the other protocols hold
 
 
 def _policy_layers(model) -> list[int]:
@@ -157,10 +159,15 @@ def _held_bytes(model, state, layers: list[int], resident) -> tuple[int, int | N
 
 @torch.no_grad()
 def evaluate_policy(model, batch: Batch, policy=None, *, context_len: int | None = None, batch_size: int = 64,
-                    device=None) -> dict:
+                    device=None, protocol: str = "agnostic", decode_tokens: int = 32) -> dict:
     """Accuracy of ``model`` on ``batch`` with every attention layer's cache under ``policy``.
 
-    Protocol (query-agnostic, as kvpress's default): for each example the *context* is the tokens
+    ``protocol`` says when the question is read (``policy_protocols``: ``agnostic``, ``aware``,
+    ``reuse``, ``decode`` with ``decode_tokens`` generated tokens); the rest of this docstring
+    describes ``agnostic``, the default.  The other protocols group examples by their first scored
+    position and report their bytes after the compressed prompt and at the end the same way.
+
+    Protocol ``agnostic`` (as kvpress's default): for each example the *context* is the tokens
     before its first scored position (the first ``targets != -100``). The context is prefilled with
     the policy active (``forward``: in ``prefill`` mode full causal attention then one compression,
     in ``step`` mode the eviction loop); then the remaining tokens, from the first scored position
@@ -190,8 +197,10 @@ def evaluate_policy(model, batch: Batch, policy=None, *, context_len: int | None
     does not tell resident from total bytes: it has no such hook or keeps the base one). Also
     ``budget_tokens`` (the resolved budget before per-layer allocation; None: unlimited),
     ``context_len``, ``context_tokens`` (mean context length), ``examples``, ``split``
-    (``"per_example"`` or ``"batch_min"``) and ``protocol``.
+    (``"per_example"`` or ``"batch_min"``) and ``protocol`` (its stored name, ``STORED_NAMES``).
     """
+    check_choice("protocol", protocol, PROTOCOLS)
+    check_int(decode_tokens=decode_tokens, minimum=0)
     device = device or next(model.parameters()).device
     T = batch.inputs.shape[1]
     context_len = T if context_len is None else context_len
@@ -201,7 +210,9 @@ def evaluate_policy(model, batch: Batch, policy=None, *, context_len: int | None
     model.eval()
     resident = _resident_hook(policy)
     budget_tokens = policy.resolve_budget(context_len) if policy is not None else None
-    per_example = policy is not None and policy.mode == "prefill" and budget_tokens is not None
+    per_example = protocol != "agnostic" or (policy is not None and policy.mode == "prefill"
+                                             and budget_tokens is not None)
+    held_fn = lambda state: _held_bytes(model, state, layers, resident)  # noqa: E731
     acc = EvalAccumulator()
     sums = {"state_bytes": 0.0, "state_bytes_end": 0.0, "resident_bytes": 0.0, "resident_bytes_end": 0.0,
             "context_tokens": 0.0}
@@ -229,6 +240,18 @@ def evaluate_policy(model, batch: Batch, policy=None, *, context_len: int | None
                 wanted = set(starts) | {T}
                 held: dict[int, tuple[int, int | None]] = {}  # tokens processed -> bytes of the sub-batch
                 B = len(index)
+                if protocol != "agnostic":
+                    predictions, loss_sum, prompt, end = run_protocol(protocol, model, part, p0, held_fn,
+                                                                      decode_tokens=decode_tokens)
+                    acc.add(predictions.cpu(), part.to("cpu"), loss_sum)
+                    sums["state_bytes"] += prompt[0]
+                    sums["state_bytes_end"] += end[0]
+                    if resident is not None:
+                        sums["resident_bytes"] += prompt[1]
+                        sums["resident_bytes_end"] += end[1]
+                    sums["context_tokens"] += p0 * B
+                    counted += B
+                    continue
                 if p0 > 0:
                     _, state = model.hidden(part.inputs[:, :p0])
                 else:
@@ -272,6 +295,6 @@ def evaluate_policy(model, batch: Batch, policy=None, *, context_len: int | None
         "context_tokens": sums["context_tokens"] / n if counted else None,
         "examples": counted,
         "split": "per_example" if per_example else "batch_min",
-        "protocol": POLICY_PROTOCOL,
+        "protocol": STORED_NAMES[protocol],
     }
     return out
