@@ -223,3 +223,24 @@ def test_ray_executor_evaluates_policies_on_the_driver(arena_store, tmp_path):
     local = {(r["policy_key"], r["budget_key"]): r["metrics"]["accuracy"] for r in _evals(store)
              if r["policy"] in ("window", "h2o")}
     assert {(r["policy_key"], r["budget_key"]): r["metrics"]["accuracy"] for r in _evals(other)} == local
+
+
+def test_policy_entries_take_a_protocol(tmp_path):
+    spec = load_spec({**SPEC, "policies": ["window", {"name": "window", "protocol": "aware"},
+                                           {"name": "window", "protocol": "decode", "decode_tokens": 4},
+                                           {"name": "window", "protocol": "reuse"}], "budgets": [0.5]})
+    plan = {entry["label"]: entry for entry in spec.policy_plan}
+    assert list(plan) == ["window", "window@aware", "window@decode4", "window@reuse"]
+    assert "protocol" not in json.loads(plan["window"]["key"])  # agnostic keys as before protocols existed
+    assert json.loads(plan["window@decode4"]["key"])["decode_tokens"] == 4
+    for bad, match in (({"protocol": "lazy"}, "protocol must be one of"),
+                       ({"protocol": "aware", "decode_tokens": 3}, "decode_tokens applies"),
+                       ({"protocol": "decode", "decode_tokens": -1}, "decode_tokens must be")):
+        with pytest.raises(Exception, match=match):
+            load_spec({**SPEC, "policies": [{"name": "window", **bad}]})
+    store = tmp_path / "p.db"
+    run_arena({**SPEC, "policies": [{"name": "window", "protocol": p} for p in ("agnostic", "aware", "reuse")]},
+              store=store, progress=False)
+    stored = {(r["policy_label"], r["budget_key"]): r for r in _evals(store)}
+    assert {r["protocol"] for r in stored.values()} == {"query_agnostic_v1", "query_aware_v1", "reuse_v1"}
+    assert all(r["status"] == "done" for r in stored.values()) and len(stored) == 6

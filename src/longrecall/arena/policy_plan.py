@@ -12,6 +12,7 @@ from typing import Any
 from ..config import ConfigError, TrainConfig
 from ..policies.base import MODES, is_budget
 from ..registry import POLICIES
+from ..validation import is_int
 from .checks import _blamed_arg, _close, _floatify, _plain, registry_entry
 from .ids import canonical_json
 
@@ -20,8 +21,10 @@ __all__ = ["POLICY_ENTRY_KEYS", "check_budget", "check_budgets", "budget_key", "
 
 # ----------------------------------------------------------------------------- KV-cache policies
 
-# keys of a policy entry: policies = ["window", { name = "h2o", kwargs = {...}, mode = "prefill", budgets = [...] }]
-POLICY_ENTRY_KEYS = ("name", "kwargs", "mode", "budgets")
+# keys of a policy entry: policies = ["window", { name = "h2o", kwargs = {...}, mode = "prefill", budgets = [...],
+# protocol = "aware" }]; protocol (policy_protocols.PROTOCOLS, "agnostic" by default) says when the question is
+# read; decode_tokens (32) is the generation length of protocol "decode"
+POLICY_ENTRY_KEYS = ("name", "kwargs", "mode", "budgets", "protocol", "decode_tokens")
 # Policy fields an entry's kwargs may not set
 _POLICY_RESERVED = {"budget": "set by budgets (or the entry's own budgets)", "mode": "set by the entry's mode key"}
 
@@ -95,7 +98,7 @@ def takes_budget(cls, mode: str, kwargs: dict) -> bool:
 def check_policy_entry(i: int, entry: Any, spec_budgets: list) -> dict:
     """One validated entry of ``policies``: name, resolved kwargs, mode, budgets, key and label."""
     key = f"policies[{i}]"
-    name, kwargs = registry_entry(key, entry, "name", POLICIES, "policy", extra=("mode", "budgets"))
+    name, kwargs = registry_entry(key, entry, "name", POLICIES, "policy", extra=POLICY_ENTRY_KEYS[2:])
     cls = POLICIES.get(name)
     if not isinstance(kwargs, dict):
         raise ConfigError(f"{key}.kwargs must be a table of policy {name!r}'s fields, got {kwargs!r}")
@@ -147,12 +150,38 @@ def check_policy_entry(i: int, entry: Any, spec_budgets: list) -> dict:
         resolved = {k: v for k, v in obj.config().items() if k not in _POLICY_RESERVED}
     if not _plain(resolved):
         resolved = {k: v for k, v in resolved.items() if _plain(v)} | kwargs
+    protocol, decode_tokens = _protocol(key, entry)
+    # the agnostic protocol stays out of the key and label: evaluations stored before protocols keep theirs
+    how = {} if protocol == "agnostic" else {"protocol": protocol}
+    if protocol == "decode":
+        how["decode_tokens"] = decode_tokens
+    label = _policy_label(name, kwargs, mode, default_mode)
+    if how:
+        label += f"@{protocol}" + (f"{decode_tokens}" if protocol == "decode" else "")
     return {
         "name": name,
         "kwargs": resolved,
         "user_kwargs": dict(kwargs),
         "mode": mode,
         "budgets": budgets,
-        "key": canonical_json({"name": name, "kwargs": resolved, "mode": mode}),
-        "label": _policy_label(name, kwargs, mode, default_mode),
+        "protocol": protocol,
+        "decode_tokens": decode_tokens,
+        "key": canonical_json({"name": name, "kwargs": resolved, "mode": mode, **how}),
+        "label": label,
     }
+
+
+def _protocol(key: str, entry: Any) -> tuple[str, int]:
+    """An entry's protocol and decode length, checked: (``"agnostic"``, 32) when not given."""
+    from ..policy_protocols import PROTOCOLS
+
+    given = entry if isinstance(entry, dict) else {}
+    protocol = given.get("protocol", "agnostic")
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"{key}.protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    decode_tokens = given.get("decode_tokens", 32)
+    if "decode_tokens" in given and protocol != "decode":
+        raise ConfigError(f"{key}.decode_tokens applies to protocol 'decode' only (this entry's is {protocol!r})")
+    if not is_int(decode_tokens) or decode_tokens < 0:
+        raise ConfigError(f"{key}.decode_tokens must be an int >= 0, got {decode_tokens!r}")
+    return protocol, decode_tokens

@@ -148,9 +148,11 @@ def load_run_model(store: Store, row: dict, *, threads: int | None = None):
 
 
 def _policy_record(row: dict, entry: dict, budget, **values) -> dict:
+    from ..policy_protocols import STORED_NAMES
+
     return {"run_id": row["id"], "policy_key": entry["key"], "budget_key": budget_key(budget), "policy": entry["name"],
             "policy_label": entry["label"], "policy_kwargs": entry["kwargs"], "mode": entry["mode"], "budget": budget,
-            **values}
+            "protocol": STORED_NAMES[entry.get("protocol", "agnostic")], **values}
 
 
 def evaluate_run_policies(store: Store, row: dict, policies: list[dict], *, owner: str | None = None,
@@ -198,7 +200,9 @@ def evaluate_run_policies(store: Store, row: dict, policies: list[dict], *, owne
                 record = _policy_record(row, entry, budget, status="failed", error=_error_text(error), **common)
             else:
                 try:
-                    out = evaluate_policy(model, batch, policy, context_len=context_len, batch_size=eval_batch)
+                    out = evaluate_policy(model, batch, policy, context_len=context_len, batch_size=eval_batch,
+                                          protocol=entry.get("protocol", "agnostic"),
+                                          decode_tokens=entry.get("decode_tokens", 32))
                 except Exception as error:  # a failed evaluation fails this record only
                     record = _policy_record(row, entry, budget, status="failed", error=_error_text(error), **common)
                 else:

@@ -51,7 +51,9 @@ Every run whose model has a plain ``attention`` layer is evaluated, after traini
 without one get no policy evaluations (a spec where no run has one is an error). An entry is a
 policy name or a table with ``name``, ``kwargs`` (the policy dataclass's fields, defaults
 resolved; ``budget`` and ``mode`` are not kwargs), ``mode`` (``step`` or ``prefill``; default: the
-policy's own) and its own ``budgets`` (instead of the spec's). ``policies = "all"`` lists every
+policy's own), its own ``budgets`` (instead of the spec's), and ``protocol`` (``agnostic``, the
+default, ``aware``, ``reuse`` or ``decode`` with ``decode_tokens``; ``policy_protocols``: when the
+question is read; each protocol is its own entry, labelled ``window@aware``). ``policies = "all"`` lists every
 registered policy. Policies that take no budget (``full``; ``kivi`` and ``think``, which keep every
 token in a compressed form) are evaluated once, without one; retrieval policies (``quest``,
 ``infllm``) keep every token but take budgets (what a query reads).
