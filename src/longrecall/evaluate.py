@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from .kv_bytes import parse_byte_budget
 from .policy_protocols import PROTOCOLS, STORED_NAMES, run_protocol
 from .tasks.base import IGNORE_INDEX, Batch
 from .validation import check_choice, check_int
@@ -195,7 +196,8 @@ def evaluate_policy(model, batch: Batch, policy=None, *, context_len: int | None
     most the cache ever held in prefill mode); ``resident_bytes`` / ``resident_bytes_end``, the
     same with the policy layers counted by the policy's ``resident_bytes`` (None when the policy
     does not tell resident from total bytes: it has no such hook or keeps the base one). Also
-    ``budget_tokens`` (the resolved budget before per-layer allocation; None: unlimited),
+    ``budget_tokens`` (the resolved budget before per-layer allocation; None: unlimited; for a byte
+    budget, the tokens it buys), ``budget_bytes`` (the byte budget given, else None),
     ``context_len``, ``context_tokens`` (mean context length), ``examples``, ``split``
     (``"per_example"`` or ``"batch_min"``) and ``protocol`` (its stored name, ``STORED_NAMES``).
     """
@@ -208,6 +210,8 @@ def evaluate_policy(model, batch: Batch, policy=None, *, context_len: int | None
     saved = {i: model.blocks[i].mixer.kv_policy for i in layers}
     was_training = model.training
     model.eval()
+    budget_bytes = parse_byte_budget(policy.budget) if policy is not None else None
+    policy = model.resolve_byte_budget(policy)  # a byte budget becomes the tokens it buys (kv_bytes)
     resident = _resident_hook(policy)
     budget_tokens = policy.resolve_budget(context_len) if policy is not None else None
     per_example = protocol != "agnostic" or (policy is not None and policy.mode == "prefill"
@@ -291,6 +295,7 @@ def evaluate_policy(model, batch: Batch, policy=None, *, context_len: int | None
         "resident_bytes": round(sums["resident_bytes"] / n) if counted and resident is not None else None,
         "resident_bytes_end": round(sums["resident_bytes_end"] / n) if counted and resident is not None else None,
         "budget_tokens": budget_tokens,
+        "budget_bytes": budget_bytes,
         "context_len": context_len,
         "context_tokens": sums["context_tokens"] / n if counted else None,
         "examples": counted,

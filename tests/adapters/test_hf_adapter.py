@@ -416,3 +416,17 @@ def test_longrecall_imports_without_transformers():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "pip install 'longrecall[hf]'" in out.stdout
+
+
+def test_byte_budget_on_a_hugging_face_model():
+    """A byte budget per sequence buys floor(bytes / per-token bytes over the layers) tokens per layer and
+    head (2 KV heads of 16 float32 channels plus an int32 position each, in 2 layers), and the cache's
+    measured bytes stay within it."""
+    model, ids = make_model(2), prompt(batch=1, T=100)
+    per_token = N_LAYERS * 2 * (2 * HEAD_DIM * 4 + 4)
+    policy = POLICIES.get("window")(budget="8KiB")
+    with torch.no_grad(), kv_policy(model, policy) as new_cache:
+        cache = new_cache()
+        assert cache.policy.budget == 8192 // per_token
+        model(ids, cache=cache)
+    assert 8192 - per_token < cache.state_bytes() <= 8192

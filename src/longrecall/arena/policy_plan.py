@@ -29,12 +29,16 @@ POLICY_ENTRY_KEYS = ("name", "kwargs", "mode", "budgets", "protocol", "decode_to
 _POLICY_RESERVED = {"budget": "set by budgets (or the entry's own budgets)", "mode": "set by the entry's mode key"}
 
 
-def check_budget(value: Any, key: str) -> int | float:
-    """A budget: an int >= 1 (tokens per layer per head) or a float in (0, 1] (a fraction of the length)."""
-    if is_budget(value):
+def check_budget(value: Any, key: str) -> int | float | str:
+    """A budget: an int >= 1 (tokens per layer per head), a float in (0, 1] (a fraction of the length) or
+    bytes per sequence with a unit (``"32KiB"``, ``kv_bytes``)."""
+    from ..kv_bytes import is_byte_budget
+
+    if is_budget(value) or is_byte_budget(value):
         return value
-    raise ConfigError(f"{key} must be a positive int (tokens kept per layer per head) or a float in (0, 1] "
-                      f"(a fraction of the evaluated sequence length), got {value!r}")
+    raise ConfigError(f"{key} must be a positive int (tokens kept per layer per head), a float in (0, 1] "
+                      f"(a fraction of the evaluated sequence length) or bytes per sequence with a unit "
+                      f"('32KiB', '4096B'), got {value!r}")
 
 
 def check_budgets(value: Any, key: str) -> list:

@@ -394,6 +394,7 @@ class LanguageModel(nn.Module):
     def set_kv_policy(self, policy, *, context_len: int | None = None) -> list[int]:
         """Manage every ``attention`` layer's cache with a KV-cache policy (None: plain attention).
 
+        A byte budget is first converted to tokens per layer and head (``resolve_byte_budget``).
         Each layer gets its index among the model's attention layers (``layer``, ``n_layers``: the
         hook for per-layer budgets) and ``context_len`` (ratio budgets).  Every layer's budget is
         resolved before any is set, so an invalid budget leaves the model unchanged.  Layers whose
@@ -403,6 +404,7 @@ class LanguageModel(nn.Module):
         from ..mixers.attention import Attention
 
         blocks = [i for i, b in enumerate(self.blocks) if isinstance(b.mixer, Attention) and b.mixer.supports_policy]
+        policy = self.resolve_byte_budget(policy)
         if policy is not None:
             if not blocks:
                 raise ValueError(
@@ -414,6 +416,17 @@ class LanguageModel(nn.Module):
         for j, i in enumerate(blocks):
             self.blocks[i].mixer.set_policy(policy, layer=j, n_layers=len(blocks), context_len=context_len)
         return blocks
+
+    def resolve_byte_budget(self, policy):
+        """``policy``, or a copy whose byte budget (``"32KiB"`` per sequence) is replaced by the tokens per
+        layer and head it buys in this model's attention layers (``kv_bytes``)."""
+        from ..kv_bytes import resolve_byte_budget
+        from ..mixers.attention import Attention
+
+        dtype = self.embedding.weight.dtype
+        layers = [(b.mixer.n_heads, b.mixer.head_dim, dtype) for b in self.blocks
+                  if isinstance(b.mixer, Attention) and b.mixer.supports_policy]
+        return resolve_byte_budget(policy, layers)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

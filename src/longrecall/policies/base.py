@@ -186,13 +186,14 @@ class Policy:
     """Base class of KV-cache policies (see the module docstring).
 
     Args:
-        budget: None (unlimited), an int >= 1 (tokens kept per layer per head) or a float in
-            (0, 1] (a ratio of the context length given when the policy is applied).
+        budget: None (unlimited), an int >= 1 (tokens kept per layer per head), a float in (0, 1]
+            (a ratio of the context length given when the policy is applied), or bytes per sequence
+            as a string with a unit (``"32KiB"``; ``kv_bytes``: the model converts it to tokens).
         mode: "step" (evict whenever the cache exceeds its budget: ``forward`` equals the step loop) or
             "prefill" (compress once at the end of each forward pass, then decode by appending).
     """
 
-    budget: int | float | None = None
+    budget: int | float | str | None = None
     mode: str = "step"
 
     needs_attention: ClassVar[bool] = False  # obs.probs is materialised for observe/score
@@ -216,15 +217,21 @@ class Policy:
 
     def validate(self) -> None:
         """Raise ``ArgumentError`` naming the field and its accepted values; subclasses extend it."""
-        if not (self.budget is None or is_budget(self.budget)):
-            raise ArgumentError("budget", "None (unlimited), an int >= 1 (tokens per layer per head) or a float "
-                                "in (0, 1] (a ratio of the context length)", repr(self.budget))
+        from ..kv_bytes import is_byte_budget
+
+        if not (self.budget is None or is_budget(self.budget) or is_byte_budget(self.budget)):
+            raise ArgumentError("budget", "None (unlimited), an int >= 1 (tokens per layer per head), a float "
+                                "in (0, 1] (a ratio of the context length) or bytes per sequence with a unit "
+                                "('32KiB', '4096B')", repr(self.budget))
         check_choice("mode", self.mode, MODES)
 
     def resolve_budget(self, context_len: int | None = None) -> int | None:
         """Tokens per layer per head before layer/head allocation (None: unlimited)."""
         if self.budget is None or is_int(self.budget):
             return self.budget
+        if isinstance(self.budget, str):  # bytes: only the model knows what a token costs (kv_bytes)
+            raise ArgumentError("budget", "resolved by the model for a byte budget (LanguageModel.set_kv_policy, "
+                                "kv_bytes.resolve_byte_budget)", repr(self.budget))
         if not is_int(context_len) or context_len < 1:
             raise ArgumentError("context_len", f"a positive int to resolve the ratio budget={self.budget!r}",
                                 repr(context_len))

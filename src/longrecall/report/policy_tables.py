@@ -50,6 +50,8 @@ def fmt_budget(budget: Any) -> str:
     """``1/8`` for a power-of-two fraction, ``0.3`` for another one, ``16 tok`` for tokens, ``full``."""
     if budget is None:
         return "full"
+    if isinstance(budget, str):  # bytes per sequence, as given ("32KiB")
+        return budget
     if isinstance(budget, float):
         inverse = 1.0 / budget if budget > 0 else 0.0
         if budget == 1.0:

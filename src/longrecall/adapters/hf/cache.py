@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 from transformers.cache_utils import Cache, CacheLayerMixin
 
+from ...kv_bytes import resolve_byte_budget
 from ...mixers.attention import KVState
 from ...policies.base import BoundPolicy, Policy, PolicyKVState, kept_positions
 from ...protocol import state_map, state_nbytes
@@ -185,6 +186,10 @@ class LongrecallCache(Cache):
         others = sorted({t for t in layer_types if t != "full_attention"})
         if others:
             raise NotImplementedError(f"LongrecallCache supports full-attention layers only; this model has {others}")
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        dtype = getattr(model_or_config, "dtype", None)
+        dtype = dtype if isinstance(dtype, torch.dtype) else torch.float32  # a config alone: float32 caches
+        policy = resolve_byte_budget(policy, [(n_kv, head_dim, dtype)] * n_layers)  # "32KiB": tokens it buys
         self.policy = policy
         self.context_len = context_len
         self.needs_surprisal = policy.needs_surprisal
