@@ -244,3 +244,13 @@ def test_policy_entries_take_a_protocol(tmp_path):
     stored = {(r["policy_label"], r["budget_key"]): r for r in _evals(store)}
     assert {r["protocol"] for r in stored.values()} == {"query_agnostic_v1", "query_aware_v1", "reuse_v1"}
     assert all(r["status"] == "done" for r in stored.values()) and len(stored) == 6
+
+
+def test_spec_protocols_cross_every_entry_without_its_own():
+    spec = load_spec({**SPEC, "policies": ["window", {"name": "h2o", "protocol": "decode"}],
+                      "protocols": ["agnostic", "reuse"], "budgets": [0.5]})
+    assert [e["label"] for e in spec.policy_plan] == ["window", "window@reuse", "h2o@decode32"]
+    with pytest.raises(Exception, match=r"protocols\[1\] must be one of"):
+        load_spec({**SPEC, "protocols": ["aware", "later"]})
+    with pytest.raises(Exception, match="protocols: given without policies"):
+        load_spec({k: v for k, v in {**SPEC, "protocols": ["aware"]}.items() if k not in ("policies", "budgets")})

@@ -184,6 +184,24 @@ PRESETS["kv-budget"] = {
 }
 
 
+# The same evaluations on models trained with the next-token loss on every position (issue 15: TOVA,
+# Knorm, SirLLM and EM-LLM read attention statistics or surprisal, which a model trained on the answers
+# alone never shapes), under all four protocols (policy_protocols). The recipe's budget: 1,500 steps
+# extended while learning, lr 1e-3 (where attention converges under the "all" loss in the recipe study).
+PRESETS["kv-budget-next-token"] = {
+    "description": "kv-budget on attention models trained with the next-token loss on every position, every "
+                   "policy under the agnostic, aware, reuse and decode protocols (3 runs; evaluations take hours)",
+    "spec": {
+        **PRESETS["kv-budget"]["spec"],
+        "name": "kv-budget-next-token",
+        "train": {"steps": 1500, "max_steps": 4500, "batch_size": 32, "lr": 1e-3, "warmup_steps": 100,
+                  "short_conv": 4, "eval_every": 100, "eval_examples": 256, "early_stop_accuracy": 0.99,
+                  "target_accuracy": 0.99, "loss_on": "all", "threads": 1},
+        "protocols": ["agnostic", "aware", "reuse", "decode"],
+    },
+}
+
+
 # The recipe study (docs/results.md, "The training recipe"): every registered mixer at width 64 on
 # MQAR (T=64, 4 pairs, vocabulary 256) under both losses and three learning rates, each run stopped
 # at 0.99 held-out accuracy, at `steps` when it has stopped improving, or extended while it is still

@@ -114,7 +114,7 @@ __all__ = ["ArenaSpec", "RunSpec", "load_spec", "run_id", "GRID_KEYS", "SPEC_KEY
 
 # keys of a spec (TOML top level / dict / ArenaSpec fields)
 SPEC_KEYS = ("name", "mixers", "tasks", "lengths", "widths", "seeds", "lrs", "n_layers", "train", "policies", "budgets",
-             "configs")
+             "protocols", "configs")
 
 
 # ----------------------------------------------------------------------------- the spec
@@ -141,6 +141,7 @@ class ArenaSpec:
     train: dict = field(default_factory=dict)
     policies: list = field(default_factory=list)
     budgets: list = field(default_factory=list)
+    protocols: list = field(default_factory=list)  # each policy entry without its own protocol, under each
     configs: list = field(default_factory=list)
 
     def __post_init__(self):
@@ -223,17 +224,37 @@ class ArenaSpec:
         if not policies:
             if spec_budgets:
                 raise ConfigError("budgets: given without policies; add policies = [...] (or \"all\")")
+            if self.protocols:
+                raise ConfigError("protocols: given without policies; add policies = [...] (or \"all\")")
             return []
+        protocols = self._protocols()
         plan: dict[str, dict] = {}
-        for i, entry in enumerate(policies):
-            checked = check_policy_entry(i, entry, spec_budgets)
-            if checked["key"] in plan:  # the same policy twice: one entry, the budgets of both
-                known = plan[checked["key"]]
-                keys = {budget_key(b) for b in known["budgets"]}
-                known["budgets"] += [b for b in checked["budgets"] if budget_key(b) not in keys]
-            else:
-                plan[checked["key"]] = checked
+        for i, given in enumerate(policies):
+            own = isinstance(given, dict) and "protocol" in given
+            for entry in [given] if own or protocols == ["agnostic"] else [
+                    {**(given if isinstance(given, dict) else {"name": given}), "protocol": p} for p in protocols]:
+                self._add_policy(plan, check_policy_entry(i, entry, spec_budgets))
         return list(plan.values())
+
+    def _protocols(self) -> list[str]:
+        """The spec's ``protocols`` (policy_protocols.PROTOCOLS), checked; ``["agnostic"]`` when empty."""
+        from ..policy_protocols import PROTOCOLS
+
+        if not isinstance(self.protocols, (list, tuple)):
+            raise ConfigError(f"protocols must be a list of {', '.join(PROTOCOLS)}, got {self.protocols!r}")
+        for j, p in enumerate(self.protocols):
+            if p not in PROTOCOLS:
+                raise ConfigError(f"protocols[{j}] must be one of {', '.join(PROTOCOLS)}, got {p!r}")
+        return list(dict.fromkeys(self.protocols)) or ["agnostic"]
+
+    @staticmethod
+    def _add_policy(plan: dict, checked: dict) -> None:
+        if checked["key"] in plan:  # the same policy twice: one entry, the budgets of both
+            known = plan[checked["key"]]
+            keys = {budget_key(b) for b in known["budgets"]}
+            known["budgets"] += [b for b in checked["budgets"] if budget_key(b) not in keys]
+        else:
+            plan[checked["key"]] = checked
 
     def _from_grid(self) -> list[RunSpec]:
         if not _is_int(self.n_layers) or self.n_layers <= 0:
