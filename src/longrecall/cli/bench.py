@@ -43,6 +43,39 @@ def run_fla(args) -> int:
     return 0
 
 
+def run_kv_memory(args) -> int:
+    """``--kv-memory``: cache bytes, peak resident memory and decode tokens/s per KV-cache policy and length."""
+    import longrecall.policies  # noqa: F401  (registers the policies)
+
+    from ..bench.kv_memory import KVMemorySpec, parse_policy
+    from ..bench.kv_memory import run_kv_memory as bench_memory
+    from ..bench.kv_memory import to_markdown as md
+    from ..registry import POLICIES
+
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        print("error: --kv-memory runs a Hugging Face Llama: pip install -e '.[hf]'")
+        return 2
+    spec = KVMemorySpec(threads=args.threads, decode_tokens=args.decode_tokens)
+    if args.kv_policies:
+        spec.policies = args.kv_policies.split(",")
+    for text in spec.policies:
+        name, _, _ = parse_policy(text)
+        if name != "dynamic" and name not in POLICIES.names():
+            print(f"error: --kv-policies: unknown policy {name!r}; available: dynamic, {', '.join(POLICIES.names())}")
+            return 2
+    if args.lengths:
+        spec.lengths = args.lengths
+    report = bench_memory(spec, on_result=None if args.json else lambda r: print(r, flush=True))
+    out = Path(args.out)
+    atomic_write_json(out / "kv_memory.json", report)
+    text = "# Memory a KV-cache policy frees\n\n" + md(report)
+    atomic_write_bytes(out / "kv_memory.md", text.encode())
+    print(json.dumps(report, indent=2) if args.json else text)
+    return 1 if any("error" in r for r in report["rows"]) else 0
+
+
 def run_train_steps(args, names: list[str], mixer_kwargs: dict) -> int:
     """``--train-steps``: ms per optimisation step of whole 2-layer models, every mixer in one process."""
     from ..bench.train_step import TrainStepSpec
@@ -70,6 +103,8 @@ def run(args) -> int:
     args.threads_given = args.threads is not None
     if args.threads is None:
         args.threads = 2
+    if args.kv_memory:
+        return run_kv_memory(args)
     if args.compare_fla:
         args.lengths = args.lengths or [256, 1024, 4096, 16384]
         args.batch_sizes = args.batch_sizes or [1, 16]
@@ -145,7 +180,8 @@ def add_parser(sub) -> None:
         "  longrecall bench --mixers mamba --modes train --mixer-kwargs '{\"mamba\": {\"scan\": \"naive\"}}'\n"
         "  longrecall bench --mixers all --out bench_results   (the full table: about 10 minutes)\n"
         "  longrecall bench --train-steps --widths 64 --lengths 64   (training steps of every mixer's 2-layer model)\n"
-        "  longrecall bench --compare-fla --lengths 1024,4096 --batch-sizes 1",
+        "  longrecall bench --compare-fla --lengths 1024,4096 --batch-sizes 1\n"
+        "  longrecall bench --kv-memory --lengths 4096,32768 --kv-policies dynamic,full,window:0.125",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--mixers", default="all", help="comma-separated registry keys, or 'all' (default)")
@@ -171,6 +207,14 @@ def add_parser(sub) -> None:
                    help="instead of the mixer table: time our linear-attention kernels against "
                         "flash-linear-attention's PyTorch references on the same inputs and check they agree "
                         "(needs the `compare` extra)")
+    p.add_argument("--kv-memory", action="store_true",
+                   help="instead of the mixer table: cache bytes, peak resident memory (prefill and decode) and "
+                        "decode tokens/s of KV-cache policies on a random Hugging Face Llama, each cell in its own "
+                        "process (needs the `hf` extra); --lengths default 1024,4096,16384,32768")
+    p.add_argument("--kv-policies", default=None,
+                   help="with --kv-memory: comma-separated name[/mode][:budget], budget = tokens, a fraction or bytes "
+                        "('window:0.125,snapkv/prefill:1MiB,dynamic'; dynamic = the model's own cache)")
+    p.add_argument("--decode-tokens", type=int, default=32, help="with --kv-memory: tokens decoded after the prefill")
     p.add_argument("--quick", action="store_true", help="T in {64, 256}, batch 1, one repeat: a smoke run")
     p.add_argument("--out", default="bench_results", help="directory for bench.json and bench.md")
     p.add_argument("--json", action="store_true")
