@@ -9,4 +9,4 @@ from . import full, streaming, window  # noqa: F401 - imported to register
 
 # isort: split
 # score-based eviction
-from . import em_llm, h2o, infllm, kivi, knorm, pyramidkv, quest, random, sirllm, snapkv, think, tova  # noqa: F401 - imported to register
+from . import citrus, em_llm, finch, h2o, infllm, kivi, knorm, pyramidkv, quest, random, sirllm, snapkv, think, tova  # noqa: F401 - imported to register
