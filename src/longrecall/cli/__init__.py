@@ -1,14 +1,14 @@
-"""The ``longrecall`` command: ``ls | check | train | arena | report | export | bench``, one file each."""
+"""The ``longrecall`` command: ``ls | check | train | arena | report | export | bench | kv-eval``, one file each."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from . import arena, bench, check, export, ls, report, train
+from . import arena, bench, check, export, kv_eval, ls, report, train
 
 SUBCOMMANDS = {"ls": ls, "check": check, "train": train, "arena": arena, "report": report, "export": export,
-               "bench": bench}
+               "bench": bench, "kv-eval": kv_eval}
 
 
 def build_parser() -> argparse.ArgumentParser:
