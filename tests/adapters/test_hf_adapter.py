@@ -430,3 +430,16 @@ def test_byte_budget_on_a_hugging_face_model():
         assert cache.policy.budget == 8192 // per_token
         model(ids, cache=cache)
     assert 8192 - per_token < cache.state_bytes() <= 8192
+
+
+@pytest.mark.parametrize("name", ["quest", "infllm", "clusterkv", "shadowkv"])
+def test_recallable_policies_read_under_gqa_with_a_budget(name):
+    """Grouped-query attention (4 query heads on 2 KV heads) with a budget on what a query reads: the
+    masks cover whatever the policy attends (ShadowKV adds reconstructed keys to the cache's slots)."""
+    model, ids = make_model(2), prompt(batch=1, T=100)
+    with torch.no_grad(), kv_policy(model, POLICIES.get(name)(budget=48)) as new_cache:
+        cache = new_cache()
+        logits = model(ids, cache=cache).logits
+        for _ in range(3):
+            logits = model(logits[:, -1:].argmax(-1), cache=cache).logits
+    assert torch.isfinite(logits).all()

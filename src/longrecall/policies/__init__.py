@@ -4,9 +4,17 @@ below register them.  ``base.py`` holds ``Policy``, the cache state and the shar
 from . import base  # noqa: F401 - imported to register
 
 # isort: split
-# position-only rules (closed-form parallel masks)
-from . import full, streaming, window  # noqa: F401 - imported to register
+# position-only rules (sinks, windows, LaCache's ladder over layers)
+from . import full, lacache, streaming, window  # noqa: F401 - imported to register
 
 # isort: split
 # score-based eviction
-from . import citrus, em_llm, finch, h2o, infllm, kivi, knorm, pyramidkv, quest, random, sirllm, snapkv, think, tova  # noqa: F401 - imported to register
+from . import em_llm, h2o, infllm, kivi, knorm, pyramidkv, quest, random, sirllm, snapkv, think, tova  # noqa: F401 - imported to register
+
+# isort: split
+# recallable memories: every token kept, a query reads the clusters or chunks it scores highest
+from . import clusterkv, shadowkv  # noqa: F401 - imported to register
+
+# isort: split
+# prompt-guided chunked selection and separate decoding budgets
+from . import citrus, finch, scope  # noqa: F401 - imported to register

@@ -77,7 +77,9 @@ def grouped_attend_mask(policy: Policy, state: PolicyKVState, q: Tensor, q_pos: 
     masks = [policy.attend_mask(state, q[:, g::groups], q_pos) for g in range(groups)]
     if all(m is None for m in masks):
         return None
-    B, H, S = state.pos.shape
-    shape = (B, H, q.shape[2], S)
+    B, H, _ = state.pos.shape
+    # the width of what the policy attends: the cache, plus any slots its attend_view adds (ShadowKV's
+    # reconstructed keys), so not state.pos's
+    shape = (B, H, q.shape[2], next(m for m in masks if m is not None).shape[-1])
     masks = [torch.ones(shape, dtype=torch.bool, device=q.device) if m is None else m.expand(shape) for m in masks]
     return torch.stack(masks, dim=2).flatten(1, 2)  # (B, H, G, Tq, S) -> (B, Hq, Tq, S)
