@@ -122,10 +122,10 @@ FRONTIER_LRS = {
 
 # Mixers with a short convolution of their own train without the block's (short_conv = 0): the plateau
 # ablation (docs/results.md, configs/plateau_ablation.py) measured a second, block-level convolution in
-# front of their own holding Gated DeltaNet and Mamba-2 on the 1/P plateau and slowing DeltaNet. MoM's
-# memories are Gated DeltaNet's, behind the same q/k/v convolutions, so it follows them. Mamba-1 gained
-# nothing without it (its climb is its learning-rate window), so it keeps the recipe's.
-OWN_SHORT_CONV = ("deltanet", "gated_deltanet", "mamba2", "mom")
+# front of their own holding Gated DeltaNet and Mamba-2 on the 1/P plateau and slowing DeltaNet. Mamba-1
+# gained nothing without it (its climb is its learning-rate window) and MoM lost (chance at step 2,500
+# without it, 0.12 with it), so both keep the recipe's.
+OWN_SHORT_CONV = ("deltanet", "gated_deltanet", "mamba2")
 
 
 def _frontier_entry(entry) -> dict:
