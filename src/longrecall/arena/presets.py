@@ -139,8 +139,8 @@ def _frontier_entry(entry) -> dict:
 
 PRESETS["frontier"] = {
     "description": "MQAR accuracy vs state bytes: attention + 14 fixed-state memories x widths 32/64/128 at each "
-                   "mixer's rate from the recipe study, mixers with a short conv of their own without the block's "
-                   "(63 runs, T=64, 8 pairs, 1,500 steps extended to 3,000 while learning)",
+                   "mixer's rate from the recipe study, deltanet, gated_deltanet and mamba2 without the block's short "
+                   "conv (the plateau ablation; 63 runs, T=64, 8 pairs, 1,500 steps extended to 3,000 while learning)",
     # windows are set below the 64 tokens so the window alone cannot hold the whole context
     "spec": {
         "name": "frontier",
