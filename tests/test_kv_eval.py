@@ -60,6 +60,8 @@ def test_full_policy_answers_exactly_as_the_model_under_every_protocol(saved):
     model, tokenizer = _load(spec)
     example = render("niah_multikey", 480, tokenizer, random.Random(0))
     with torch.no_grad():
+        texts = {p: _answer(model, tokenizer, DynamicCache, example, p, spec)[0] for p in ("agnostic", "aware")}
+        assert texts["aware"] == texts["agnostic"]  # the full cache: reading the question with the prompt is the same
         for protocol in ("agnostic", "aware", "reuse", "decode"):
             plain, plain_bytes = _answer(model, tokenizer, DynamicCache, example, protocol, spec)
             with kv_policy(model, POLICIES.get("full")()) as factory:

@@ -12,8 +12,11 @@ ratio budgets are fractions of the task's ``length``):
 
 - ``agnostic``: prefill the context (one forward: a prefill-mode policy compresses it), read the
   question token by token, generate the answer greedily;
-- ``aware``: prefill context + question (compressed with the question in view), read the question
-  again, generate;
+- ``aware``: prefill context + question (compressed with the question in view), then generate the
+  answer directly, as SnapKV is used: in prefill mode the first answer token comes from the prefill
+  pass itself, the rest from the compressed cache.  (The synthetic protocol of ``evaluate_policy``
+  asks the question a second time instead, so that every scored prediction reads the compressed
+  cache; a text model trained on one question per prompt is not asked to read a repeated one.)
 - ``reuse``: prefill the context once, and answer every question of the example (four keys of
   ``niah_multikey``) each from a copy of that cache;
 - ``decode``: prefill the context, generate ``decode_tokens`` free tokens, then read the question and
@@ -123,7 +126,9 @@ def _answer(model, tokenizer, make_cache, example: TextExample, protocol: str, s
     results = []
     for question, ids in zip(questions, asked, strict=True):
         own = copy.deepcopy(cache) if protocol == "reuse" else cache
-        generated = _generate(model, own, _feed(model, own, ids), spec.max_new_tokens)
+        # aware: the question was read with the prompt; the answer follows it directly
+        start = logits if protocol == "aware" else _feed(model, own, ids)
+        generated = _generate(model, own, start, spec.max_new_tokens)
         results.append((tokenizer.decode(generated, skip_special_tokens=True), question.answers))
     return results, held
 
