@@ -73,6 +73,11 @@ def _attend(policy: Policy, q: Tensor, q_pos: Tensor, state: PolicyKVState, grou
     """Attention of q (B, Hq, Tq, K) over the cache, probabilities when the policy needs them."""
     k, v, pos = policy.attend_view(state)
     mask = grouped_attend_mask(policy, state, q, q_pos, groups)
+    if not policy.needs_attention and mask is None and q.shape[2] == 1 and bool(
+            ((pos >= 0) & (pos <= q_pos.min())).all()):
+        # decoding over a cache the query sees whole (no empty slot, nothing later): no mask to build
+        # and no copy of the cache per query head (SDPA groups the heads itself, as repeat_heads does)
+        return F.scaled_dot_product_attention(q, k, v, enable_gqa=groups > 1), None
     k, v, pos = repeat_heads(k, groups), repeat_heads(v, groups), repeat_heads(pos, groups)
     if policy.needs_attention:
         probs = attention_probs(q, q_pos, k, pos, mask)
