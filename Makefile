@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==$(TORCH_VERSION)
-	$(PY) -m pip install --quiet -e ".[dev,plot,ray,hf]"
+	$(PY) -m pip install --quiet -e ".[dev,plot,ray,hf,memory]"
 	touch $@
 
 setup: $(VENV)/.installed

@@ -1,14 +1,16 @@
-"""The ``longrecall`` command: ``ls | check | train | arena | report | export | bench | kv-eval``, one file each."""
+"""The ``longrecall`` command, one file per subcommand: ``ls | check | train | arena | report | export | bench |
+kv-eval | memory-eval``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from . import arena, bench, check, export, kv_eval, ls, report, train
+from . import arena, bench, check, export, kv_eval, ls, memory_eval, report, train
 
 SUBCOMMANDS = {"ls": ls, "check": check, "train": train, "arena": arena, "report": report, "export": export,
-               "bench": bench, "kv-eval": kv_eval}
+               "bench": bench, "kv-eval": kv_eval,
+               "memory-eval": memory_eval}
 
 
 def build_parser() -> argparse.ArgumentParser:
