@@ -16,8 +16,8 @@ from ..validation import is_int
 from .checks import _blamed_arg, _close, _floatify, _plain, registry_entry
 from .ids import canonical_json
 
-__all__ = ["POLICY_ENTRY_KEYS", "check_budget", "check_budgets", "budget_key", "policy_applies", "policy_pairs",
-           "takes_budget", "check_policy_entry"]
+__all__ = ["POLICY_ENTRY_KEYS", "build_policy_plan", "check_budget", "check_budgets", "budget_key", "policy_applies",
+           "policy_pairs", "takes_budget", "check_policy_entry"]
 
 # ----------------------------------------------------------------------------- KV-cache policies
 
@@ -189,3 +189,51 @@ def _protocol(key: str, entry: Any) -> tuple[str, int]:
     if not is_int(decode_tokens) or decode_tokens < 0:
         raise ConfigError(f"{key}.decode_tokens must be an int >= 0, got {decode_tokens!r}")
     return protocol, decode_tokens
+
+
+def build_policy_plan(policies: Any, budgets: Any, protocols: Any) -> list[dict]:
+    """A spec's ``policies`` / ``budgets`` / ``protocols`` validated into the plan: one entry per distinct
+    (policy, kwargs, mode, protocol), the budgets of repeated entries merged; each entry without its own
+    protocol is crossed with every one of ``protocols`` (default: agnostic only)."""
+    if isinstance(policies, str):
+        if policies != "all":
+            raise ConfigError(f"policies must be a list of policy names or {{ name = ..., kwargs = {{...}}, "
+                              f"mode = ... }} tables, or \"all\" (every registered policy); got {policies!r}")
+        policies = POLICIES.names()
+    if not isinstance(policies, (list, tuple)):
+        raise ConfigError("policies must be a list of policy names or "
+                          f"{{ name = ..., kwargs = {{...}}, mode = ... }} tables, or \"all\"; got {policies!r}. "
+                          f"Available policies: {', '.join(POLICIES.names())}")
+    spec_budgets = check_budgets(budgets, "budgets")
+    if not policies:
+        if spec_budgets:
+            raise ConfigError("budgets: given without policies; add policies = [...] (or \"all\")")
+        if protocols:
+            raise ConfigError("protocols: given without policies; add policies = [...] (or \"all\")")
+        return []
+    protocols = _spec_protocols(protocols)
+    plan: dict[str, dict] = {}
+    for i, given in enumerate(policies):
+        own = isinstance(given, dict) and "protocol" in given
+        for entry in [given] if own or protocols == ["agnostic"] else [
+                {**(given if isinstance(given, dict) else {"name": given}), "protocol": p} for p in protocols]:
+            checked = check_policy_entry(i, entry, spec_budgets)
+            if checked["key"] in plan:  # the same policy twice: one entry, the budgets of both
+                known = plan[checked["key"]]
+                keys = {budget_key(b) for b in known["budgets"]}
+                known["budgets"] += [b for b in checked["budgets"] if budget_key(b) not in keys]
+            else:
+                plan[checked["key"]] = checked
+    return list(plan.values())
+
+
+def _spec_protocols(protocols: Any) -> list[str]:
+    """A spec's ``protocols`` (policy_protocols.PROTOCOLS), checked; ``["agnostic"]`` when empty."""
+    from ..policy_protocols import PROTOCOLS
+
+    if not isinstance(protocols, (list, tuple)):
+        raise ConfigError(f"protocols must be a list of {', '.join(PROTOCOLS)}, got {protocols!r}")
+    for j, p in enumerate(protocols):
+        if p not in PROTOCOLS:
+            raise ConfigError(f"protocols[{j}] must be one of {', '.join(PROTOCOLS)}, got {p!r}")
+    return list(dict.fromkeys(protocols)) or ["agnostic"]

@@ -81,7 +81,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from ..config import ConfigError, TrainConfig
-from ..registry import MIXERS, POLICIES, TASKS
+from ..registry import MIXERS, TASKS
 from .checks import (
     GRID_KEYS,
     _close,
@@ -107,7 +107,7 @@ from .ids import (  # noqa: F401 - re-exported for callers of arena.spec
     longest_first,
     run_id,
 )
-from .policy_plan import POLICY_ENTRY_KEYS, budget_key, check_budgets, check_policy_entry, policy_applies, policy_pairs
+from .policy_plan import POLICY_ENTRY_KEYS, budget_key, build_policy_plan, policy_applies, policy_pairs
 
 __all__ = ["ArenaSpec", "RunSpec", "load_spec", "run_id", "GRID_KEYS", "SPEC_KEYS", "RESULT_NEUTRAL_KEYS",
            "POLICY_ENTRY_KEYS", "policy_applies", "policy_pairs", "budget_key"]
@@ -210,51 +210,7 @@ class ArenaSpec:
         return [dict(entry, budgets=list(entry["budgets"])) for entry in self._plan]
 
     def _policy_plan_unchecked(self) -> list[dict]:
-        policies, budgets = self.policies, self.budgets
-        if isinstance(policies, str):
-            if policies != "all":
-                raise ConfigError(f"policies must be a list of policy names or {{ name = ..., kwargs = {{...}}, "
-                                  f"mode = ... }} tables, or \"all\" (every registered policy); got {policies!r}")
-            policies = POLICIES.names()
-        if not isinstance(policies, (list, tuple)):
-            raise ConfigError("policies must be a list of policy names or "
-                              f"{{ name = ..., kwargs = {{...}}, mode = ... }} tables, or \"all\"; got {policies!r}. "
-                              f"Available policies: {', '.join(POLICIES.names())}")
-        spec_budgets = check_budgets(budgets, "budgets")
-        if not policies:
-            if spec_budgets:
-                raise ConfigError("budgets: given without policies; add policies = [...] (or \"all\")")
-            if self.protocols:
-                raise ConfigError("protocols: given without policies; add policies = [...] (or \"all\")")
-            return []
-        protocols = self._protocols()
-        plan: dict[str, dict] = {}
-        for i, given in enumerate(policies):
-            own = isinstance(given, dict) and "protocol" in given
-            for entry in [given] if own or protocols == ["agnostic"] else [
-                    {**(given if isinstance(given, dict) else {"name": given}), "protocol": p} for p in protocols]:
-                self._add_policy(plan, check_policy_entry(i, entry, spec_budgets))
-        return list(plan.values())
-
-    def _protocols(self) -> list[str]:
-        """The spec's ``protocols`` (policy_protocols.PROTOCOLS), checked; ``["agnostic"]`` when empty."""
-        from ..policy_protocols import PROTOCOLS
-
-        if not isinstance(self.protocols, (list, tuple)):
-            raise ConfigError(f"protocols must be a list of {', '.join(PROTOCOLS)}, got {self.protocols!r}")
-        for j, p in enumerate(self.protocols):
-            if p not in PROTOCOLS:
-                raise ConfigError(f"protocols[{j}] must be one of {', '.join(PROTOCOLS)}, got {p!r}")
-        return list(dict.fromkeys(self.protocols)) or ["agnostic"]
-
-    @staticmethod
-    def _add_policy(plan: dict, checked: dict) -> None:
-        if checked["key"] in plan:  # the same policy twice: one entry, the budgets of both
-            known = plan[checked["key"]]
-            keys = {budget_key(b) for b in known["budgets"]}
-            known["budgets"] += [b for b in checked["budgets"] if budget_key(b) not in keys]
-        else:
-            plan[checked["key"]] = checked
+        return build_policy_plan(self.policies, self.budgets, self.protocols)
 
     def _from_grid(self) -> list[RunSpec]:
         if not _is_int(self.n_layers) or self.n_layers <= 0:
