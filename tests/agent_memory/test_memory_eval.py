@@ -49,7 +49,7 @@ def test_session_unit_and_dated_retrievers(benchmark):
         out = evaluate_memory(benchmark, fmt="locomo", retriever=name)
         assert 0 < out["scores"]["overall"]["recall@10"] <= 1
     with pytest.raises(ArgumentError, match="retriever"):
-        evaluate_memory(benchmark, fmt="locomo", retriever="dense")
+        evaluate_memory(benchmark, fmt="locomo", retriever="telepathy")
 
 
 def test_command_writes_its_report(tmp_path):
@@ -59,4 +59,4 @@ def test_command_writes_its_report(tmp_path):
     report = json.loads((tmp_path / "memory_eval.json").read_text())
     assert [r["budget"] for r in report["rows"]] == [None, 0.5]
     assert "| bm25 | turn | all |" in (tmp_path / "memory_eval.md").read_text()
-    assert main(["memory-eval", "--synthetic", "1", "--retrievers", "dense", "--out", str(tmp_path)]) == 2
+    assert main(["memory-eval", "--synthetic", "1", "--retrievers", "telepathy", "--out", str(tmp_path)]) == 2
