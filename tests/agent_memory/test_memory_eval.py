@@ -59,4 +59,6 @@ def test_command_writes_its_report(tmp_path):
     report = json.loads((tmp_path / "memory_eval.json").read_text())
     assert [r["budget"] for r in report["rows"]] == [None, 0.5]
     assert "| bm25 | turn | all |" in (tmp_path / "memory_eval.md").read_text()
+    pytest.importorskip("matplotlib")
+    assert (tmp_path / "recall_vs_bytes.png").stat().st_size > 10_000
     assert main(["memory-eval", "--synthetic", "1", "--retrievers", "telepathy", "--out", str(tmp_path)]) == 2

@@ -98,6 +98,13 @@ def run(args) -> int:
     report = {"source": source, "format": fmt, "load_stats": benchmark.stats.to_dict(), "rows": rows}
     atomic_write_json(out / "memory_eval.json", report)
     text = "# Text memory: evidence recall against bytes\n\n" + to_markdown(rows, args.k, source)
+    try:  # the figure needs the `plot` extra; the tables do not
+        from ..report.plot_memory import plot_recall_vs_bytes
+
+        plot_recall_vs_bytes(rows, out / "recall_vs_bytes.png", max(args.k), "budgets: oldest text forgotten first")
+        text += "\n![recall against bytes](recall_vs_bytes.png)\n"
+    except ImportError:
+        pass
     atomic_write_bytes(out / "memory_eval.md", text.encode())
     print(json.dumps(report, indent=2) if args.json else text + f"\nwrote {out / 'memory_eval.json'} and "
           f"{out / 'memory_eval.md'}")
