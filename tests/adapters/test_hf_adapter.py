@@ -443,3 +443,16 @@ def test_recallable_policies_read_under_gqa_with_a_budget(name):
         for _ in range(3):
             logits = model(logits[:, -1:].argmax(-1), cache=cache).logits
     assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("n_kv", [4, 2])
+def test_a_prompt_read_in_chunks_equals_one_call(n_kv):
+    """Chunks after the first attend to the whole cache plus themselves causally (one mask shared by the
+    heads, the KV heads grouped by SDPA): the logits equal the model's over the whole prompt."""
+    model, ids = make_model(n_kv), prompt(batch=2, T=60)
+    with torch.no_grad():
+        reference = model(ids).logits
+        with kv_policy(model, POLICIES.get("full")()) as new_cache:
+            cache = new_cache()
+            parts = [model(ids[:, a:b], cache=cache).logits for a, b in ((0, 17), (17, 40), (40, 60))]
+    torch.testing.assert_close(torch.cat(parts, 1), reference, rtol=1e-4, atol=1e-5)

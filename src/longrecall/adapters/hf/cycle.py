@@ -78,6 +78,13 @@ def _attend(policy: Policy, q: Tensor, q_pos: Tensor, state: PolicyKVState, grou
         # decoding over a cache the query sees whole (no empty slot, nothing later): no mask to build
         # and no copy of the cache per query head (SDPA groups the heads itself, as repeat_heads does)
         return F.scaled_dot_product_attention(q, k, v, enable_gqa=groups > 1), None
+    if not policy.needs_attention and mask is None and not (fresh and k.shape[2] == q.shape[2]) and bool(
+            (pos == pos[:, :1]).all()):
+        # every head holds the same positions (no per-head eviction): one mask for all heads, and no copy
+        # of the cache per query head, which at 32k tokens and a 1,024-token prompt chunk is what the
+        # prefill's peak memory was made of
+        visible = (pos[:, :1] >= 0)[:, :, None, :] & (pos[:, :1, None, :] <= q_pos[:, None, :, None])  # (B,1,Tq,S)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=visible, enable_gqa=groups > 1), None
     k, v, pos = repeat_heads(k, groups), repeat_heads(v, groups), repeat_heads(pos, groups)
     if policy.needs_attention:
         probs = attention_probs(q, q_pos, k, pos, mask)
