@@ -28,7 +28,8 @@ def test_token_bytes_count_keys_values_positions_and_statistics():
     window, h2o = POLICIES.get("window")(budget=4), POLICIES.get("h2o")(budget=4)
     assert token_bytes(window, 2, 16, torch.float32) == 2 * (2 * 16 * 4 + 4)
     assert token_bytes(h2o, 2, 16, torch.float32) == 2 * (2 * 16 * 4 + 4) + 2 * 4  # + its accumulated attention
-    assert tokens_for_bytes(window, 10 * 264, [(2, 16, torch.float32)] * 2) == 5
+    assert tokens_for_bytes(window, 10 * 264 + 16, [(2, 16, torch.float32)] * 2) == 5  # + the counters
+    assert tokens_for_bytes(window, 10 * 264, [(2, 16, torch.float32)] * 2) == 4
     with pytest.raises(ArgumentError, match="at least one token"):
         tokens_for_bytes(window, 100, [(2, 16, torch.float32)])
 
@@ -41,7 +42,7 @@ def test_measured_cache_fits_the_byte_budget(name):
     budget = "6KiB"
     out = evaluate_policy(model, batch, POLICIES.get(name)(budget=budget))
     per_token = sum(token_bytes(POLICIES.get(name)(budget=1), 2, 16, torch.float32) for _ in range(2))
-    assert out["budget_bytes"] == 6144 and out["budget_tokens"] == 6144 // per_token
+    assert out["budget_bytes"] == 6144 and out["budget_tokens"] == (6144 - 2 * 8) // per_token
     assert 6144 - per_token < out["state_bytes_end"] <= 6144  # step mode: the cache stays within the bytes
 
 

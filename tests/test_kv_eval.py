@@ -88,7 +88,7 @@ def test_report_rows_and_skipped_prompts(saved, tmp_path):
     held = [r["cache_bytes"] for r in small["rows"] if r["policy"] == "window:8KiB"][0]
     per_token = 2 * 2 * (2 * 16 * 4 + 4)  # 2 layers x 2 KV heads x (key, value of 16 floats, int32 position)
     # after the prompt: exactly the tokens the bytes buy, plus each layer's int64 token counter
-    assert held == (8192 // per_token) * per_token + 2 * 8
+    assert held == ((8192 - 2 * 8) // per_token) * per_token + 2 * 8
     code = main(["kv-eval", "--model", saved, "--tasks", "passkey", "--lengths", "300", "--policies", "streaming:0.25",
                  "--examples", "1", "--max-new-tokens", "4", "--out", str(tmp_path / "out")])
     assert code == 0 and (tmp_path / "out" / "kv_eval.md").exists()

@@ -11,12 +11,13 @@ A policy converts it to tokens per layer and head: one token costs, in one layer
 policy's per-token statistics (``Policy.new_extra`` for one token: H2O's accumulated attention,
 SirLLM's surprisal, ...); the budget is spread evenly over the attention layers, so
 
-    tokens = floor(budget_bytes / sum over attention layers of token_bytes(layer))
+    tokens = floor((budget_bytes - 8 * layers) / sum over attention layers of token_bytes(layer))
 
-and the policy then allocates those tokens as it would an int budget (PyramidKV's per-layer
-pyramid keeps the average).  Policies that keep every token in a compressed form (``kivi``,
-``think``) take no budget and reject a byte budget.  For retrieval policies (``quest``, ``infllm``),
-which store every token and bound what a query reads, the byte budget bounds the bytes read.
+(each layer's cache also holds its int64 token count), and the policy then allocates those tokens
+as it would an int budget (PyramidKV's per-layer pyramid keeps the average).  Policies that keep
+every token in a compressed form (``kivi``, ``think``) take no budget and reject a byte budget.  For
+retrieval policies (``quest``, ``infllm``), which store every token and bound what a query reads,
+the byte budget bounds the bytes read.
 The measured bytes (``state_bytes``) are always reported beside the budget: the conversion sets
 the budget, the measurement is the result.
 """
@@ -31,6 +32,7 @@ import torch
 
 from .validation import ArgumentError
 
+COUNTER_BYTES = 8  # every attention cache also holds its int64 token count per sequence
 UNITS = {"B": 1, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}
 _PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|KiB|MiB|GiB)\s*$")
 
@@ -68,7 +70,7 @@ def tokens_for_bytes(policy, budget_bytes: int, layers: list[tuple[int, int, tor
         raise ArgumentError("budget", "a token or ratio budget (a byte budget needs attention layers to convert)",
                             repr(policy.budget))
     per_token = sum(token_bytes(policy, *layer) for layer in layers)
-    tokens = math.floor(budget_bytes / per_token)
+    tokens = math.floor((budget_bytes - COUNTER_BYTES * len(layers)) / per_token)
     if tokens < 1:
         raise ArgumentError("budget", f"at least one token's bytes ({per_token} B across {len(layers)} attention "
                             f"layers under {type(policy).__name__})", repr(policy.budget))
