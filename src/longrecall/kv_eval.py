@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from .bench.kv_memory import parse_policy
+from .bench.kv_memory import cache_bytes, parse_policy
 from .policy_protocols import PROTOCOLS
 from .text_tasks import TEXT_TASKS, TextExample, render
 from .validation import ArgumentError, check_choice, check_int
@@ -103,12 +103,6 @@ def _generate(model, cache, logits: torch.Tensor, n: int) -> list[int]:
     return out
 
 
-def _cache_bytes(cache) -> int:
-    if hasattr(cache, "state_bytes"):
-        return int(cache.state_bytes())
-    return int(sum(layer.keys.numel() * layer.keys.element_size() * 2 for layer in cache.layers))
-
-
 def _answer(model, tokenizer, make_cache, example: TextExample, protocol: str, spec: KVEvalSpec
             ) -> tuple[list[tuple[str, list[str]]], int]:
     """Generated texts with their expected answers, and the cache bytes after the compressed prompt."""
@@ -120,7 +114,7 @@ def _answer(model, tokenizer, make_cache, example: TextExample, protocol: str, s
         logits = model(torch.cat([context, asked[0]], 1), cache=cache, use_cache=True).logits[:, -1]
     else:
         logits = model(context, cache=cache, use_cache=True).logits[:, -1]
-    held = _cache_bytes(cache)
+    held = cache_bytes(cache)
     if protocol == "decode":
         _generate(model, cache, logits, spec.decode_tokens)
     results = []

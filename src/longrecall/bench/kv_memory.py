@@ -25,7 +25,7 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 
-__all__ = ["KVMemorySpec", "parse_policy", "run_kv_memory", "to_markdown"]
+__all__ = ["KVMemorySpec", "cache_bytes", "parse_policy", "run_kv_memory", "to_markdown"]
 
 
 @dataclass
@@ -84,7 +84,6 @@ def _cell(policy_text: str, T: int, spec: dict, queue) -> None:
 
     import longrecall.policies  # noqa: F401  (registers the policies)
     from longrecall.adapters.hf import kv_policy
-    from longrecall.protocol import state_nbytes
     from longrecall.registry import POLICIES
 
     out = {"policy": policy_text, "T": T}
@@ -115,7 +114,7 @@ def _cell(policy_text: str, T: int, spec: dict, queue) -> None:
                 logits = model(ids[:, start:start + spec["chunk"]], cache=cache, use_cache=True).logits
             out["prefill_s"] = time.perf_counter() - tick
             out["prefill_peak_mib"] = (_hwm_kib() - base) / 1024
-            out["cache_bytes_prefill"] = _cache_bytes(cache, state_nbytes)
+            out["cache_bytes_prefill"] = cache_bytes(cache)
             _reset_peak()
             token = logits[:, -1:].argmax(-1)
             tick = time.perf_counter()
@@ -124,7 +123,7 @@ def _cell(policy_text: str, T: int, spec: dict, queue) -> None:
             seconds = time.perf_counter() - tick
             out["decode_tok_s"] = spec["decode_tokens"] / seconds if seconds > 0 else None
             out["decode_peak_mib"] = (_hwm_kib() - base) / 1024
-            out["cache_bytes_end"] = _cache_bytes(cache, state_nbytes)
+            out["cache_bytes_end"] = cache_bytes(cache)
     except Exception as error:  # reported in the table, not raised: other cells still run
         out["error"] = f"{type(error).__name__}: {error}"
     queue.put(out)
@@ -138,10 +137,12 @@ class _null:
         return False
 
 
-def _cache_bytes(cache, state_nbytes) -> int:
+def cache_bytes(cache) -> int:
     """Bytes of the tensors a cache holds: a LongrecallCache's own count, a DynamicCache's keys and values."""
     if hasattr(cache, "state_bytes"):
         return int(cache.state_bytes())
+    from ..protocol import state_nbytes
+
     return int(sum(state_nbytes((layer.keys, layer.values)) for layer in cache.layers))
 
 

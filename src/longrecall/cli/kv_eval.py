@@ -7,17 +7,11 @@ import json
 from pathlib import Path
 
 from ..checkpoint import atomic_write_bytes, atomic_write_json
+from .bench import _ints
 
 
 def _list(text: str) -> list[str]:
     return [v for v in text.split(",") if v]
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(v) for v in _list(text)]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def _progress(row: dict) -> None:
