@@ -93,3 +93,29 @@ def test_report_rows_and_skipped_prompts(saved, tmp_path):
                  "--examples", "1", "--max-new-tokens", "4", "--out", str(tmp_path / "out")])
     assert code == 0 and (tmp_path / "out" / "kv_eval.md").exists()
     assert main(["kv-eval", "--model", saved, "--tasks", "summarise", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_results_go_to_a_results_store_and_its_report(saved, tmp_path):
+    from longrecall.arena.store import Store
+
+    store, report = tmp_path / "all.db", tmp_path / "report"
+    args = ["kv-eval", "--model", saved, "--tasks", "passkey", "--lengths", "300", "--policies", "window:0.25",
+            "--protocols", "agnostic,aware", "--examples", "1", "--max-new-tokens", "4", "--out", str(tmp_path / "o")]
+    assert main([*args, "--report", str(report)]) == 2  # a report of what? --store is needed
+    assert main([*args, "--store", str(store), "--report", str(report)]) == 0
+    with Store.open(store, create=False) as db:
+        rows = db.evaluations(source="kv-eval")
+    assert len(rows) == 2 * 2  # (full cache, window) x 2 protocols
+    model = saved.rstrip("/").rsplit("/", 1)[-1]
+    window = {r["protocol"]: r for r in rows if r["system"] == f"{model} + window"}
+    full = {r["protocol"]: r for r in rows if r["system"] == f"{model} (full cache)"}
+    assert set(window) == set(full) == {"agnostic", "aware"}
+    assert window["aware"]["budget"] == 0.25 and window["aware"]["reference_score"] == full["aware"]["score"]
+    assert full["aware"]["reference_score"] is None and window["aware"]["state_bytes"] < full["aware"]["state_bytes"]
+    assert window["aware"]["metrics"]["questions"] == 1 and window["aware"]["setting"]["examples"] == 1
+    assert "kv-eval: passkey" in (report / "report.md").read_text()
+    assert main([*args, "--store", str(store)]) == 0  # the same evaluations again replace their rows
+    with Store.open(store, create=False) as db:
+        assert len(db.evaluations()) == 4
+    (tmp_path / "not_a_store").write_text("hello")
+    assert main([*args, "--store", str(tmp_path / "not_a_store")]) == 2

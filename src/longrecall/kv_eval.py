@@ -42,7 +42,7 @@ from .policy_protocols import PROTOCOLS
 from .text_tasks import TEXT_TASKS, TextExample, render
 from .validation import ArgumentError, check_choice, check_int
 
-__all__ = ["KVEvalSpec", "kv_eval", "to_markdown"]
+__all__ = ["KVEvalSpec", "kv_eval", "to_markdown", "evaluation_rows"]
 
 
 @dataclass
@@ -212,3 +212,31 @@ def to_markdown(report: dict) -> str:
         lines.append(f"| {r['task']} | {r['length']} | {r['policy']} | {r['protocol']} | {acc} | {ref} | "
                      f"{r['questions']} | {r['skipped']} | {held} |")
     return "\n".join(lines) + "\n"
+
+
+def evaluation_rows(report: dict) -> list[dict]:
+    """The report's rows as rows of the results store's ``evaluations`` table
+    (``Store.add_evaluations``; ``longrecall kv-eval --store``): system = model directory name + policy
+    (name/mode), the budget apart, the score the accuracy, the reference the full cache's under the same
+    protocol (None on the full cache's own rows), the bytes the cache held after the prompt."""
+    spec = report["spec"]
+    model = Path(spec["model"]).resolve().name
+    setting = {"model": str(Path(spec["model"]).resolve()), "tokenizer": spec.get("tokenizer"),
+               "examples": spec["examples"], "max_new_tokens": spec["max_new_tokens"],
+               "decode_tokens": spec["decode_tokens"], "seed": spec["seed"]}
+    full = {(r["task"], r["length"], r["protocol"]): r["accuracy"]
+            for r in report["rows"] if r["policy"] == "full cache"}
+    out = []
+    for r in report["rows"]:
+        if r["policy"] == "full cache":
+            system, budget, reference = f"{model} (full cache)", None, None
+        else:
+            name, mode, budget = parse_policy(r["policy"])
+            system = f"{model} + {name}" + (f"/{mode}" if mode else "")
+            reference = full.get((r["task"], r["length"], r["protocol"]))
+        out.append({"source": "kv-eval", "family": "KV-cache policy", "task": r["task"], "length": r["length"],
+                    "system": system, "budget": budget, "protocol": r["protocol"], "setting": setting,
+                    "metric": "accuracy", "score": r["accuracy"], "reference_score": reference,
+                    "state_bytes": r["cache_bytes"], "seconds": r.get("seconds"),
+                    "metrics": {k: r.get(k) for k in ("questions", "examples", "skipped", "skip_reason")}})
+    return out

@@ -356,8 +356,9 @@ def test_a_schema_2_store_gains_convergence_computed_from_its_histories(tmp_path
     conn.commit()
     conn.close()
     with Store.open(path, create=False) as db:
-        assert int(db.meta()["schema_version"]) == SCHEMA_VERSION == 3 and "migrated_from_2_at" in db.meta()
+        assert int(db.meta()["schema_version"]) == SCHEMA_VERSION == 4 and "migrated_from_2_at" in db.meta()
         status = {r["id"]: r["convergence"] for r in db.runs()}
+        assert db.evaluations() == []  # 3 -> 4: the evaluations table exists, empty
     assert status == {"up": "learning", "flat": "plateau", "top": "converged", "todo": None}
 
 

@@ -99,6 +99,7 @@ def run_arena(
     with Store.open(store, create=False) as db:
         records = [r for r in db.runs() if r["id"] in ids]
         policy_records = db.policy_evals(ids) if plan else []
+        evaluations = db.evaluations()  # kv-eval / memory-eval rows written to this store
         after = policy_status(db, ids, plan)
     summary = {"spec": arena_spec.name, "store": str(store), "runs": len(runs),
                "counts": {s: sum(r["status"] == s for r in records) for s in ("pending", "running", "done", "failed")},
@@ -122,7 +123,7 @@ def run_arena(
 
         summary["report"] = {k: str(v) for k, v in write_report(
             records, report_dir, title=f"longrecall arena: {arena_spec.name}",
-            policy_evals=policy_records if plan else None).items()}
+            policy_evals=policy_records if plan else None, evaluations=evaluations).items()}
         console.print(f"report written to {report_dir}")
     return summary
 

@@ -19,7 +19,8 @@ Guarantees:
   newer schema is refused with ``StoreError`` and left byte-for-byte untouched (it is inspected
   read-only before anything is written). An older store is migrated in place when opened
   (schema 1 -> 2 adds the policy tables; 2 -> 3 adds ``runs.convergence`` and fills it from each
-  finished run's stored loss and held-out histories, ``longrecall.convergence``).
+  finished run's stored loss and held-out histories, ``longrecall.convergence``; 3 -> 4 adds
+  ``evaluations``, the rows of ``kv-eval`` and ``memory-eval``: ``store_evaluations``).
 
 The tables and their columns: ``store_schema``.
 """
@@ -35,9 +36,11 @@ from typing import Collection, Iterable, Iterator
 
 from .export import policy_csv, runs_csv, write_records
 from .owners import code_version, default_owner, owner_alive, torch_version
+from .store_evaluations import EvaluationsMixin
 from .store_schema import (  # noqa: F401 - re-exported
     _SCHEMA,
     _SCHEMA_V2,
+    _SCHEMA_V4,
     _SPLIT_EVAL_KEYS,
     APP,
     BUSY_TIMEOUT_S,
@@ -62,7 +65,7 @@ __all__ = ["Store", "StoreError", "SCHEMA_VERSION", "APP", "STATUSES", "POLICY_S
            "default_owner"]
 
 
-class Store:
+class Store(EvaluationsMixin):
     """One SQLite results file. Use ``Store.open(path)``; see the module docstring."""
 
     def __init__(self, path: str | Path, *, create: bool = True):
@@ -87,7 +90,7 @@ class Store:
                 conn.execute("PRAGMA journal_mode = WAL")  # the file was checked to be ours or new
                 with self._transaction(conn):
                     if not holds_store(conn, self.path):  # re-checked under the write lock
-                        for statement in _SCHEMA + _SCHEMA_V2:
+                        for statement in _SCHEMA + _SCHEMA_V2 + _SCHEMA_V4:
                             conn.execute(statement)
                         conn.executemany("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
                                          [("app", APP), ("schema_version", str(SCHEMA_VERSION)), ("created_at", now())])

@@ -11,6 +11,9 @@ reference_accuracy and protocol details, ``state_bytes`` is measured after the c
 ``state_bytes_end`` after the sequence. ``policy_claims`` keeps two workers from evaluating the
 same run at once.
 
+Evaluations without a run of their own (schema 4: ``kv-eval`` on a Hugging Face model, ``memory-eval``
+on a text memory) live in ``evaluations``, keyed by the canonical JSON of what identifies them.
+
 Before a store writes to a file, ``check_store_file`` inspects it read-only and refuses anything
 that is not a longrecall store of this or an older schema, leaving it untouched.
 """
@@ -25,13 +28,14 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["APP", "SCHEMA_VERSION", "STATUSES", "POLICY_STATUSES", "SQLITE_HEADER", "BUSY_TIMEOUT_S", "RUN_COLUMNS",
-           "POLICY_COLUMNS", "JSON_COLUMNS", "POLICY_JSON_COLUMNS", "migrate", "now", "convergence_of",
-           "StoreError", "check_store_file", "holds_store"]
+           "POLICY_COLUMNS", "JSON_COLUMNS", "POLICY_JSON_COLUMNS", "EVAL_COLUMNS", "EVAL_JSON_COLUMNS", "migrate",
+           "now", "convergence_of", "StoreError", "check_store_file", "holds_store"]
 
 APP = "longrecall"
 # 1: runs; 2: + policy_evals (KV-cache policy x budget evaluations of finished runs) and policy_claims;
 # 3: + runs.convergence (converged / learning / plateau / diverged, longrecall.convergence)
-SCHEMA_VERSION = 3
+# 4: + evaluations (results of `kv-eval` and `memory-eval`: memories measured without an arena run)
+SCHEMA_VERSION = 4
 STATUSES = ("pending", "running", "done", "failed")
 # done: evaluated; skipped: the policy rejects the budget at this length (e.g. fewer tokens than
 # its sinks), stored so it is not retried; failed: the evaluation raised (retried with retry_failed)
@@ -111,6 +115,34 @@ _SCHEMA_V2 = [
     )""",
 ]
 POLICY_JSON_COLUMNS = ("policy_kwargs", "budget", "metrics", "by_distance", "by_slice")
+# schema 4: evaluations that have no run of their own: a KV-cache policy on a Hugging Face model
+# (`longrecall kv-eval`) or a text memory (`longrecall memory-eval`). One row per (source, task, length,
+# system, budget, protocol, setting); ``key`` is the canonical JSON of those fields, so the same evaluation
+# run again replaces its row. ``score`` is the headline number (``metric`` names it: accuracy, recall@10)
+# and ``state_bytes`` the memory it was measured at, so the report draws it on the memory frontier.
+_SCHEMA_V4 = [
+    """CREATE TABLE IF NOT EXISTS evaluations (
+        key TEXT PRIMARY KEY,
+        source TEXT NOT NULL,
+        family TEXT NOT NULL,
+        task TEXT NOT NULL,
+        length INTEGER,
+        system TEXT NOT NULL,
+        budget TEXT,
+        protocol TEXT,
+        setting TEXT NOT NULL,
+        metric TEXT NOT NULL,
+        score REAL,
+        reference_score REAL,
+        state_bytes REAL,
+        metrics TEXT,
+        seconds REAL,
+        code_version TEXT,
+        torch_version TEXT,
+        created_at TEXT NOT NULL
+    )""",
+]
+EVAL_JSON_COLUMNS = ("budget", "setting", "metrics")
 
 
 def _columns(create_table: str) -> tuple[str, ...]:
@@ -126,6 +158,7 @@ def _columns(create_table: str) -> tuple[str, ...]:
 
 RUN_COLUMNS = _columns(_SCHEMA[1])
 POLICY_COLUMNS = _columns(_SCHEMA_V2[0])
+EVAL_COLUMNS = _columns(_SCHEMA_V4[0])
 JSON_COLUMNS = ("config", "labels", "metrics", "by_distance", "by_slice", "state_bytes", "history", "evals",
                 "task_config")
 # final_eval keys that get their own columns (the rest of final_eval goes to ``metrics``)
@@ -162,6 +195,7 @@ def migrate(conn: sqlite3.Connection) -> None:
     2 -> 3: add ``runs.convergence``, computed for every done run from its stored ``history`` and
     ``evals`` (``longrecall.convergence.status``; the target is the run config's
     ``target_accuracy``, 0.99 for configs written before it existed).
+    3 -> 4: add the ``evaluations`` table.
     """
     version = int(conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
     if version >= SCHEMA_VERSION:
@@ -177,6 +211,9 @@ def migrate(conn: sqlite3.Connection) -> None:
             verdict = convergence_of(json.loads(row[1] or "{}"), json.loads(row[2] or "null") or [],
                                      json.loads(row[3] or "null") or [])
             conn.execute("UPDATE runs SET convergence = ? WHERE id = ?", (verdict, row[0]))
+    if version < 4:
+        for statement in _SCHEMA_V4:
+            conn.execute(statement)
     conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
     conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (f"migrated_from_{version}_at", now()))
 

@@ -19,6 +19,46 @@ def _progress(row: dict) -> None:
     print(f"{row['task']} T={row['length']} {row['policy']} [{row['protocol']}]: {accuracy}", flush=True)
 
 
+def store_and_report(rows: list[dict], args) -> str:
+    """With ``--store``: add ``rows`` to the results store's ``evaluations`` table; with ``--report`` too:
+    write the store's report (its runs, policy evaluations and evaluations). Returns what was written."""
+    if not args.store:
+        return ""
+    from ..arena.store import Store
+
+    with Store.open(args.store) as store:
+        store.add_evaluations(rows)
+        if not args.report:
+            return f"\nadded {len(rows)} evaluations to {args.store}"
+        from ..report import write_report
+
+        write_report(store.runs(), args.report, title=f"longrecall report: {args.store}",
+                     policy_evals=store.policy_evals(), evaluations=store.evaluations())
+    return f"\nadded {len(rows)} evaluations to {args.store}; report in {args.report}"
+
+
+def check_store_args(args) -> str | None:
+    """The error for ``--report`` without ``--store``, or for a store file that is not a results store."""
+    if args.report and not args.store:
+        return "--report writes the report of a results store: give --store too"
+    if args.store:
+        from ..arena.store import StoreError
+        from ..arena.store_schema import check_store_file
+
+        try:
+            check_store_file(Path(args.store), create=True)
+        except StoreError as error:
+            return f"--store: {error}"
+    return None
+
+
+def add_store_arguments(p) -> None:
+    p.add_argument("--store", default=None,
+                   help="also add the results to this results store (SQLite; created if missing), beside arena runs")
+    p.add_argument("--report", default=None, metavar="DIR",
+                   help="with --store: write the store's report (report.md, report.html, the frontier) to DIR")
+
+
 def run(args) -> int:
     try:
         import transformers  # noqa: F401
@@ -28,7 +68,7 @@ def run(args) -> int:
     import longrecall.policies  # noqa: F401  (registers the policies)
 
     from ..bench.kv_memory import parse_policy
-    from ..kv_eval import KVEvalSpec, kv_eval, to_markdown
+    from ..kv_eval import KVEvalSpec, evaluation_rows, kv_eval, to_markdown
     from ..registry import POLICIES
     from ..validation import ArgumentError
 
@@ -36,6 +76,10 @@ def run(args) -> int:
                       policies=args.policies, protocols=args.protocols, examples=args.examples,
                       max_new_tokens=args.max_new_tokens, decode_tokens=args.decode_tokens, seed=args.seed,
                       threads=args.threads)
+    problem = check_store_args(args)
+    if problem:
+        print(f"error: {problem}")
+        return 2
     try:
         spec.validate()
         for text in spec.policies:
@@ -50,6 +94,7 @@ def run(args) -> int:
     text = "# KV-cache policies on a Hugging Face model\n\n" + to_markdown(report)
     atomic_write_bytes(out / "kv_eval.md", text.encode())
     written = f"\nwrote {out / 'kv_eval.json'} and {out / 'kv_eval.md'}"
+    written += store_and_report(evaluation_rows(report), args)
     print(json.dumps(report, indent=2) if args.json else text + written)
     return 0
 
@@ -66,7 +111,8 @@ def add_parser(sub) -> None:
         "protocol on the same prompts. Nothing is downloaded: --model is a directory (save_pretrained). "
         "Prompts longer than the model's positions are skipped and counted, never truncated.",
         epilog="example:\n  longrecall kv-eval --model ./my-llama --lengths 1024,4096 "
-        "--policies window:0.25,snapkv/prefill:0.25,h2o:2MiB --protocols agnostic,aware --examples 20",
+        "--policies window:0.25,snapkv/prefill:0.25,h2o:2MiB --protocols agnostic,aware --examples 20\n"
+        "  longrecall kv-eval --model ./my-llama --store runs/all.db --report report/all   (one store, one report)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", required=True, help="directory of a saved Hugging Face causal LM")
@@ -83,5 +129,6 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default="kv_eval_results", help="directory for kv_eval.json and kv_eval.md")
+    add_store_arguments(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=run)

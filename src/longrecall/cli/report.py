@@ -14,10 +14,12 @@ def run(args) -> int:
         with Store.open(args.store, create=False) as store:
             records = store.runs()
             policy_evals = store.policy_evals()
+            evaluations = store.evaluations()
     except (StoreError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    paths = write_report(records, args.out, title=args.title, policy_evals=policy_evals, all_lrs=args.all_lrs)
+    paths = write_report(records, args.out, title=args.title, policy_evals=policy_evals, all_lrs=args.all_lrs,
+                         evaluations=evaluations)
     for name, path in paths.items():
         print(f"{name}: {path}")
     return 0
@@ -32,7 +34,8 @@ def add_parser(sub) -> None:
         "convergence status (hollow when not converged) and, for learning-rate sweeps, at its best rate; "
         "when the store holds "
         "KV-cache policy evaluations, a policy x budget leaderboard, accuracy vs budget, and the policies' "
-        "points on the frontier.",
+        "points on the frontier; when it holds `kv-eval` or `memory-eval` results, their tables and their points "
+        "on the frontier, in panels of their own.",
         epilog="examples:\n  longrecall report arena.db -o report/\n"
         "  longrecall report runs.db -o out --title 'MQAR sweep'",
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -10,6 +10,13 @@ from typing import Sequence
 
 from ..checkpoint import atomic_write_bytes
 from . import plots as _plots
+from .evaluations import (
+    EVALUATIONS_HOW_TO_READ,
+    FRONTIER_EVALUATIONS_NOTE,
+    evaluation_points,
+    evaluations_to_html,
+    evaluations_to_markdown,
+)
 from .tables import (
     _html_table,
     _md_table,
@@ -170,7 +177,7 @@ def _summary_lines(s: dict) -> list[str]:
             f"widths (d_model): {', '.join(s['widths'])}; seeds: {', '.join(s['seeds'])}.",
         ]
     else:
-        lines.append("There are no finished runs yet, so there is no leaderboard and there are no figures.")
+        lines.append("There are no finished runs yet, so there is no leaderboard and no figure of runs.")
     return lines
 
 
@@ -200,7 +207,8 @@ LOWER_BOUND_COLUMNS = ("task", "seq_len", "d_model", "mixer", "accuracy", "conve
 
 
 def write_report(records: Sequence[dict], out_dir, title: str = "longrecall report",
-                 policy_evals: Sequence[dict] | None = None, *, all_lrs: bool = False) -> dict[str, Path]:
+                 policy_evals: Sequence[dict] | None = None, *, all_lrs: bool = False,
+                 evaluations: Sequence[dict] | None = None) -> dict[str, Path]:
     """Write ``report.md``, a self-contained ``report.html`` and one PNG per figure to ``out_dir``.
 
     Returns ``{"markdown": path, "html": path, <figure name>: path, ...}``; the figures are
@@ -212,6 +220,10 @@ def write_report(records: Sequence[dict], out_dir, title: str = "longrecall repo
     file is written to a temporary file in ``out_dir`` and then renamed into place. Raises
     ``PlotDependencyError`` (an ``ImportError``) naming ``pip install 'longrecall[plot]'`` when
     matplotlib is missing.
+
+    ``evaluations`` (rows of the store's ``evaluations`` table, written by ``kv-eval`` and ``memory-eval``)
+    add a section of their own and their points to the frontier, which is drawn for them even when no run
+    has finished.
 
     Learning-rate sweeps: the leaderboard and the figures show each (mixer, task, length, width) at its
     best learning rate (``tables.leaderboard``); ``all_lrs=True`` shows every rate. A "Convergence"
@@ -235,15 +247,24 @@ def write_report(records: Sequence[dict], out_dir, title: str = "longrecall repo
     policy_rows = policy_leaderboard(all_records, policy_evals)
     pivots = policy_pivots(all_records, policy_evals)
 
+    evaluations = list(evaluations or [])
     paths: dict[str, Path] = {}
     figures = []
-    if rows:
+    frontier_only = not rows and evaluation_points(evaluations)
+    if rows or frontier_only:
         style = _plots.style_for(records, policy_evals)
         for name, caption, howto in FIGURES:
+            if frontier_only and name != "accuracy_vs_state_bytes":
+                (out / f"{name}.png").unlink(missing_ok=True)
+                continue
             kwargs = {"policy_evals": policy_evals} if name in _plots.POLICY_PLOTS and policy_evals else {}
+            if name == "accuracy_vs_state_bytes" and evaluations:
+                kwargs["evaluations"] = evaluations
             path = _plots.PLOTS[name](records, out / f"{name}.png", style=style, **kwargs)
-            if kwargs and name == "accuracy_vs_state_bytes":
+            if kwargs.get("policy_evals") and name == "accuracy_vs_state_bytes":
                 howto += FRONTIER_POLICY_NOTE
+            if kwargs.get("evaluations") and name == "accuracy_vs_state_bytes":
+                howto += FRONTIER_EVALUATIONS_NOTE
             paths[name] = path
             figures.append((name, caption, howto, path))
     else:
@@ -292,6 +313,9 @@ def write_report(records: Sequence[dict], out_dir, title: str = "longrecall repo
         for _name, caption, howto, path in policy_figures:
             md += [f"### {caption}", "", f"![{caption}]({path.name})", "", f"*How to read:* {howto}", ""]
         md += ["### Policy evaluations (detail)", "", POLICY_DETAIL_HOW_TO_READ, "", policy_to_markdown(policy_rows)]
+    if evaluations:
+        md += ["## Memories measured outside the arena", "", EVALUATIONS_HOW_TO_READ, "",
+               evaluations_to_markdown(evaluations)]
     md += [f"## Failed runs ({len(failed)})", "", failed_to_markdown(failed)]
     md += ["## Provenance", ""] + [f"- {label}: {text}" for label, text in prov] + [""]
     md_path = out / "report.md"
@@ -338,6 +362,9 @@ def write_report(records: Sequence[dict], out_dir, title: str = "longrecall repo
                   f"<figcaption><strong>How to read:</strong> {e(howto)}</figcaption>", "</figure>"]
         h += ["<details><summary>Policy evaluations (detail)</summary>",
               f'<p class="howto">{e(POLICY_DETAIL_HOW_TO_READ)}</p>', policy_to_html(policy_rows), "</details>"]
+    if evaluations:
+        h += ['<h2 id="evaluations">Memories measured outside the arena</h2>',
+              f'<p class="howto">{e(EVALUATIONS_HOW_TO_READ)}</p>', evaluations_to_html(evaluations)]
     h += [f"<h2>Failed runs ({len(failed)})</h2>", failed_to_html(failed), "<h2>Provenance</h2>", "<ul>"]
     h += [f"<li>{e(label)}: {e(text)}</li>" for label, text in prov]
     h += ["</ul>", "</body>", "</html>", ""]

@@ -17,6 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
 
+from .evaluations import evaluation_points
 from .plot_budget import plot_accuracy_vs_budget
 from .plot_curves import plot_learning_curves, plot_training_curves
 from .plot_style import (  # noqa: F401 - re-exported
@@ -133,7 +134,7 @@ def _policy_points(records: Sequence[dict], policy_evals: Sequence[dict]) -> lis
 
 
 def plot_accuracy_vs_state_bytes(records: Sequence[dict], path, style: Style | None = None,
-                                 policy_evals: Sequence[dict] = ()) -> Path:
+                                 policy_evals: Sequence[dict] = (), evaluations: Sequence[dict] = ()) -> Path:
     """The memory frontier: accuracy vs state bytes per sequence (log x), one point per run
     (marker and colour per mixer, annotated with its width), and the Pareto front (best accuracy
     for at most that many bytes) as a step line; one panel per (task, seq_len).
@@ -152,7 +153,8 @@ def plot_accuracy_vs_state_bytes(records: Sequence[dict], path, style: Style | N
                         "d_model": lab.get("d_model"), "acc": acc, "bytes": nbytes,
                         "converged": convergence_of(r) == "converged"})
     ppts = _policy_points(records, policy_evals) if policy_evals else []
-    pts_all = pts + ppts
+    epts = evaluation_points(evaluations)
+    pts_all = pts + ppts + epts
     if not pts_all:
         return _empty(path, title, "no finished runs with both an accuracy and state bytes")
     groups = sorted({(p["task"], p["seq_len"]) for p in pts_all}, key=lambda g: (g[0], g[1] if is_finite(g[1]) else -1))
@@ -160,12 +162,16 @@ def plot_accuracy_vs_state_bytes(records: Sequence[dict], path, style: Style | N
     nrows = math.ceil(len(groups) / ncols)
     mixers = sorted({p["mixer"] for p in pts})
     policy_labels = sorted({p["mixer"] for p in ppts})
-    legend_rows = len(mixers) + (len(policy_labels) + 2 if policy_labels else 0) + 6  # + the front's entry
+    systems = list(dict.fromkeys(p["mixer"] for p in epts))
+    system_color = {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(systems)}
+    legend_rows = (len(mixers) + (len(policy_labels) + 2 if policy_labels else 0) + (len(systems) + 2 if systems else 0)
+                   + 6)  # + the front's entry
     fig, axes = _figure(nrows, ncols, 4.8, max(3.7, 0.2 * legend_rows / nrows))
     for k, (task, seq_len) in enumerate(groups):
         ax = axes[k // ncols][k % ncols]
         panel = [p for p in pts if p["task"] == task and p["seq_len"] == seq_len]
         ppanel = [p for p in ppts if p["task"] == task and p["seq_len"] == seq_len]
+        ppanel += [p for p in epts if p["task"] == task and p["seq_len"] == seq_len]
         _chance_line(ax, [r for r in _done(records) if str(labels_of(r).get("task") or "?") == task
                           and labels_of(r).get("seq_len") == seq_len])
         for m in mixers:
@@ -182,6 +188,11 @@ def plot_accuracy_vs_state_bytes(records: Sequence[dict], path, style: Style | N
                 ax.scatter([p["bytes"] for p in mine], [p["acc"] for p in mine], facecolors="none",
                            edgecolors=style.policy_color(policy), marker=style.policy_marker(policy), s=30,
                            linewidths=1.1, alpha=0.9, zorder=3)
+        for m in systems:
+            mine = [p for p in ppanel if p["mixer"] == m and "metric" in p]
+            if mine:
+                ax.scatter([p["bytes"] for p in mine], [p["acc"] for p in mine], color=system_color[m], marker="D",
+                           s=30, edgecolors="black", linewidths=0.4, alpha=0.9, zorder=3)
         # label each (mixer, width) once, at its best seed; alternate offsets to limit overlaps
         best: dict = {}
         for p in panel:
@@ -208,7 +219,11 @@ def plot_accuracy_vs_state_bytes(records: Sequence[dict], path, style: Style | N
         _bytes_ticks(ax, lo, hi)
         ax.set_xlabel("state per sequence (bytes, log scale)")
         ax.set_title(f"{task}, seq_len={seq_len}", fontsize=10)
-        _percent_y(ax, "accuracy (% of scored tokens)" if k % ncols == 0 else None)
+        metrics = {p["metric"] for p in ppanel if "metric" in p}
+        if metrics and not panel:  # a panel of evaluations only: say what its y axis measures
+            _percent_y(ax, " / ".join(sorted(metrics)))
+        else:
+            _percent_y(ax, "accuracy (% of scored tokens)" if k % ncols == 0 else None)
     _hide_unused(axes, len(groups))
     from matplotlib.lines import Line2D
 
@@ -219,10 +234,16 @@ def plot_accuracy_vs_state_bytes(records: Sequence[dict], path, style: Style | N
         extra += [Line2D([], [], linestyle="", label=""), Line2D([], [], linestyle="", label="KV-cache policies:")]
         extra += [Line2D([], [], linestyle="", marker=style.policy_marker(p.split("+", 1)[1]), markerfacecolor="none",
                          markeredgecolor=style.policy_color(p.split("+", 1)[1]), label=p) for p in policy_labels]
+    if systems:
+        extra += [Line2D([], [], linestyle="", label=""), Line2D([], [], linestyle="", label="kv-eval / memory-eval:")]
+        extra += [Line2D([], [], linestyle="", marker="D", color=system_color[m], markeredgecolor="black",
+                         label=m) for m in systems]
     extra += [Line2D([], [], linestyle="", label=""), front_handle, _hollow_handle(), _chance_handle()]
     detail = "one point per run (best learning rate), labelled with its width; hollow: not converged"
     if policy_labels:
         detail = "filled: one point per run (its width labelled); hollow: attention + KV policy, one per budget"
+    if systems:
+        detail += "; diamonds: kv-eval / memory-eval, one per system and budget"
     _suptitle(fig, title, detail)
     _legend(fig, style, mixers, lines=False, extra=extra)
     return _save(fig, path)

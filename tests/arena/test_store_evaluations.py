@@ -1,0 +1,70 @@
+"""The store's ``evaluations`` table: rows of ``kv-eval`` and ``memory-eval`` beside the arena's runs."""
+
+import sqlite3
+
+import pytest
+
+from longrecall.arena.store import SCHEMA_VERSION, Store
+from longrecall.arena.store_evaluations import evaluation_key
+
+
+def row(**overrides) -> dict:
+    base = {"source": "memory-eval", "family": "agent memory", "task": "locomo-style", "length": 300,
+            "system": "bm25 / turn", "budget": None, "protocol": None, "setting": {"k": [5, 10], "seed": 0},
+            "metric": "recall@10", "score": 0.75, "reference_score": None, "state_bytes": 4096,
+            "metrics": {"recall@5": 0.5}, "seconds": 1.5}
+    return {**base, **overrides}
+
+
+def test_rows_round_trip_and_the_same_evaluation_replaces_its_row(tmp_path):
+    with Store.open(tmp_path / "s.db") as store:
+        assert store.add_evaluations([row(), row(budget=0.5, score=0.4, state_bytes=2048)]) == 2
+        stored = store.evaluations()
+        assert [(r["budget"], r["score"]) for r in stored] == [(None, 0.75), (0.5, 0.4)]
+        first = stored[0]
+        assert first["setting"] == {"k": [5, 10], "seed": 0} and first["metrics"] == {"recall@5": 0.5}
+        assert first["key"] == evaluation_key(row()) and first["code_version"] and first["created_at"]
+        # the same identity measured again: its row is replaced, not duplicated
+        store.add_evaluations([row(score=0.8)])
+        assert sorted((r["budget"], r["score"]) for r in store.evaluations()
+                      if r["budget"] is None) == [(None, 0.8)]
+        assert len(store.evaluations()) == 2
+        # another setting (another seed) is another evaluation
+        store.add_evaluations([row(setting={"k": [5, 10], "seed": 1})])
+        assert len(store.evaluations(source="memory-eval")) == 3 and store.evaluations(source="kv-eval") == []
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"source": "arena"}, "source must be one of kv-eval, memory-eval"),
+    ({"system": ""}, "system must be a non-empty string"),
+    ({"length": 0}, "length must be a positive int"),
+    ({"score": "high"}, "score must be a number"),
+    ({"setting": [1]}, "setting must be a dict"),
+    ({"colour": "red"}, "unknown evaluation fields"),
+])
+def test_bad_rows_are_refused_and_nothing_is_written(tmp_path, bad, message):
+    with Store.open(tmp_path / "s.db") as store:
+        with pytest.raises(ValueError, match=message):
+            store.add_evaluations([row(), row(**bad)])
+        assert store.evaluations() == []  # the good row before the bad one is not written either
+        with pytest.raises(ValueError, match="source must be one of"):
+            store.evaluations(source="runs")
+
+
+def test_a_schema_3_store_gains_the_table_and_keeps_its_runs(tmp_path):
+    from longrecall.arena.store import _SCHEMA, _SCHEMA_V2
+
+    path = tmp_path / "v3.db"
+    conn = sqlite3.connect(path)
+    for statement in _SCHEMA + _SCHEMA_V2:
+        conn.execute(statement)
+    conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)",
+                     [("app", "longrecall"), ("schema_version", "3"), ("created_at", "2026-12-01")])
+    conn.execute("INSERT INTO runs (id, status, config, labels, created_at) VALUES ('r', 'pending', '{}', '{}', 'x')")
+    conn.commit()
+    conn.close()
+    with Store.open(path, create=False) as store:
+        assert int(store.meta()["schema_version"]) == SCHEMA_VERSION == 4 and "migrated_from_3_at" in store.meta()
+        assert [r["id"] for r in store.runs()] == ["r"]
+        store.add_evaluations([row()])
+        assert len(store.evaluations()) == 1
