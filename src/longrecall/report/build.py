@@ -17,6 +17,7 @@ from .evaluations import (
     evaluations_to_html,
     evaluations_to_markdown,
 )
+from .protocol_tables import PROTOCOLS_HOW_TO_READ, protocol_pivots, protocols_to_html, protocols_to_markdown
 from .tables import (
     _html_table,
     _md_table,
@@ -246,6 +247,7 @@ def write_report(records: Sequence[dict], out_dir, title: str = "longrecall repo
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     policy_rows = policy_leaderboard(all_records, policy_evals)
     pivots = policy_pivots(all_records, policy_evals)
+    by_protocol = protocol_pivots(policy_rows)
 
     evaluations = list(evaluations or [])
     paths: dict[str, Path] = {}
@@ -312,6 +314,8 @@ def write_report(records: Sequence[dict], out_dir, title: str = "longrecall repo
         md += ["## KV-cache policies", "", POLICY_HOW_TO_READ, "", pivots_to_markdown(pivots)]
         for _name, caption, howto, path in policy_figures:
             md += [f"### {caption}", "", f"![{caption}]({path.name})", "", f"*How to read:* {howto}", ""]
+        if by_protocol:
+            md += ["### Protocols compared", "", PROTOCOLS_HOW_TO_READ, "", protocols_to_markdown(by_protocol)]
         md += ["### Policy evaluations (detail)", "", POLICY_DETAIL_HOW_TO_READ, "", policy_to_markdown(policy_rows)]
     if evaluations:
         md += ["## Memories measured outside the arena", "", EVALUATIONS_HOW_TO_READ, "",
@@ -360,6 +364,9 @@ def write_report(records: Sequence[dict], out_dir, title: str = "longrecall repo
             h += [f'<figure id="{e(name)}">', f"<h3>{e(caption)}</h3>",
                   f'<img alt="{e(caption)}" src="data:image/png;base64,{data}">',
                   f"<figcaption><strong>How to read:</strong> {e(howto)}</figcaption>", "</figure>"]
+        if by_protocol:
+            h += ['<h3 id="protocols">Protocols compared</h3>', f'<p class="howto">{e(PROTOCOLS_HOW_TO_READ)}</p>',
+                  protocols_to_html(by_protocol)]
         h += ["<details><summary>Policy evaluations (detail)</summary>",
               f'<p class="howto">{e(POLICY_DETAIL_HOW_TO_READ)}</p>', policy_to_html(policy_rows), "</details>"]
     if evaluations:

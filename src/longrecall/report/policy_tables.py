@@ -107,6 +107,7 @@ def policy_leaderboard(records: Sequence[dict], policy_evals: Sequence[dict]) ->
         rows.append({
             "task": task, "seq_len": seq_len, "model": model, "policy": policy, "policy_name": first.get("policy"),
             "mode": first.get("mode"), "budget": first.get("budget"), "budget_key": bkey,
+            "protocol": first.get("protocol") or "agnostic",
             "fraction": budget_fraction(first), "budget_tokens": first.get("budget_tokens"),
             "accuracy": acc, "accuracy_min": min(accs) if len(accs) > 1 else None,
             "accuracy_max": max(accs) if len(accs) > 1 else None, "reference": ref,

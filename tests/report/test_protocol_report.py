@@ -1,0 +1,51 @@
+"""The report's "Protocols compared" tables: the same policy and budget under each protocol, side by side."""
+
+import math
+
+import pytest
+
+from longrecall.report import policy_leaderboard, write_report
+from longrecall.report.protocol_tables import base_label, protocol_pivots, protocols_to_markdown
+
+from test_policy_report import evaluation, run
+
+
+def with_protocol(row: dict, protocol: str) -> dict:
+    if protocol == "agnostic":
+        return row
+    suffix = f"@{protocol}" + ("32" if protocol == "decode" else "")
+    return {**row, "protocol": protocol, "policy_label": row["policy_label"] + suffix,
+            "policy_key": row["policy_key"] + suffix}
+
+
+def evaluations() -> list[dict]:
+    rows = []
+    for protocol, snap, window in (("agnostic", 0.30, 0.50), ("aware", 0.90, 0.50), ("decode", 0.20, 0.40)):
+        rows.append(with_protocol(evaluation("run0", "snapkv", 0.25, snap), protocol))
+        rows.append(with_protocol(evaluation("run0", "window", 0.25, window), protocol))
+    rows.append(with_protocol(evaluation("run0", "h2o", 0.25, 0.6), "aware"))  # under one protocol only
+    return rows
+
+
+def test_rows_pair_protocols_and_sort_by_spread():
+    (pivot,) = protocol_pivots(policy_leaderboard([run(0)], evaluations()))
+    assert pivot["protocols"] == ["agnostic", "aware", "decode"]
+    rows = {r["policy"]: r for r in pivot["rows"]}
+    assert [r["policy"] for r in pivot["rows"]] == ["snapkv", "window", "h2o"]  # spread 0.7, 0.1, none
+    assert rows["snapkv"]["cells"] == {"agnostic": 0.30, "aware": 0.90, "decode": 0.20}
+    assert rows["snapkv"]["spread"] == pytest.approx(0.70) and rows["window"]["spread"] == pytest.approx(0.10)
+    assert math.isnan(rows["h2o"]["cells"]["agnostic"]) and math.isnan(rows["h2o"]["spread"])
+    md = protocols_to_markdown([pivot])
+    assert "| policy | budget | agnostic | aware | decode | spread |" in md
+    assert "| snapkv | 1/4 | 30.0% | 90.0% | 20.0% | 70.0 |" in md and "| h2o | 1/4 | — | 60.0% | — | — |" in md
+    assert base_label("snapkv/prefill@decode32") == "snapkv/prefill"
+
+
+def test_one_protocol_gives_no_table_and_the_report_shows_several(tmp_path):
+    agnostic_only = [e for e in evaluations() if not e.get("protocol")]
+    assert protocol_pivots(policy_leaderboard([run(0)], agnostic_only)) == []
+    pytest.importorskip("matplotlib")
+    md = write_report([run(0)], tmp_path / "one", policy_evals=agnostic_only)["markdown"].read_text()
+    assert "Protocols compared" not in md
+    md = write_report([run(0)], tmp_path / "all", policy_evals=evaluations())["markdown"].read_text()
+    assert "### Protocols compared" in md and "| snapkv | 1/4 | 30.0% | 90.0% | 20.0% | 70.0 |" in md
