@@ -3,11 +3,10 @@
 import random
 
 import pytest
+from test_report import make_record
 
 from longrecall.report import write_report
 from longrecall.report.evaluations import evaluation_points, evaluation_tables
-
-from test_report import make_record
 
 
 def evaluation(system, budget, score, nbytes, *, source="memory-eval", task="locomo-style", reference=None,

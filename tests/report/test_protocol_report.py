@@ -3,11 +3,10 @@
 import math
 
 import pytest
+from test_policy_report import evaluation, run
 
 from longrecall.report import policy_leaderboard, write_report
 from longrecall.report.protocol_tables import base_label, protocol_pivots, protocols_to_markdown
-
-from test_policy_report import evaluation, run
 
 
 def with_protocol(row: dict, protocol: str) -> dict:
