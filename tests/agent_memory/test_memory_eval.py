@@ -62,3 +62,27 @@ def test_command_writes_its_report(tmp_path):
     pytest.importorskip("matplotlib")
     assert (tmp_path / "recall_vs_bytes.png").stat().st_size > 10_000
     assert main(["memory-eval", "--synthetic", "1", "--retrievers", "telepathy", "--out", str(tmp_path)]) == 2
+
+
+def test_results_go_to_a_results_store_and_its_report(tmp_path):
+    from longrecall.arena.store import Store
+
+    store, report = tmp_path / "all.db", tmp_path / "report"
+    args = ["memory-eval", "--synthetic", "1", "--sessions", "6", "--turns", "10", "--retrievers", "bm25",
+            "--units", "turn,fact", "--questions", "1", "--budgets", "none,0.5", "--out", str(tmp_path / "o")]
+    assert main([*args, "--report", str(report)]) == 2  # a report needs --store
+    assert main([*args, "--store", str(store), "--report", str(report)]) == 0
+    local = json.loads((tmp_path / "o" / "memory_eval.json").read_text())["rows"]
+    with Store.open(store, create=False) as db:
+        rows = db.evaluations(source="memory-eval")
+    assert [(r["system"], r["budget"]) for r in rows] == [("bm25 / turn", None), ("bm25 / turn", 0.5),
+                                                          ("bm25 / fact (extractive)", None),
+                                                          ("bm25 / fact (extractive)", 0.5)]
+    for stored, measured in zip(rows, local, strict=True):
+        assert stored["score"] == measured["scores"]["overall"]["recall@10"] and stored["metric"] == "recall@10"
+        assert stored["state_bytes"] == measured["total_bytes"] and stored["length"] == 60  # 6 sessions x 10 turns
+    assert rows[0]["reference_score"] is None and rows[1]["reference_score"] == rows[0]["score"]
+    assert rows[3]["reference_score"] == rows[2]["score"] and rows[0]["setting"]["seed"] == 0
+    md = (report / "report.md").read_text()
+    assert "memory-eval: locomo-style generator, 1 conversation (text memory)" in md
+    assert (report / "accuracy_vs_state_bytes.png").exists()

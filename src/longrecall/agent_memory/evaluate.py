@@ -63,8 +63,8 @@ RETRIEVERS: dict[str, Callable] = {
 }
 FORMATS = ("locomo", "longmemeval")
 
-__all__ = ["RETRIEVERS", "UNITS", "BUILDERS", "FORMATS", "evaluate_memory", "evidence_level", "covered_sources",
-           "score_by_sources"]
+__all__ = ["RETRIEVERS", "UNITS", "BUILDERS", "FORMATS", "evaluate_memory", "evaluation_rows", "evidence_level",
+           "covered_sources", "score_by_sources"]
 
 
 def evidence_level(fmt: str, unit: str, builder: str = "extractive") -> str:
@@ -211,3 +211,30 @@ def evaluate_memory(benchmark: LoadedBenchmark, *, fmt: str, retriever: str = "b
             "budget": budget, "scores": scores.to_dict(),
             **{key: sum(values) / n for key, values in sizes.items()}, "conversations": len(sizes["total_bytes"]),
             "seconds": time.perf_counter() - tick}
+
+
+def evaluation_rows(rows: Sequence[dict], *, task: str, mean_turns: int | None, ks: Sequence[int],
+                    setting: dict) -> list[dict]:
+    """``evaluate_memory`` results as rows of the results store's ``evaluations`` table
+    (``Store.add_evaluations``; ``longrecall memory-eval --store``): system = retriever / unit (builder),
+    score = overall recall at the largest k (LoCoMo ``recall@k``, LongMemEval ``recall_any@k``), reference =
+    the same retriever and unit keeping everything (when measured), bytes = text plus index per conversation,
+    length = the mean number of turns per conversation."""
+    k = max(ks)
+    full = {(r["retriever"], r["unit"], r.get("builder")): r for r in rows if r["budget"] is None}
+    out = []
+    for r in rows:
+        metric = "recall" if f"recall@{k}" in r["scores"]["overall"] else "recall_any"
+        reference = full.get((r["retriever"], r["unit"], r.get("builder")))
+        system = f"{r['retriever']} / {r['unit']}" + (f" ({r['builder']})" if r.get("builder") else "")
+        out.append({
+            "source": "memory-eval", "family": "text memory", "task": task, "length": mean_turns,
+            "system": system, "budget": r["budget"], "protocol": None, "setting": setting,
+            "metric": f"{metric}@{k}", "score": r["scores"]["overall"].get(f"{metric}@{k}"),
+            "reference_score": None if reference is None or reference is r
+            else reference["scores"]["overall"].get(f"{metric}@{k}"),
+            "state_bytes": r["total_bytes"], "seconds": r.get("seconds"),
+            "metrics": {"overall": r["scores"]["overall"], "by_category": r["scores"].get("by_category"),
+                        **{key: r.get(key) for key in ("text_bytes", "index_bytes", "kept_items", "conversations")}},
+        })
+    return out

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..checkpoint import atomic_write_bytes, atomic_write_json
 from .bench import _ints
-from .kv_eval import _list
+from .kv_eval import _list, add_store_arguments, check_store_args, store_and_report
 
 
 def _budgets(text: str) -> list[float | None]:
@@ -58,13 +58,17 @@ def run(args) -> int:
     except ImportError:
         print("error: memory-eval needs the `memory` extra: pip install -e '.[memory]'")
         return 2
-    from ..agent_memory.evaluate import RETRIEVERS, UNITS, evaluate_memory
+    from ..agent_memory.evaluate import RETRIEVERS, UNITS, evaluate_memory, evaluation_rows
     from ..agent_memory.generator import generate, write_locomo
     from ..agent_memory.llm import LLMClient, LLMError
     from ..agent_memory.loaders import load_locomo, load_longmemeval
     from ..validation import ArgumentError
 
     out = Path(args.out)
+    problem = check_store_args(args)
+    if problem:
+        print(f"error: {problem}")
+        return 2
     try:
         for unit in args.units:
             if unit not in UNITS:
@@ -123,8 +127,18 @@ def run(args) -> int:
     except ImportError:
         pass
     atomic_write_bytes(out / "memory_eval.md", text.encode())
+    turns = sum(1 for c in benchmark.conversations for _ in c.turns())
+    if args.data:
+        task, setting = f"{Path(args.data).name} ({fmt})", {"data": str(Path(args.data).resolve())}
+    else:
+        task = f"locomo-style generator, {args.synthetic} conversation{'s' if args.synthetic != 1 else ''}"
+        setting = {"sessions": args.sessions, "turns": args.turns, "questions": args.questions, "seed": args.seed}
+    setting.update(k=list(args.k), builder=args.builder, llm_model=args.llm_model if args.builder == "llm" else None)
+    written = store_and_report(evaluation_rows(rows, task=task, ks=args.k, setting=setting,
+                                               mean_turns=round(turns / max(1, len(benchmark.conversations))) or None),
+                               args)
     print(json.dumps(report, indent=2) if args.json else text + f"\nwrote {out / 'memory_eval.json'} and "
-          f"{out / 'memory_eval.md'}")
+          f"{out / 'memory_eval.md'}" + written)
     return 0
 
 
@@ -138,7 +152,8 @@ def add_parser(sub) -> None:
         "the bytes kept. Reads a file you supply (--data) or generates a LoCoMo-style one offline (--synthetic).",
         epilog="examples:\n  longrecall memory-eval --synthetic 10 --retrievers bm25,bm25-dated,bm25-time\n"
         "  longrecall memory-eval --data locomo10.json --format locomo --k 5,10\n"
-        "  longrecall memory-eval --data longmemeval_s.json --format longmemeval --units session,turn",
+        "  longrecall memory-eval --data longmemeval_s.json --format longmemeval --units session,turn\n"
+        "  longrecall memory-eval --synthetic 10 --store runs/all.db --report report/all   (one store, one report)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     source = p.add_mutually_exclusive_group(required=True)
@@ -165,5 +180,6 @@ def add_parser(sub) -> None:
                    help="comma-separated: none (keep all) or fractions of the text kept, oldest forgotten first")
     p.add_argument("--k", type=_ints, default=[5, 10], help="comma-separated k (5,10)")
     p.add_argument("--out", default="memory_eval_results", help="directory for memory_eval.json and .md")
+    add_store_arguments(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=run)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from .plot_style import MARKERS, PALETTE, _figure, _percent_y, _save, _suptitle
+from .plot_style import MARKERS, PALETTE, _bytes_ticks, _figure, _percent_y, _save, _suptitle
 
 # (unit, builder) -> (marker, filled, line style, legend noun); builder is None for turns and sessions
 UNIT_STYLES = {
@@ -39,7 +39,12 @@ def plot_recall_vs_bytes(rows: Sequence[dict], path, k: int, source: str = "") -
             ax.plot(xs, ys, color=color, linestyle=linestyle, linewidth=1.2, alpha=0.8)
             ax.scatter(xs, ys, color=color if filled else "white", edgecolors=color, marker=marker, s=36,
                        linewidths=1.4, zorder=3, label=f"{retriever} ({noun})")
-    ax.set_xscale("log")
+    ax.set_xscale("log", base=2)
+    sizes = [r["total_bytes"] for r in rows if r["total_bytes"] > 0]
+    if sizes:  # KiB / MiB labels at powers of two, as on the memory frontier
+        lo, hi = min(sizes) / 1.4, max(sizes) * 1.4
+        ax.set_xlim(lo, hi)
+        _bytes_ticks(ax, lo, hi)
     ax.set_xlabel("bytes kept per conversation (text + index)")
     _percent_y(ax, f"evidence recall@{k}")
     ax.grid(True, alpha=0.3)
