@@ -191,10 +191,10 @@ def test_a_store_of_the_previous_schema_opens_and_gains_the_table(tmp_path):
     conn.commit()
     conn.close()
     with Store.open(path, create=False) as store:
-        assert int(store.meta()["schema_version"]) == SCHEMA_VERSION == 3
+        assert int(store.meta()["schema_version"]) == SCHEMA_VERSION == 4
         assert "migrated_from_1_at" in store.meta()
         tables = {r[0] for r in store.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        assert {"runs", "policy_evals", "policy_claims"} <= tables
+        assert {"runs", "policy_evals", "policy_claims", "evaluations"} <= tables
         assert [r["id"] for r in store.runs()] == ["r1"] and store.policy_evals() == []
         assert store.add_policy_eval({"run_id": "r1", "policy_key": "k", "budget_key": "0.5", "policy": "window",
                                       "policy_label": "window", "policy_kwargs": {}, "mode": "step", "budget": 0.5,
