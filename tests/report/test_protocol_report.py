@@ -48,3 +48,19 @@ def test_one_protocol_gives_no_table_and_the_report_shows_several(tmp_path):
     assert "Protocols compared" not in md
     md = write_report([run(0)], tmp_path / "all", policy_evals=evaluations())["markdown"].read_text()
     assert "### Protocols compared" in md and "| snapkv | 1/4 | 30.0% | 90.0% | 20.0% | 70.0 |" in md
+
+
+def test_a_protocol_reads_against_the_full_cache_under_that_protocol():
+    rows = evaluations()
+    for protocol, accuracy in (("agnostic", 0.97), ("aware", 0.50)):
+        rows.append(with_protocol(evaluation("run0", "full", None, accuracy), protocol))
+    board = policy_leaderboard([run(0)], rows)
+    by = {r["policy"]: r for r in board}
+    # aware: the full cache itself falls to 0.50 (the question read twice); SnapKV loses nothing beyond that
+    assert by["snapkv@aware"]["reference"] == 0.50 and by["snapkv@aware"]["delta"] == pytest.approx(0.40)
+    assert by["snapkv"]["reference"] == 0.97 and by["snapkv"]["delta"] == pytest.approx(0.30 - 0.97)
+    # decode has no full-cache row here: the stored (agnostic) reference stays
+    assert by["snapkv@decode32"]["reference"] == 0.97
+    (pivot,) = protocol_pivots(board)
+    assert pivot["rows"][0]["policy"] == "full" and pivot["rows"][0]["cells"]["aware"] == 0.50
+    assert [r["policy"] for r in pivot["rows"][1:]] == ["snapkv", "window", "h2o"]

@@ -99,7 +99,8 @@ POLICY_HOW_TO_READ = (
     "per task, length and model: a row per policy, a column per budget, ranked by the mean accuracy over "
     "the budgets where every policy ran; 'skipped' marks a budget the policy rejects at that length (e.g. "
     "fewer tokens than its sinks); policies that take no budget (full, and lossy ones that keep every token) "
-    "come last, unranked."
+    "come last, unranked. A row labelled policy@protocol was evaluated under another protocol (aware, reuse, "
+    "decode: see 'Protocols compared'); its Δ vs full reads against the full cache under the same protocol."
 )
 POLICY_DETAIL_HOW_TO_READ = (
     "Every (policy, budget) evaluation, averaged over seeds: tokens is the resolved budget per layer and head; "

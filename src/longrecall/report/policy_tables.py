@@ -86,7 +86,8 @@ def policy_leaderboard(records: Sequence[dict], policy_evals: Sequence[dict]) ->
 
     Each row: ``task, seq_len, model, policy, mode, budget`` (as given), ``fraction`` (of the
     evaluated length), ``budget_tokens``, ``accuracy`` (mean over done evaluations; NaN if none),
-    ``accuracy_min/max`` (several seeds), ``reference`` (the same runs without a policy),
+    ``accuracy_min/max`` (several seeds), ``reference`` (the same runs without a policy; under a protocol
+    other than agnostic, the ``full`` policy's accuracy under that protocol when it was evaluated),
     ``delta``, ``state_bytes`` (after the context), ``state_bytes_end`` (after the whole
     sequence), ``resident_bytes`` (retrieval policies), ``seeds``, ``eval_seconds``, ``skipped``,
     ``failed``, ``note`` (the first skipped/failed reason) and ``converged`` (every evaluated model's
@@ -123,6 +124,17 @@ def policy_leaderboard(records: Sequence[dict], policy_evals: Sequence[dict]) ->
             "unbounded": first.get("budget") is None,
             "converged": all(converged.get(str(e.get("run_id")), False) for e in done) if done else False,
         })
+
+    # under another protocol than agnostic, the reference is the full cache under that same protocol: the
+    # stored reference is the run's own (agnostic) accuracy, and a protocol moves the full cache too (a
+    # question read twice, positions shifted by a generation), which is not the policy's loss
+    full = {(r["task"], r["seq_len"], r["model"], r["protocol"]): r["accuracy"] for r in rows
+            if r["policy_name"] == "full" and math.isfinite(r["accuracy"])}
+    for row in rows:
+        same = full.get((row["task"], row["seq_len"], row["model"], row["protocol"]))
+        if row["protocol"] != "agnostic" and same is not None:
+            row["reference"] = same
+            row["delta"] = row["accuracy"] - same if math.isfinite(row["accuracy"]) else None
 
     def order(row: dict) -> tuple:
         acc = row["accuracy"]

@@ -7,7 +7,8 @@ generation. kvpress and cold-compress users ask for these side by side, because 
 protocol does not carry over to another (cold-compress #42, kvpress #262). Built from the rows of
 ``policy_tables.policy_leaderboard``: for each (task, length, model) whose evaluations use more than one
 protocol, one row per (policy, budget) and one accuracy column per protocol, plus the spread between
-the best and the worst protocol, largest first.
+the best and the worst protocol, largest first, after the full cache's row: a protocol can move the full
+cache's accuracy too, and each column is read against it.
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ PROTOCOLS_HOW_TO_READ = (
     "The same policies and budgets evaluated under each protocol: agnostic (the context compressed before "
     "the question is read, as kvpress), aware (the question in view when compressing, as SnapKV and Finch), "
     "reuse (one compressed cache answers several questions) and decode (the policy keeps evicting through a "
-    "long generation before the question). 'spread' is the best protocol's accuracy minus the worst's, in "
-    "points; rows are sorted by it, so the policies whose verdict depends most on the protocol come first."
+    "long generation before the question). The first row is the full cache under each protocol: a protocol "
+    "moves it too, and each column reads against it. 'spread' is the best protocol's accuracy minus the "
+    "worst's, in points; the other rows are sorted by it, so the policies whose verdict depends most on the "
+    "protocol come first."
 )
 
 
@@ -59,8 +62,9 @@ def protocol_pivots(policy_rows: Sequence[dict]) -> list[dict]:
             spread = max(finite) - min(finite) if len(finite) > 1 else float("nan")
             rows.append({"policy": policy, "budget": budget, "spread": spread,
                          "cells": {p: cells.get(p, float("nan")) for p in protocols}})
-        rows.sort(key=lambda r: (not math.isfinite(r["spread"]), -r["spread"] if math.isfinite(r["spread"]) else 0,
-                                 r["policy"], r["budget"]))
+        # the full cache first: each protocol's own reference (a protocol moves it too)
+        rows.sort(key=lambda r: (r["policy"] != "full", not math.isfinite(r["spread"]),
+                                 -r["spread"] if math.isfinite(r["spread"]) else 0, r["policy"], r["budget"]))
         out.append({"task": panel[0], "seq_len": panel[1], "model": panel[2], "protocols": protocols, "rows": rows})
     out.sort(key=lambda p: (p["task"], _sort_int(p["seq_len"]), p["model"]))
     return out
