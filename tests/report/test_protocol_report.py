@@ -45,7 +45,7 @@ def test_one_protocol_gives_no_table_and_the_report_shows_several(tmp_path):
     assert protocol_pivots(policy_leaderboard([run(0)], agnostic_only)) == []
     pytest.importorskip("matplotlib")
     md = write_report([run(0)], tmp_path / "one", policy_evals=agnostic_only)["markdown"].read_text()
-    assert "Protocols compared" not in md
+    assert "### Protocols compared" not in md
     md = write_report([run(0)], tmp_path / "all", policy_evals=evaluations())["markdown"].read_text()
     assert "### Protocols compared" in md and "| snapkv | 1/4 | 30.0% | 90.0% | 20.0% | 70.0 |" in md
 
