@@ -5,16 +5,18 @@ import math
 import pytest
 from test_policy_report import evaluation, run
 
+from longrecall.policy_protocols import STORED_NAMES
 from longrecall.report import policy_leaderboard, write_report
 from longrecall.report.protocol_tables import base_label, protocol_pivots, protocols_to_markdown
 
 
 def with_protocol(row: dict, protocol: str) -> dict:
+    """``row`` as the runner stores it under ``protocol`` (its stored name; agnostic keeps the old label)."""
+    row = {**row, "protocol": STORED_NAMES[protocol]}
     if protocol == "agnostic":
         return row
     suffix = f"@{protocol}" + ("32" if protocol == "decode" else "")
-    return {**row, "protocol": protocol, "policy_label": row["policy_label"] + suffix,
-            "policy_key": row["policy_key"] + suffix}
+    return {**row, "policy_label": row["policy_label"] + suffix, "policy_key": row["policy_key"] + suffix}
 
 
 def evaluations() -> list[dict]:
@@ -38,6 +40,8 @@ def test_rows_pair_protocols_and_sort_by_spread():
     assert "| policy | budget | agnostic | aware | decode | spread |" in md
     assert "| snapkv | 1/4 | 30.0% | 90.0% | 20.0% | 70.0 |" in md and "| h2o | 1/4 | — | 60.0% | — | — |" in md
     assert base_label("snapkv/prefill@decode32") == "snapkv/prefill"
+    legacy = {k: v for k, v in evaluation("run0", "window", 0.25, 0.5).items() if k != "protocol"}
+    assert policy_leaderboard([run(0)], [legacy])[0]["protocol"] == "agnostic"  # a store from before protocols
 
 
 def test_one_protocol_gives_no_table_and_the_report_shows_several(tmp_path):

@@ -62,6 +62,14 @@ def fmt_budget(budget: Any) -> str:
     return f"{budget} tok"
 
 
+def protocol_name(stored: str | None) -> str:
+    """A protocol as ``policy_protocols.PROTOCOLS`` names it, from what an evaluation stores
+    (``STORED_NAMES``: ``query_aware_v1`` -> ``aware``; nothing, in stores older than protocols -> agnostic)."""
+    from ..policy_protocols import STORED_NAMES
+
+    return {v: k for k, v in STORED_NAMES.items()}.get(stored, stored) if stored else "agnostic"
+
+
 def model_name(labels: dict) -> str:
     """``attention d=64``: the mixer (with kwargs) and the width of a run."""
     return f"{mixer_name(labels)} d={labels.get('d_model')}"
@@ -108,7 +116,7 @@ def policy_leaderboard(records: Sequence[dict], policy_evals: Sequence[dict]) ->
         rows.append({
             "task": task, "seq_len": seq_len, "model": model, "policy": policy, "policy_name": first.get("policy"),
             "mode": first.get("mode"), "budget": first.get("budget"), "budget_key": bkey,
-            "protocol": first.get("protocol") or "agnostic",
+            "protocol": protocol_name(first.get("protocol")),
             "fraction": budget_fraction(first), "budget_tokens": first.get("budget_tokens"),
             "accuracy": acc, "accuracy_min": min(accs) if len(accs) > 1 else None,
             "accuracy_max": max(accs) if len(accs) > 1 else None, "reference": ref,
