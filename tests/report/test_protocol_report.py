@@ -68,3 +68,11 @@ def test_a_protocol_reads_against_the_full_cache_under_that_protocol():
     (pivot,) = protocol_pivots(board)
     assert pivot["rows"][0]["policy"] == "full" and pivot["rows"][0]["cells"]["aware"] == 0.50
     assert [r["policy"] for r in pivot["rows"][1:]] == ["snapkv", "window", "h2o"]
+
+
+def test_the_pivot_title_keeps_the_agnostic_full_cache():
+    from longrecall.report import policy_pivots
+
+    rows = evaluations() + [with_protocol(evaluation("run0", "full", None, 0.50), "aware")]
+    (pivot,) = policy_pivots([run(0)], rows)
+    assert pivot["reference"] == 0.97  # not the mean with the aware full cache's 0.50

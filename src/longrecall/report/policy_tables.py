@@ -178,7 +178,9 @@ def policy_pivots(records: Sequence[dict], policy_evals: Sequence[dict]) -> list
     for (task, seq_len, model), items in panels.items():
         bounded = [r for r in items if not r["unbounded"]]
         full = [r["accuracy"] for r in items if r["unbounded"] and math.isfinite(r["accuracy"])]
-        reference = _mean(r["reference"] for r in items)
+        # the title's full cache is the agnostic one (the runs' own accuracy); another protocol's
+        # rows read against the full cache under that protocol, shown as its own full@protocol row
+        reference = _mean(r["reference"] for r in items if r["protocol"] == "agnostic")
         if reference is None and full:
             reference = full[0]
         budgets = sorted({(r["fraction"] if is_finite(r["fraction"]) else 2.0, r["budget_key"], fmt_budget(r["budget"]))
