@@ -76,3 +76,15 @@ def test_the_pivot_title_keeps_the_agnostic_full_cache():
     rows = evaluations() + [with_protocol(evaluation("run0", "full", None, 0.50), "aware")]
     (pivot,) = policy_pivots([run(0)], rows)
     assert pivot["reference"] == 0.97  # not the mean with the aware full cache's 0.50
+
+
+def test_the_budget_figure_draws_the_agnostic_protocol_only(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from matplotlib.axes import Axes
+
+    from longrecall.report import plot_budget
+
+    lines = []
+    monkeypatch.setattr(Axes, "plot", lambda self, xs, ys, **kw: lines.append(list(ys)))
+    plot_budget.plot_accuracy_vs_budget([run(0)], tmp_path / "b.png", policy_evals=evaluations())
+    assert sorted(lines) == [[0.30], [0.50]]  # snapkv and window under agnostic; not aware, decode or h2o@aware

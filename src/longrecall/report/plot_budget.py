@@ -22,10 +22,18 @@ def plot_accuracy_vs_budget(records: Sequence[dict], path, style: Style | None =
     (mean over seeds), the full-cache accuracy of the same runs as a dashed line, and policies that
     take no budget (lossy ones that keep every token, e.g. quantised) as dotted levels; one panel
     per (task, seq_len, model). Token budgets are placed at tokens / length; budgets a policy
-    rejected (skipped) or failed leave gaps."""
+    rejected (skipped) or failed leave gaps. Evaluations under another protocol than agnostic are left
+    out when agnostic ones exist (the report's protocol table compares them)."""
     title = "Accuracy vs KV-cache budget"
     style = style or style_for(records, policy_evals)
     rows = [r for r in policy_leaderboard(records, policy_evals) if is_finite(r["fraction"])]
+    # one protocol per figure: the agnostic one (kvpress's); the others are compared in a table, and
+    # 4 protocols x 21 policies in one panel are not readable
+    others = sorted({r["protocol"] for r in rows} - {"agnostic"})
+    if others and any(r["protocol"] == "agnostic" for r in rows):
+        rows = [r for r in rows if r["protocol"] == "agnostic"]
+    else:
+        others = []
     bounded = [r for r in rows if not r["unbounded"]]
     if not any(math.isfinite(r["accuracy"]) for r in bounded):
         return _empty(path, title, "no KV-cache policy evaluations with a budget")
@@ -79,5 +87,8 @@ def plot_accuracy_vs_budget(records: Sequence[dict], path, style: Style | None =
     handles += [Line2D([], [], linestyle="", label=""),
                 Line2D([], [], color="black", linestyle="--", label="full cache\n(no policy)")]
     fig.legend(handles=handles, loc="outside right upper", frameon=False, fontsize=9, title="policy")
-    _suptitle(fig, title, "query-agnostic: context compressed before the question; mean over seeds")
+    detail = "query-agnostic: context compressed before the question; mean over seeds"
+    if others:
+        detail += f" (also evaluated under {', '.join(others)}: see the 'Protocols compared' table)"
+    _suptitle(fig, title, detail)
     return _save(fig, path)
