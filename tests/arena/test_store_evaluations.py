@@ -68,3 +68,26 @@ def test_a_schema_3_store_gains_the_table_and_keeps_its_runs(tmp_path):
         assert [r["id"] for r in store.runs()] == ["r"]
         store.add_evaluations([row()])
         assert len(store.evaluations()) == 1
+
+
+def test_export_writes_the_evaluations_beside_the_runs(tmp_path):
+    import csv
+    import json
+
+    from longrecall.cli import main
+
+    path = tmp_path / "s.db"
+    with Store.open(path) as store:
+        store.add_evaluations([row(), row(budget=0.5, score=0.4)])
+    assert main(["export", str(path), "--format", "csv", "-o", str(tmp_path / "out.csv")]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "out.evaluations.csv")))
+    assert [(r["system"], r["budget"], r["score"]) for r in rows] == [("bm25 / turn", "null", "0.75"),
+                                                                      ("bm25 / turn", "0.5", "0.4")]
+    assert json.loads(rows[0]["setting"]) == {"k": [5, 10], "seed": 0}
+    assert main(["export", str(path), "--format", "jsonl", "-o", str(tmp_path / "out.jsonl")]) == 0
+    lines = [json.loads(x) for x in open(tmp_path / "out.evaluations.jsonl")]
+    assert lines[1]["budget"] == 0.5 and lines[1]["metrics"] == {"recall@5": 0.5}
+    empty = tmp_path / "e.db"
+    Store.open(empty).close()
+    assert main(["export", str(empty), "-o", str(tmp_path / "e.csv")]) == 0
+    assert not (tmp_path / "e.evaluations.csv").exists()  # written only when there are some

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["write_records", "runs_csv", "policy_csv", "CSV_TAIL", "POLICY_CSV_COLUMNS"]
+__all__ = ["write_records", "runs_csv", "policy_csv", "evaluations_csv", "CSV_TAIL", "POLICY_CSV_COLUMNS"]
 
 
 def _largest_length(table: dict | None) -> tuple[str | None, Any]:
@@ -98,5 +98,20 @@ def policy_csv(records: list[dict]) -> str:
         row["policy_kwargs"] = json.dumps(r.get("policy_kwargs"), sort_keys=True)
         row["budget"] = json.dumps(r.get("budget"))
         row["budget_fraction"] = budget_fraction(r)
+        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    return buffer.getvalue()
+
+
+def evaluations_csv(records: list[dict]) -> str:
+    """One flat row per ``kv-eval`` / ``memory-eval`` evaluation: its columns, JSON ones as JSON text."""
+    from .store_schema import EVAL_COLUMNS, EVAL_JSON_COLUMNS
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(EVAL_COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    for r in records:
+        row = {key: r.get(key) for key in EVAL_COLUMNS}
+        for key in EVAL_JSON_COLUMNS:
+            row[key] = json.dumps(row[key], sort_keys=True)
         writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
     return buffer.getvalue()

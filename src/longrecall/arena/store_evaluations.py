@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import Iterable
 
+from .export import evaluations_csv, write_records
 from .owners import code_version, torch_version
 from .store_schema import EVAL_COLUMNS, EVAL_JSON_COLUMNS, _decode, now
 
@@ -110,3 +112,8 @@ class EvaluationsMixin:
         if source is not None:
             query, args = query + " WHERE source = ?", (source,)
         return [_decode(r, EVAL_JSON_COLUMNS) for r in self.conn.execute(query + " ORDER BY rowid", args)]
+
+    def export_evaluations(self, path: str | Path, format: str | None = None) -> Path:
+        """Write every evaluation to ``path`` atomically: ``csv`` (one flat row each) or ``jsonl`` (one
+        decoded row per line). The format defaults to the file's suffix (csv unless ``.jsonl``)."""
+        return write_records(path, format, self.evaluations(), evaluations_csv)

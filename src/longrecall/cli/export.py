@@ -17,12 +17,17 @@ def run(args) -> int:
             path = store.export(out, format=args.format)
             has_policies = sum(store.policy_counts().values()) > 0
             policy_path = store.export_policy_evals(policies_out, format=args.format) if has_policies else None
+            evaluations_out = out.with_name(f"{out.stem}.evaluations{out.suffix}")
+            evaluations_path = store.export_evaluations(evaluations_out, format=args.format) \
+                if store.evaluations() else None
     except (StoreError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"wrote {path}")
     if policy_path is not None:
         print(f"wrote {policy_path} (KV-cache policy evaluations)")
+    if evaluations_path is not None:
+        print(f"wrote {evaluations_path} (kv-eval and memory-eval results)")
     return 0
 
 
@@ -35,7 +40,8 @@ def add_parser(sub) -> None:
         "When the store holds KV-cache policy evaluations they go to a second file, OUT's name with "
         "'.policies' before the suffix (or --policies-out): one row per (run, policy, budget) with the "
         "run's labels, budget (as given, as a fraction, in tokens), accuracy, the full-cache reference, "
-        "state bytes after the context and at the end, resident bytes and timings.",
+        "state bytes after the context and at the end, resident bytes and timings. Results of `kv-eval` and "
+        "`memory-eval` written to the store go to a third file, OUT's name with '.evaluations' before the suffix.",
         epilog="examples:\n  longrecall export arena.db --format csv     # arena.csv (+ arena.policies.csv)\n"
         "  longrecall export arena.db --format jsonl -o runs.jsonl   # + runs.policies.jsonl\n"
         "  python -c \"import pandas as pd; print(pd.read_json('runs.jsonl', lines=True))\"",
