@@ -44,7 +44,7 @@ from .metrics import ScoreReport, _report, locomo_recall, longmemeval_recall, nd
 from .records import LoadedBenchmark, QAItem
 from .retrievers import BM25Retriever, DateFilteredRetriever, DatePrefixRetriever, RRFRetriever
 from .store import MemoryStore
-from .units import BUILDERS, UNITS, build_items
+from .units import BUILDERS, UNITS, build_items, check_client
 
 
 def _dense():
@@ -149,9 +149,8 @@ def evaluate_memory(benchmark: LoadedBenchmark, *, fmt: str, retriever: str = "b
     if budget is not None:
         check_ratio("budget", budget, low_open=True)
     built = unit in ("fact", "summary")
-    if built and builder == "llm" and not callable(getattr(client, "chat", None)):
-        raise ArgumentError("client", "a ChatClient (an object with chat(messages, ...)) when builder='llm'",
-                            type(client).__name__)
+    if built and builder == "llm":
+        check_client(client)
     if row_cache is not None and not isinstance(row_cache, dict):
         raise ArgumentError("row_cache", "None or a dict", type(row_cache).__name__)
     tick = time.perf_counter()

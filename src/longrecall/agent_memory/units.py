@@ -43,7 +43,7 @@ from .records import Conversation, Session
 
 __all__ = ["UNITS", "BUILDERS", "STOPWORDS", "MIN_CONTENT_WORDS", "SUMMARY_WORDS", "split_sentences", "content_words",
            "is_content_sentence", "resolve_first_person", "lexrank_scores", "turn_rows", "session_rows",
-           "extractive_facts", "extractive_summaries", "llm_facts", "llm_summaries", "build_items"]
+           "extractive_facts", "extractive_summaries", "llm_facts", "llm_summaries", "build_items", "check_client"]
 
 UNITS = ("turn", "session", "fact", "summary")
 BUILDERS = ("extractive", "llm")
@@ -212,7 +212,8 @@ def extractive_summaries(conversation: Conversation, max_words: int = SUMMARY_WO
     return rows
 
 
-def _check_client(client: Any) -> None:
+def check_client(client: Any) -> None:
+    """Raise ArgumentError unless ``client`` has a callable ``chat`` (what ``builder='llm'`` needs)."""
     if not callable(getattr(client, "chat", None)):
         raise ArgumentError("client", "a ChatClient (an object with chat(messages, ...)) when builder='llm'",
                             type(client).__name__)
@@ -220,7 +221,7 @@ def _check_client(client: Any) -> None:
 
 def llm_facts(conversation: Conversation, client: llm.ChatClient) -> list[dict]:
     """``llm.extract_facts`` on each session: one ``fact`` row per fact, sourced to every turn of its session."""
-    _check_client(client)
+    check_client(client)
     rows = []
     for session in conversation.sessions:
         if not session.turns:
@@ -235,7 +236,7 @@ def llm_facts(conversation: Conversation, client: llm.ChatClient) -> list[dict]:
 
 def llm_summaries(conversation: Conversation, client: llm.ChatClient, max_words: int = SUMMARY_WORDS) -> list[dict]:
     """``llm.summarise_session`` on each session: one ``summary`` row per non-empty reply."""
-    _check_client(client)
+    check_client(client)
     check_int(max_words=max_words)
     rows = []
     for session in conversation.sessions:
@@ -262,6 +263,6 @@ def build_items(conversation: Conversation, unit: str, *, builder: str = "extrac
     if unit == "session":
         return session_rows(conversation)
     if builder == "llm":
-        _check_client(client)
+        check_client(client)
         return llm_facts(conversation, client) if unit == "fact" else llm_summaries(conversation, client, max_words)
     return extractive_facts(conversation) if unit == "fact" else extractive_summaries(conversation, max_words)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from ..checkpoint import atomic_write_bytes, atomic_write_json
 from .bench import _ints
-from .kv_eval import _list, add_store_arguments, check_store_args, store_and_report
+from .kv_eval import _list
+from .store_args import add_store_arguments, check_store_args, store_and_report
 
 
 def _budgets(text: str) -> list[float | None]:

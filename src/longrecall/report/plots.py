@@ -171,7 +171,7 @@ def plot_accuracy_vs_state_bytes(records: Sequence[dict], path, style: Style | N
         ax = axes[k // ncols][k % ncols]
         panel = [p for p in pts if p["task"] == task and p["seq_len"] == seq_len]
         ppanel = [p for p in ppts if p["task"] == task and p["seq_len"] == seq_len]
-        ppanel += [p for p in epts if p["task"] == task and p["seq_len"] == seq_len]
+        epanel = [p for p in epts if p["task"] == task and p["seq_len"] == seq_len]
         _chance_line(ax, [r for r in _done(records) if str(labels_of(r).get("task") or "?") == task
                           and labels_of(r).get("seq_len") == seq_len])
         for m in mixers:
@@ -189,7 +189,7 @@ def plot_accuracy_vs_state_bytes(records: Sequence[dict], path, style: Style | N
                            edgecolors=style.policy_color(policy), marker=style.policy_marker(policy), s=30,
                            linewidths=1.1, alpha=0.9, zorder=3)
         for m in systems:
-            mine = [p for p in ppanel if p["mixer"] == m and "metric" in p]
+            mine = [p for p in epanel if p["mixer"] == m]
             if mine:
                 ax.scatter([p["bytes"] for p in mine], [p["acc"] for p in mine], color=system_color[m], marker="D",
                            s=30, edgecolors="black", linewidths=0.4, alpha=0.9, zorder=3)
@@ -202,10 +202,11 @@ def plot_accuracy_vs_state_bytes(records: Sequence[dict], path, style: Style | N
         for n, p in enumerate(sorted(best.values(), key=lambda p: (p["bytes"], p["acc"]))):
             ax.annotate(f"d={p['d_model']}", (p["bytes"], p["acc"]), xytext=(5, 4 if n % 2 == 0 else -10),
                         textcoords="offset points", fontsize=7, color=style.color(p["mixer"]))
-        lo, hi = min(p["bytes"] for p in panel + ppanel), max(p["bytes"] for p in panel + ppanel)
+        drawn = panel + ppanel + epanel
+        lo, hi = min(p["bytes"] for p in drawn), max(p["bytes"] for p in drawn)
         lo, hi = lo / 1.6, hi * 2.2
         # the front runs through converged points only: a lower bound is not a trade-off
-        front = pareto_front((p["bytes"], p["acc"]) for p in panel + ppanel if p.get("converged", True))
+        front = pareto_front((p["bytes"], p["acc"]) for p in drawn if p.get("converged", True))
         if front:
             xs = [x for x, _ in front] + [hi]
             ys = [y for _, y in front] + [front[-1][1]]
@@ -219,7 +220,7 @@ def plot_accuracy_vs_state_bytes(records: Sequence[dict], path, style: Style | N
         _bytes_ticks(ax, lo, hi)
         ax.set_xlabel("state per sequence (bytes, log scale)")
         ax.set_title(f"{task}, seq_len={seq_len}", fontsize=10)
-        metrics = {p["metric"] for p in ppanel if "metric" in p}
+        metrics = {p["metric"] for p in epanel}
         if metrics and not panel:  # a panel of evaluations only: say what its y axis measures
             _percent_y(ax, " / ".join(sorted(metrics)))
         else:

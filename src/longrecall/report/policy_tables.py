@@ -9,7 +9,7 @@ from __future__ import annotations
 import html
 import math
 from collections import defaultdict
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from .records import (
     _html_table,
@@ -264,22 +264,32 @@ def pivot_title(pivot: dict) -> str:
     return title + ")"
 
 
+def titled_tables_markdown(items: Sequence[dict], table: Callable, title: Callable) -> str:
+    """One markdown table per item: ``title(item)`` in bold, then ``table(item)`` -> (headers, body, right)."""
+    parts = []
+    for item in items:
+        headers, body, right = table(item)
+        parts += [f"**{_md_escape(title(item))}**", "", _md_table(headers, body, right)]
+    return "\n".join(parts)
+
+
+def titled_tables_html(items: Sequence[dict], table: Callable, title: Callable, cls: str) -> str:
+    """One HTML table of class ``cls`` per item, under an ``<h3>`` of ``title(item)``."""
+    parts = []
+    for item in items:
+        headers, body, right = table(item)
+        parts += [f"<h3>{html.escape(title(item))}</h3>", _html_table(headers, body, right, cls)]
+    return "\n".join(parts)
+
+
 def pivots_to_markdown(pivots: Sequence[dict]) -> str:
     """One markdown table per (task, seq_len, model): policies x budgets (accuracy)."""
     if not pivots:
         return "_No policy evaluations._\n"
-    parts = []
-    for pivot in pivots:
-        headers, body, right = _pivot_table(pivot)
-        parts += [f"**{_md_escape(pivot_title(pivot))}**", "", _md_table(headers, body, right)]
-    return "\n".join(parts)
+    return titled_tables_markdown(pivots, _pivot_table, pivot_title)
 
 
 def pivots_to_html(pivots: Sequence[dict]) -> str:
     if not pivots:
         return "<p><em>No policy evaluations.</em></p>\n"
-    parts = []
-    for pivot in pivots:
-        headers, body, right = _pivot_table(pivot)
-        parts += [f"<h3>{html.escape(pivot_title(pivot))}</h3>", _html_table(headers, body, right, "pivot")]
-    return "\n".join(parts)
+    return titled_tables_html(pivots, _pivot_table, pivot_title, "pivot")

@@ -13,14 +13,13 @@ cache's accuracy too, and each column is read against it.
 
 from __future__ import annotations
 
-import html
 import math
 from collections import defaultdict
 from typing import Sequence
 
 from ..policy_protocols import PROTOCOLS
-from .policy_tables import fmt_budget
-from .records import _html_table, _md_escape, _md_table, _sort_int, fmt_pct
+from .policy_tables import fmt_budget, titled_tables_html, titled_tables_markdown
+from .records import _sort_int, fmt_pct
 
 __all__ = ["PROTOCOLS_HOW_TO_READ", "base_label", "protocol_pivots", "protocols_to_markdown", "protocols_to_html"]
 
@@ -83,16 +82,8 @@ def _title(pivot: dict) -> str:
 
 
 def protocols_to_markdown(pivots: Sequence[dict]) -> str:
-    parts = []
-    for pivot in pivots:
-        headers, body, right = _table(pivot)
-        parts += [f"**{_md_escape(_title(pivot))}**", "", _md_table(headers, body, right)]
-    return "\n".join(parts)
+    return titled_tables_markdown(pivots, _table, _title)
 
 
 def protocols_to_html(pivots: Sequence[dict]) -> str:
-    parts = []
-    for pivot in pivots:
-        headers, body, right = _table(pivot)
-        parts += [f"<h3>{html.escape(_title(pivot))}</h3>", _html_table(headers, body, right, "protocols")]
-    return "\n".join(parts)
+    return titled_tables_html(pivots, _table, _title, "protocols")
