@@ -137,10 +137,17 @@ def _frontier_entry(entry) -> dict:
     return out
 
 
+# KV-cache policies on the frontier's attention models, so the fixed-state memories and a full cache cut to a
+# budget share one panel of one task: a sink + recency window (StreamingLLM), the two attention-score rules
+# (H2O's accumulated and TOVA's current), the query-window rule (SnapKV), quantisation instead of eviction (KIVI)
+# and page retrieval (Quest: every token resident, a budget read). The kv-budget presets evaluate all 21.
+FRONTIER_POLICIES = ["streaming", "h2o", "tova", "snapkv", "kivi", "quest"]
+
 PRESETS["frontier"] = {
     "description": "MQAR accuracy vs state bytes: attention + 14 fixed-state memories x widths 32/64/128 at each "
                    "mixer's rate from the recipe study, deltanet, gated_deltanet and mamba2 without the block's short "
-                   "conv (the plateau ablation; 60 runs, T=64, 8 pairs, 1,500 steps extended to 3,000 while learning)",
+                   "conv (the plateau ablation; 60 runs, T=64, 8 pairs, 1,500 steps extended to 3,000 while learning), "
+                   "and 6 KV-cache policies on the attention models at 1/32-1/2 of the context",
     # windows are set below the 64 tokens so the window alone cannot hold the whole context
     "spec": {
         "name": "frontier",
@@ -155,6 +162,8 @@ PRESETS["frontier"] = {
             "eval_every": 100, "eval_examples": 256, "early_stop_accuracy": 0.99, "target_accuracy": 0.99,
             "threads": 1,
         },
+        "policies": FRONTIER_POLICIES,
+        "budgets": [1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2],
     },
 }
 
