@@ -14,6 +14,7 @@ import pytest
 from longrecall.arena import Store, load_spec, run_arena
 from longrecall.arena.runner import checkpoint_root
 from longrecall.arena.spec import budget_key
+from longrecall.config import ConfigError
 from longrecall.arena.store import _SCHEMA, SCHEMA_VERSION
 
 SPEC = {
@@ -53,6 +54,17 @@ def test_policy_plan_of_a_spec():
     # runs without an attention layer simply get no policy evaluations
     mixed = load_spec({**SPEC, "mixers": ["attention", "s4d"]})
     assert len(mixed) == 2 and mixed.policy_plan
+
+
+def test_policies_skip_memory_token_models_around_attention():
+    from longrecall.arena.spec import policy_applies
+
+    assert policy_applies({"layers": ["attention", "attention"]}) and policy_applies({"layers": ["mamba", "attention"]})
+    # RMT's attention reads one segment and its memory tokens: no policy's cache describes it
+    assert not policy_applies({"layers": ["attention", "attention"], "model": "rmt"})
+    mixers = [{"name": "attention", "model": "rmt", "model_kwargs": {"segment_len": 8, "num_memory": 2}}]
+    with pytest.raises(ConfigError, match="policies"):
+        load_spec({**SPEC, "mixers": mixers})
 
 
 def test_run_ids_do_not_depend_on_policies():

@@ -60,9 +60,14 @@ def budget_key(budget: int | float | None) -> str:
 
 
 def policy_applies(config: TrainConfig | dict) -> bool:
-    """Whether a run's model has a plain ``attention`` layer (the layers KV-cache policies manage)."""
-    layers = config.layers if isinstance(config, TrainConfig) else config.get("layers", [])
-    return "attention" in layers
+    """Whether a run's model is the plain language model with an ``attention`` layer (the layers KV-cache
+    policies manage). A memory-token model (``model = "rmt"``, ``"memformer"``) is not: its attention runs
+    over one segment and its memory tokens at a time, which no policy's cache describes."""
+    if isinstance(config, TrainConfig):
+        layers, model = config.layers, config.model
+    else:
+        layers, model = config.get("layers", []), config.get("model", "lm")
+    return model == "lm" and "attention" in layers
 
 
 def policy_pairs(plan: list[dict]) -> list[tuple[dict, int | float | None]]:

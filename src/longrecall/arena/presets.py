@@ -338,12 +338,17 @@ MEMORY_TRANSFORMERS = [
     # the memory-token models around attention layers: 64-token segments, 8 memory vectors, BPTT through all
     {"name": "attention", "model": "rmt", "model_kwargs": {"segment_len": 64, "num_memory": 8}},
     {"name": "attention", "model": "memformer", "model_kwargs": {"segment_len": 64, "num_memory": 8}},
+    # two fixed-state recurrent memories on the same panels, at their frontier rates and without the block's
+    # short conv (OWN_SHORT_CONV), so a memory beside attention is read against a memory instead of attention
+    {"name": "deltanet", "lrs": [3e-3], "train": {"short_conv": 0}},
+    {"name": "gated_deltanet", "lrs": [1e-3], "train": {"short_conv": 0}},
 ]
 
 PRESETS["memory-transformers"] = {
     "description": "memory-augmented transformers (transformer_xl, compressive, infini, ahn, rat, memorizing, rmt, "
-                   "memformer) with attention and a 64-token window on passkey, MQAR and fact_update at T=256, 512, "
-                   "width 64, the best of lr 1e-3, 3e-3 (132 runs; many hours on 2 cores)",
+                   "memformer) with attention, a 64-token window, deltanet and gated_deltanet on passkey, MQAR and "
+                   "fact_update at T=256, 512, width 64, the best of lr 1e-3, 3e-3 (144 runs; many hours on 2 cores), "
+                   "and 6 KV-cache policies on the attention models: every kind of memory on one frontier",
     "spec": {
         "name": "memory-transformers",
         "mixers": MEMORY_TRANSFORMERS,
@@ -354,6 +359,8 @@ PRESETS["memory-transformers"] = {
         "lrs": [1e-3, 3e-3],
         "n_layers": 2,
         "train": {**ZOOLOGY_TRAIN, "batch_size": 16, "eval_every": 100, "eval_examples": 256},
+        "policies": FRONTIER_POLICIES,
+        "budgets": [1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2],
     },
 }
 
