@@ -14,8 +14,8 @@ import pytest
 from longrecall.arena import Store, load_spec, run_arena
 from longrecall.arena.runner import checkpoint_root
 from longrecall.arena.spec import budget_key
-from longrecall.config import ConfigError
 from longrecall.arena.store import _SCHEMA, SCHEMA_VERSION
+from longrecall.config import ConfigError
 
 SPEC = {
     "name": "kv",

@@ -3,17 +3,10 @@
 import sqlite3
 
 import pytest
+from store_helpers import evaluation_row as row
 
 from longrecall.arena.store import SCHEMA_VERSION, Store
 from longrecall.arena.store_evaluations import evaluation_key
-
-
-def row(**overrides) -> dict:
-    base = {"source": "memory-eval", "family": "agent memory", "task": "locomo-style", "length": 300,
-            "system": "bm25 / turn", "budget": None, "protocol": None, "setting": {"k": [5, 10], "seed": 0},
-            "metric": "recall@10", "score": 0.75, "reference_score": None, "state_bytes": 4096,
-            "metrics": {"recall@5": 0.5}, "seconds": 1.5}
-    return {**base, **overrides}
 
 
 def test_rows_round_trip_and_the_same_evaluation_replaces_its_row(tmp_path):

@@ -1,5 +1,7 @@
 """``longrecall report`` over several stores: the rows of separate presets on one report."""
 
+from store_helpers import evaluation_row as row
+
 from longrecall.arena.spec import load_spec
 from longrecall.arena.store import Store
 from longrecall.cli import main
@@ -12,15 +14,6 @@ def specs():
         "tasks": [{"task": "mqar", "kwargs": {"vocab_size": 64, "num_kv_pairs": 4}}],
         "lengths": [32, 64], "widths": [16, 32], "train": {"steps": 2},
     }).expand()
-
-
-def row(**overrides) -> dict:
-    """A memory-eval row of the store's ``evaluations`` table."""
-    base = {"source": "memory-eval", "family": "agent memory", "task": "locomo-style", "length": 300,
-            "system": "bm25 / turn", "budget": None, "protocol": None, "setting": {"k": [5, 10], "seed": 0},
-            "metric": "recall@10", "score": 0.75, "reference_score": None, "state_bytes": 4096,
-            "metrics": {"recall@5": 0.5}, "seconds": 1.5}
-    return {**base, **overrides}
 
 
 def finish_all(store: Store, runs, accuracy: float) -> None:
