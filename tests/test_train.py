@@ -250,6 +250,29 @@ def test_a_run_killed_after_deciding_to_stop_does_not_train_on(tmp_path, monkeyp
     assert resumed["steps"] == 3 and resumed["status"] == "early_stopped"
 
 
+def test_a_plateau_stop_the_current_rule_calls_learning_continues_exactly(tmp_path, monkeypatch):
+    """A run stopped on a plateau under an earlier convergence rule resumes and trains on when the
+    current rule finds it still learning, ending with the losses of a run trained under that rule."""
+    config = dict(steps=6, max_steps=15, eval_every=3)
+    _stub_status(monkeypatch, ["learning", "plateau"])
+    reference = train(tiny(**config), progress=False)
+    assert reference["steps"] == 9
+
+    out = str(tmp_path / "run")
+    _stub_status(monkeypatch, ["plateau"])  # the earlier rule: stop at `steps`
+    stopped = train(tiny(out_dir=out, **config), progress=False)
+    assert stopped["steps"] == 6 and read_manifest(out)["stopped"] == "plateau"
+    calls = _stub_status(monkeypatch, ["learning", "plateau"])  # the current rule: learning at 6
+    messages = []
+    resumed = train(tiny(out_dir=out, **config), progress=False, log=messages.append)
+    assert calls == [6, 9] and any("still learning" in m for m in messages)
+    assert losses(resumed) == losses(reference) and resumed["stop_reason"] == "plateau"
+    # a plateau the current rule also calls a plateau trains nothing more
+    _stub_status(monkeypatch, ["plateau"])
+    again = train(tiny(out_dir=out, **config), progress=False)
+    assert again["steps"] == 9 and losses(again) == losses(reference)
+
+
 def test_compile_option_trains_or_falls_back_to_the_same_losses(monkeypatch):
     """``compile=True`` with torch.compile failing falls back to eager: the same losses."""
     def broken(*args, **kwargs):

@@ -250,6 +250,11 @@ def train(config: TrainConfig, *, progress: bool | Progress = True, resume: bool
         return result
 
     status, stopped = "done", (manifest or {}).get("stopped") if out_dir is not None and resume else None
+    if stopped == "plateau" and stop_reason(config, start_step, history, evals) is None:
+        # stopped on a plateau under an earlier convergence rule that the current one calls learning
+        # (convergence.RULE_VERSION): the run goes on from its checkpoint, exactly as it would have
+        log(f"step {start_step}: the current convergence rule finds this run still learning; continuing")
+        stopped = None
     if stopped:  # killed after deciding to stop, before writing metrics: nothing left to train
         status = "early_stopped" if stopped == "early_stop" else "done"
     loss_fn = compiled_loss(model, log) if config.compile else model.loss

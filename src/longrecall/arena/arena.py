@@ -36,6 +36,7 @@ def run_arena(
     report_dir: str | Path | None = None,
     progress: bool = True,
     retry_failed: bool = False,
+    reassess: bool = False,
     console: Console | None = None,
 ) -> dict:
     """Add the spec's runs to the store, run every unfinished one, and optionally write the report.
@@ -50,6 +51,10 @@ def run_arena(
     gains ``policy_evals`` (counts: expected, done, skipped, failed, missing, new),
     ``policy_unavailable`` ({run id: why its checkpoint cannot be used}) and ``policy_records``.
     ``retry_failed`` also re-runs failed and skipped policy evaluations.
+
+    ``reassess``: first recompute the convergence status of the spec's finished runs under the current
+    rule (``Store.reassess``) and continue, from their checkpoints, those an earlier rule stopped on a
+    plateau that the current one finds still learning.
     """
     console = console or Console()
     arena_spec = resolve_spec(spec)
@@ -58,6 +63,11 @@ def run_arena(
     plan = arena_spec.policy_plan
     with Store.open(store) as db:
         added = db.add_runs(longest_first(runs))  # workers claim in insertion order
+        if reassess:
+            for change in db.reassess(ids, reopen=True):
+                what = "continued from its checkpoint" if change["reopened"] else "relabelled"
+                console.print(f"reassess: {_run_name(change['labels'])} at step {change['steps']}: {change['was']} -> "
+                              f"{change['now']} ({what})")
         if retry_failed:
             db.requeue_failed()
             if plan:
@@ -126,6 +136,14 @@ def run_arena(
             policy_evals=policy_records if plan else None, evaluations=evaluations).items()}
         console.print(f"report written to {report_dir}")
     return summary
+
+
+def _run_name(labels: dict) -> str:
+    """``mamba d=64 lr=1e-03 mqar T=64``: enough of a run's labels to find it in the leaderboard."""
+    lr = labels.get("lr")
+    return " ".join(str(part) for part in (
+        labels.get("mixer"), f"d={labels.get('d_model')}", f"lr={lr:.0e}" if isinstance(lr, float) else None,
+        labels.get("task"), f"T={labels.get('seq_len')}") if part is not None)
 
 
 def print_leaderboard(records: list[dict], console: Console) -> None:

@@ -37,6 +37,7 @@ from typing import Collection, Iterable, Iterator
 from .export import policy_csv, runs_csv, write_records
 from .owners import code_version, default_owner, owner_alive, torch_version
 from .store_evaluations import EvaluationsMixin
+from .store_reassess import ReassessMixin
 from .store_schema import (  # noqa: F401 - re-exported
     _SCHEMA,
     _SCHEMA_V2,
@@ -65,7 +66,7 @@ __all__ = ["Store", "StoreError", "SCHEMA_VERSION", "APP", "STATUSES", "POLICY_S
            "default_owner"]
 
 
-class Store(EvaluationsMixin):
+class Store(EvaluationsMixin, ReassessMixin):
     """One SQLite results file. Use ``Store.open(path)``; see the module docstring."""
 
     def __init__(self, path: str | Path, *, create: bool = True):

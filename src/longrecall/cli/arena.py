@@ -35,7 +35,7 @@ def run(args) -> int:
     try:
         summary = run_arena(args.preset or args.spec, store=args.store, executor=args.executor, workers=args.workers,
                             ray_address=args.ray_address, report_dir=args.report, progress=not args.no_progress,
-                            retry_failed=args.retry_failed)
+                            retry_failed=args.retry_failed, reassess=args.reassess)
     except (ConfigError, KeyError, FileNotFoundError) as error:
         print(f"error: {error.args[0] if error.args else error}", file=sys.stderr)
         return 2
@@ -84,6 +84,10 @@ def add_parser(sub) -> None:
     p.add_argument("--report", metavar="DIR", help="write report.md, report.html and plots to DIR")
     p.add_argument("--retry-failed", action="store_true",
                    help="run failed runs again (and failed or skipped policy evaluations)")
+    p.add_argument("--reassess", action="store_true",
+                   help="recompute the convergence status of finished runs under the current rule and continue, "
+                        "from their checkpoints, those an earlier rule stopped on a plateau that it finds still "
+                        "learning (convergence.RULE_VERSION)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(run=run)
