@@ -54,7 +54,7 @@ def test_the_frontier_slow_starts_are_learning_and_its_plateaus_are_not():
     def run(accuracies, loss_drop):
         steps = [900, 1000, 1100, 1200, 1300, 1400, 1500]
         losses = [4.8] * 1125 + [4.8 * (1 - loss_drop)] * 375
-        return assess(history(losses), evals(list(zip(steps, accuracies))), 0.99)
+        return assess(history(losses), evals(list(zip(steps, accuracies, strict=True))), 0.99)
 
     slow_start = run([0.018, 0.015, 0.02, 0.022, 0.027, 0.03, 0.029], 0.016)
     assert slow_start["status"] == "learning"
