@@ -85,10 +85,11 @@ POLICY_FIGURES = (
      "context is compressed before the question is read."),
 )
 FRONTIER_POLICY_NOTE = (
-    " Hollow markers are trained attention models evaluated under a KV-cache policy (labelled "
-    "attention+policy), one point per budget, at the bytes held after the whole sequence; they take part in "
-    "the Pareto front. Retrieval policies (quest, infllm, em_llm) keep every token and sit near the full "
-    "cache's bytes: the part they need on the device (resident bytes) is in the policy detail table."
+    " Translucent markers are trained attention models evaluated under a KV-cache policy (labelled "
+    "attention+policy), one point per budget, at the bytes held after the whole sequence; on a converged "
+    "model they take part in the Pareto front. Retrieval policies (quest, infllm, em_llm) keep every token "
+    "and sit near the full cache's bytes: the part they need on the device (resident bytes) is in the policy "
+    "detail table."
 )
 POLICY_HOW_TO_READ = (
     "Trained attention models re-evaluated under each KV-cache policy and budget, without retraining. "

@@ -139,9 +139,10 @@ def plot_accuracy_vs_state_bytes(records: Sequence[dict], path, style: Style | N
     (marker and colour per mixer, annotated with its width), and the Pareto front (best accuracy
     for at most that many bytes) as a step line; one panel per (task, seq_len).
 
-    ``policy_evals`` add a hollow point per (model, KV-cache policy, budget), labelled
+    ``policy_evals`` add a translucent point per (model, KV-cache policy, budget), labelled
     ``attention+<policy>``, at the bytes its model held after the whole sequence (the same length
-    the mixers' state is measured at); they take part in the Pareto front."""
+    the mixers' state is measured at); on a converged model they take part in the Pareto front.
+    Translucent, not hollow: hollow marks a run that did not converge."""
     title = "Accuracy vs state bytes per sequence: the memory frontier"
     style = style or style_for(records, policy_evals)
     pts = []
@@ -157,6 +158,8 @@ def plot_accuracy_vs_state_bytes(records: Sequence[dict], path, style: Style | N
     pts_all = pts + ppts + epts
     if not pts_all:
         return _empty(path, title, "no finished runs with both an accuracy and state bytes")
+    from matplotlib.colors import to_rgba
+
     groups = sorted({(p["task"], p["seq_len"]) for p in pts_all}, key=lambda g: (g[0], g[1] if is_finite(g[1]) else -1))
     ncols = min(3, len(groups))
     nrows = math.ceil(len(groups) / ncols)
@@ -185,9 +188,10 @@ def plot_accuracy_vs_state_bytes(records: Sequence[dict], path, style: Style | N
             mine = [p for p in ppanel if p["mixer"] == m]
             if mine:
                 policy = mine[0]["policy"]
-                ax.scatter([p["bytes"] for p in mine], [p["acc"] for p in mine], facecolors="none",
-                           edgecolors=style.policy_color(policy), marker=style.policy_marker(policy), s=30,
-                           linewidths=1.1, alpha=0.9, zorder=3)
+                color = style.policy_color(policy)
+                ax.scatter([p["bytes"] for p in mine], [p["acc"] for p in mine], facecolors=[to_rgba(color, 0.3)],
+                           edgecolors=[to_rgba(color, 0.9)], marker=style.policy_marker(policy), s=26,
+                           linewidths=0.9, zorder=3)
         for m in systems:
             mine = [p for p in epanel if p["mixer"] == m]
             if mine:
@@ -233,7 +237,8 @@ def plot_accuracy_vs_state_bytes(records: Sequence[dict], path, style: Style | N
     extra = []
     if policy_labels:
         extra += [Line2D([], [], linestyle="", label=""), Line2D([], [], linestyle="", label="KV-cache policies:")]
-        extra += [Line2D([], [], linestyle="", marker=style.policy_marker(p.split("+", 1)[1]), markerfacecolor="none",
+        extra += [Line2D([], [], linestyle="", marker=style.policy_marker(p.split("+", 1)[1]),
+                         markerfacecolor=to_rgba(style.policy_color(p.split("+", 1)[1]), 0.3),
                          markeredgecolor=style.policy_color(p.split("+", 1)[1]), label=p) for p in policy_labels]
     if systems:
         extra += [Line2D([], [], linestyle="", label=""), Line2D([], [], linestyle="", label="kv-eval / memory-eval:")]
@@ -242,7 +247,8 @@ def plot_accuracy_vs_state_bytes(records: Sequence[dict], path, style: Style | N
     extra += [Line2D([], [], linestyle="", label=""), front_handle, _hollow_handle(), _chance_handle()]
     detail = "one point per run (best learning rate), labelled with its width; hollow: not converged"
     if policy_labels:
-        detail = "filled: one point per run (its width labelled); hollow: attention + KV policy, one per budget"
+        detail = ("filled: a converged run (its width labelled); hollow: not converged; translucent: attention + "
+                  "a KV policy, one per budget")
     if systems:
         detail += "; diamonds: kv-eval / memory-eval, one per system and budget"
     _suptitle(fig, title, detail)
