@@ -58,3 +58,15 @@ def test_a_missing_store_among_several_is_named(tmp_path, capsys):
         pass
     code = main(["report", str(tmp_path / "a.db"), str(tmp_path / "nope.db"), "-o", str(tmp_path / "out")])
     assert code == 2 and "nope.db" in capsys.readouterr().err
+
+
+def test_a_stack_label_names_only_the_kwargs_of_its_own_mixers():
+    from longrecall.report.records import mixer_name
+
+    per_mixer = {"sliding_window": {"window": 32}}
+    jamba = "mamba+mamba+attention+mamba"
+    assert mixer_name({"mixer": jamba, "mixer_kwargs": per_mixer}) == jamba
+    assert mixer_name({"mixer": "sliding_window", "mixer_kwargs": per_mixer}) == "sliding_window(window=32)"
+    assert mixer_name({"mixer": "mamba+sliding_window", "mixer_kwargs": per_mixer}) == \
+        "mamba+sliding_window(sliding_window={'window': 32})"
+    assert mixer_name({"mixer": "sliding_window", "mixer_kwargs": {"window": 64}}) == "sliding_window(window=64)"

@@ -33,6 +33,11 @@ def mixer_name(record_or_labels: dict) -> str:
     labels = record_or_labels.get("labels", record_or_labels) or {}
     name = str(labels.get("mixer") or "?")
     kwargs = labels.get("mixer_kwargs") or {}
+    if kwargs and all(isinstance(v, dict) for v in kwargs.values()):
+        # a stack's kwargs are keyed by mixer: name only those of the mixers the stack holds
+        kwargs = {k: v for k, v in kwargs.items() if k in name.split("+")}
+        if set(kwargs) == {name}:  # one mixer in every layer: its own kwargs, as a single mixer's read
+            kwargs = kwargs[name]
     if kwargs:
         name += "(" + ", ".join(f"{k}={kwargs[k]}" for k in sorted(kwargs)) + ")"
     loss_on = labels.get("loss_on")
