@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from longrecall.convergence import MIN_ACCURACY_GAIN, STATUSES, assess, status
+from longrecall.convergence import MIN_ACCURACY_GAIN, RULE_VERSION, STATUSES, assess, status
 
 
 def history(losses):
@@ -61,6 +61,7 @@ def test_the_frontier_slow_starts_are_learning_and_its_plateaus_are_not():
     assert slow_start["accuracy_gain"] < 0.01 and slow_start["loss_drop"] < 0.02  # version 1 stopped it
     flat = run([0.012, 0.013, 0.012, 0.015, 0.015, 0.016, 0.015], 0.002)
     assert flat["status"] == "plateau"
+    assert slow_start["rule_version"] == flat["rule_version"] == RULE_VERSION  # train stores it with the run
 
 
 def test_diverged_on_a_non_finite_loss_or_a_blown_up_loss():

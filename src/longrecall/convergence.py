@@ -55,7 +55,7 @@ CONVERGED_STATUSES = ("converged",)  # every other status marks the accuracy as 
 WINDOW_FRACTION = 0.25  # "the last part of training": its last quarter of steps
 MIN_ACCURACY_GAIN = 0.005  # absolute held-out accuracy gained within that window (version 1: 0.01)
 MIN_LOSS_DROP = 0.01  # relative fall of the mean training loss, previous window -> last window (version 1: 0.02)
-RULE_VERSION = 2  # bumped whenever a threshold changes (see the module docstring)
+RULE_VERSION = 2  # bumped whenever a threshold changes (see the module docstring); in every assess() result
 DIVERGED_LOSS_RATIO = 2.0  # final window's mean loss above this multiple of the best window's mean
 
 
@@ -82,13 +82,15 @@ def assess(history: Sequence[dict], evals: Sequence[dict], target_accuracy: floa
         diverged: the run stopped on a non-finite loss.
 
     Returns ``{"status", "final_accuracy", "best_accuracy", "accuracy_gain", "loss_drop",
-    "window_steps", "steps"}``; the gains are None when there is not enough history to measure them.
+    "window_steps", "steps", "rule_version"}``; the gains are None when there is not enough history to
+    measure them. ``train`` writes this dict to a run's metrics as ``convergence_detail``, so a run records
+    which version of the rule judged it.
     """
     steps = max([h.get("step", 0) for h in history] + [e.get("step", 0) for e in evals] + [0])
     accs = [(e.get("step", 0), e.get("accuracy")) for e in evals if _finite(e.get("accuracy"))]
     final = accs[-1][1] if accs else None
     out = {"status": None, "final_accuracy": final, "best_accuracy": max((a for _, a in accs), default=None),
-           "accuracy_gain": None, "loss_drop": None, "window_steps": 0, "steps": steps}
+           "accuracy_gain": None, "loss_drop": None, "window_steps": 0, "steps": steps, "rule_version": RULE_VERSION}
     losses = [h.get("loss") for h in history]
     if diverged or any(x is not None and not _finite(x) for x in losses):
         out["status"] = "diverged"

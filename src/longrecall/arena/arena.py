@@ -140,9 +140,11 @@ def run_arena(
 
 def _run_name(labels: dict) -> str:
     """``mamba d=64 lr=1e-03 mqar T=64``: enough of a run's labels to find it in the leaderboard."""
+    from ..report.records import mixer_name
+
     lr = labels.get("lr")
     return " ".join(str(part) for part in (
-        labels.get("mixer"), f"d={labels.get('d_model')}", f"lr={lr:.0e}" if isinstance(lr, float) else None,
+        mixer_name(labels), f"d={labels.get('d_model')}", f"lr={lr:.0e}" if isinstance(lr, float) else None,
         labels.get("task"), f"T={labels.get('seq_len')}") if part is not None)
 
 
