@@ -6,7 +6,16 @@ import math
 
 import pytest
 
-from longrecall.convergence import MIN_ACCURACY_GAIN, RULE_VERSION, STATUSES, assess, status
+from longrecall.convergence import (
+    MIN_ACCURACY_GAIN,
+    NEAR_CHANCE_MULTIPLE,
+    RULE_VERSION,
+    STATUSES,
+    assess,
+    near_chance,
+    status,
+    stops_on_plateau,
+)
 
 
 def history(losses):
@@ -96,3 +105,19 @@ def test_a_slow_rise_with_a_noisy_last_evaluation_is_still_learning():
     history = [{"step": i + 1, "loss": 5.0} for i in range(2500)]
     out = assess(history, evals(points), 0.99)
     assert out["status"] == "learning" and out["accuracy_gain"] > 0.02
+
+
+def test_a_plateau_near_chance_may_not_stop_early():
+    """Rule version 3: near chance the trend cannot tell MQAR's pre-transition plateau from a capacity
+    limit, so a plateau there does not stop a run before max_steps; the status itself is unchanged."""
+    chance = 1 / 128
+    low = evals([(100, 0.01), (200, 0.012), (300, 0.011), (400, 0.011)])
+    out = assess(history(FLAT), low, 0.99, chance=chance)
+    assert out["status"] == "plateau" and out["near_chance"] is True
+    assert not stops_on_plateau(low, chance)
+    # the best evaluation decides: one evaluation at 5x chance is leaving it
+    left = evals([(100, 0.01), (200, NEAR_CHANCE_MULTIPLE * chance), (300, 0.011), (400, 0.011)])
+    assert not near_chance(left, chance) and stops_on_plateau(left, chance)
+    # a task without a chance accuracy keeps version 2's stops
+    assert stops_on_plateau(low, None) and assess(history(FLAT), low, 0.99)["near_chance"] is False
+    assert not near_chance([], chance)

@@ -154,7 +154,8 @@ def test_schedule_decays_over_max_steps_and_a_stopped_run_is_a_prefix():
 
 
 def _stub_status(monkeypatch, verdicts):
-    """Make convergence.status answer from ``verdicts`` (a list consumed per call)."""
+    """Make convergence.status answer from ``verdicts`` (a list consumed per call), and let every plateau
+    stop (these tiny models sit at chance, where rule version 3 would train on to max_steps)."""
     import longrecall.convergence as convergence
 
     calls = []
@@ -164,7 +165,24 @@ def _stub_status(monkeypatch, verdicts):
         return verdicts.pop(0) if verdicts else "plateau"
 
     monkeypatch.setattr(convergence, "status", fake)
+    monkeypatch.setattr(convergence, "stops_on_plateau", lambda evals, chance: True)
     return calls
+
+
+def test_a_plateau_at_chance_trains_on_to_max_steps(monkeypatch):
+    """Rule version 3: a plateau whose accuracy never left chance is not a reason to stop early; the
+    same plateau above chance is."""
+    import longrecall.convergence as convergence
+
+    monkeypatch.setattr(convergence, "status", lambda *a, **k: "plateau")
+    at_chance = train(tiny(steps=6, max_steps=12, eval_every=3), progress=False)
+    chance = at_chance["final_eval"]["chance"]
+    assert max(e["accuracy"] for e in at_chance["evals"]) < convergence.NEAR_CHANCE_MULTIPLE * chance
+    assert at_chance["steps"] == 12 and at_chance["stop_reason"] == "max_steps"
+    assert at_chance["convergence_detail"]["near_chance"] is True
+    monkeypatch.setattr(convergence, "NEAR_CHANCE_MULTIPLE", 0.0)  # every accuracy counts as above chance
+    above = train(tiny(steps=6, max_steps=12, eval_every=3), progress=False)
+    assert above["steps"] == 6 and above["stop_reason"] == "plateau"
 
 
 def test_a_learning_run_extends_one_eval_interval_at_a_time(monkeypatch):
@@ -265,7 +283,7 @@ def test_a_plateau_stop_the_current_rule_calls_learning_continues_exactly(tmp_pa
     calls = _stub_status(monkeypatch, ["learning", "plateau"])  # the current rule: learning at 6
     messages = []
     resumed = train(tiny(out_dir=out, **config), progress=False, log=messages.append)
-    assert calls == [6, 9] and any("still learning" in m for m in messages)
+    assert calls == [6, 9] and any("would not stop this run" in m for m in messages)
     assert losses(resumed) == losses(reference) and resumed["stop_reason"] == "plateau"
     # a plateau the current rule also calls a plateau trains nothing more
     _stub_status(monkeypatch, ["plateau"])

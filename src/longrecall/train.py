@@ -152,12 +152,13 @@ def segmented_backward(model: LanguageModel, inputs: Tensor, targets: Tensor, se
     return loss_value, torch.cat(all_logits)[order], torch.cat(all_labels)[order]
 
 
-def stop_reason(config: TrainConfig, step: int, history: list, evals: list) -> str | None:
+def stop_reason(config: TrainConfig, step: int, history: list, evals: list, chance: float | None = None) -> str | None:
     """Why training stops after ``step`` (an evaluation was just made there), or None to go on.
 
     ``early_stop``: held-out accuracy reached ``early_stop_accuracy``. At ``steps`` and after:
     ``budget`` without ``max_steps``; with it, the run goes on only while it is ``learning``
-    (convergence.py) and stops as ``converged``, ``plateau`` or ``diverged``, or at ``max_steps``.
+    (convergence.py) and stops as ``converged``, ``plateau`` or ``diverged``, or at ``max_steps``. A
+    plateau whose accuracy never left ``chance`` (the task's) goes on too (``convergence.stops_on_plateau``).
     """
     accuracy = evals[-1]["accuracy"] if evals and evals[-1]["step"] == step else None
     if accuracy is not None and config.early_stop_accuracy is not None and accuracy >= config.early_stop_accuracy:
@@ -167,6 +168,8 @@ def stop_reason(config: TrainConfig, step: int, history: list, evals: list) -> s
     if config.max_steps is None or step >= config.max_steps:
         return "budget" if config.max_steps is None else "max_steps"
     verdict = convergence.status(history, evals, config.target_accuracy)
+    if verdict == "plateau" and not convergence.stops_on_plateau(evals, chance):
+        return None
     return None if verdict == "learning" else verdict
 
 
@@ -250,10 +253,11 @@ def train(config: TrainConfig, *, progress: bool | Progress = True, resume: bool
         return result
 
     status, stopped = "done", (manifest or {}).get("stopped") if out_dir is not None and resume else None
-    if stopped == "plateau" and stop_reason(config, start_step, history, evals) is None:
-        # stopped on a plateau under an earlier convergence rule that the current one calls learning
-        # (convergence.RULE_VERSION): the run goes on from its checkpoint, exactly as it would have
-        log(f"step {start_step}: the current convergence rule finds this run still learning; continuing")
+    if stopped == "plateau" and stop_reason(config, start_step, history, evals, task.chance_accuracy()) is None:
+        # stopped on a plateau under an earlier convergence rule that the current one would not stop there
+        # (still learning, or near chance; convergence.RULE_VERSION): the run goes on from its checkpoint,
+        # exactly as it would have
+        log(f"step {start_step}: the current convergence rule would not stop this run here; continuing")
         stopped = None
     if stopped:  # killed after deciding to stop, before writing metrics: nothing left to train
         status = "early_stopped" if stopped == "early_stop" else "done"
@@ -306,7 +310,7 @@ def train(config: TrainConfig, *, progress: bool | Progress = True, resume: bool
             if step % config.eval_every == 0 or step == config.steps or step == last:
                 result = run_eval(step)
                 info += f" eval {result['accuracy']:.3f}"
-                stopped = stop_reason(config, step, history, evals)
+                stopped = stop_reason(config, step, history, evals, task.chance_accuracy())
                 if stopped == "early_stop":
                     status = "early_stopped"
                 checkpoint(step, stopped)
@@ -354,7 +358,8 @@ def _write_metrics(out_dir, config, history, evals, status, n_params, train_seco
     from .ops.cpp import kernel_status
 
     steps_done = history[-1]["step"] if history else 0
-    verdict = convergence.assess(history, evals, config.target_accuracy, diverged=diverged)
+    verdict = convergence.assess(history, evals, config.target_accuracy, diverged=diverged,
+                                 chance=task.chance_accuracy())
     metrics = {
         "status": status,
         "convergence": verdict["status"],

@@ -5,7 +5,8 @@ rule's thresholds change (``convergence.RULE_VERSION``), ``Store.reassess`` reco
 every finished ``learning`` or ``plateau`` run from the histories the row holds (``converged`` and
 ``diverged`` do not depend on the thresholds and are kept). With ``reopen=True`` it also puts back to
 ``pending`` each run that stopped on a plateau at or after ``steps`` and below ``max_steps`` which the
-current rule finds still learning: the arena then resumes it from its checkpoint, and because the
+current rule would not have stopped there: one it finds still learning, or (rule version 3) one whose
+accuracy never left chance: the arena then resumes it from its checkpoint, and because the
 schedule's horizon is ``max_steps`` (train.lr_lambda) the continued run is step for step the run the
 current rule would have trained from the start. Its metrics row is replaced when it finishes, and its
 KV-cache policy evaluations, made on the stopped model, are deleted (the arena makes them again).
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 from typing import Collection
 
+from ..convergence import stops_on_plateau
 from .store_schema import _decode, convergence_of
 
 __all__ = ["ReassessMixin"]
@@ -27,13 +29,31 @@ def _continuable(config: dict, steps: int | None) -> bool:
             and min_steps <= steps < max_steps)
 
 
+def _chance(row: dict) -> float | None:
+    """The run's task chance accuracy: stored with its final evaluation, else from its task config (rows
+    written before the chance was stored)."""
+    chance = (row.get("metrics") or {}).get("chance")
+    if chance is None and row.get("task_config"):
+        from ..registry import TASKS
+
+        task_config = dict(row["task_config"])
+        name = task_config.pop("task", None)
+        task_config.pop("version", None)
+        try:
+            chance = TASKS.get(name)(**task_config).chance_accuracy()
+        except (KeyError, TypeError, ValueError):  # a task this version no longer builds: unknown
+            chance = None
+    return chance
+
+
 class ReassessMixin:
     """``Store.reassess``: the convergence column under the current rule (see the module docstring)."""
 
     def reassess(self, run_ids: Collection[str] | None = None, *, reopen: bool = False) -> list[dict]:
         """Recompute the status of finished ``learning``/``plateau`` runs (among ``run_ids`` when given);
-        returns one ``{"id", "labels", "was", "now", "steps", "reopened"}`` per changed run. ``reopen``:
-        plateau runs now ``learning`` below ``max_steps`` go back to pending (see the module docstring)."""
+        returns one ``{"id", "labels", "was", "now", "steps", "reopened"}`` per changed or reopened run.
+        ``reopen``: plateau stops below ``max_steps`` that the current rule would train on go back to pending
+        (see the module docstring)."""
         wanted = None if run_ids is None else set(run_ids)
         changes = []
         with self._write() as conn:
@@ -42,10 +62,12 @@ class ReassessMixin:
                 if wanted is not None and row["id"] not in wanted:
                     continue
                 now = convergence_of(row["config"], row.get("history") or [], row.get("evals") or [])
-                if now == row["convergence"]:
-                    continue
-                reopened = (reopen and row["convergence"] == "plateau" and now == "learning"
+                trains_on = now == "learning" or (now == "plateau"
+                                                  and not stops_on_plateau(row.get("evals") or [], _chance(row)))
+                reopened = (reopen and row["convergence"] == "plateau" and trains_on
                             and _continuable(row["config"], row.get("steps")))
+                if now == row["convergence"] and not reopened:
+                    continue
                 if reopened:  # its KV-policy evaluations measured the stopped model: they go too
                     conn.execute("UPDATE runs SET status = 'pending', owner = NULL, convergence = ? WHERE id = ?",
                                  (now, row["id"]))
