@@ -1,21 +1,30 @@
-"""LEM: the paper's equations (z first, y from the new z), forward == step loop, init, bounded states."""
+"""LEM: the paper's equations (z first, y from the new z), forward == step loop (the Python loop and the
+fused C++ kernel), init, bounded states."""
 
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from longrecall.mixers.lem import LEM, LEMState
+from longrecall.ops.cpp import kernel_status
+from longrecall.ops.lem import fused_lem_available
 from longrecall.registry import get_mixer
 
 import mixer_helpers as mh
 from mixer_helpers import F64, random_inputs, seeded
 
 D = 6
+# every forward test runs both recurrences; the kernel's only where it builds (its fallback is tested below)
+IMPL = pytest.mark.parametrize("impl", [
+    "loop", pytest.param("fused", marks=pytest.mark.skipif(not fused_lem_available(),
+                                                           reason=f"C++ kernel not built here: {kernel_status()}"))])
 
 
-def _model(d_hidden=None, dt=0.7, seed=0, d_model=D):
-    return seeded(LEM, d_model, seed=seed, d_hidden=d_hidden, dt=dt)
+def _model(d_hidden=None, dt=0.7, seed=0, d_model=D, impl="auto"):
+    return seeded(LEM, d_model, seed=seed, d_hidden=d_hidden, dt=dt, impl=impl)
 
 
 def _random_state(m, B, seed=3):
@@ -81,25 +90,75 @@ def test_step_equals_the_paper_equations(d_hidden):
         assert (y_exp - _paper_equations(m, x, s0)[0]).abs().max() > 1e-3
 
 
+@IMPL
 @pytest.mark.parametrize("d_hidden", [None, 4])
 @pytest.mark.parametrize("T", [1, 5, 16])
-def test_forward_equals_step_loop(d_hidden, T):
-    m = _model(d_hidden)
+def test_forward_equals_step_loop(d_hidden, T, impl):
+    m = _model(d_hidden, impl=impl)
     x = random_inputs(3, T, D, seed=4)
     for s0 in (m.init_state(3, dtype=F64), _random_state(m, 3)):
         with torch.no_grad():
             mh.assert_parallel_equals_step_loop(m, x, s0, rtol=1e-12, atol=1e-12)
 
 
-def test_gradients_forward_equal_step_loop():
-    m = _model(5)
+@IMPL
+@pytest.mark.parametrize("d_hidden", [None, 5])
+def test_gradients_forward_equal_step_loop(d_hidden, impl):
+    """Outputs' and final state's gradients in every parameter, the input and both initial states: the
+    kernel's hand-written adjoint recurrence against autograd through ``step``."""
+    m = _model(d_hidden, impl=impl)
     x, s0 = random_inputs(2, 8, D, seed=5), _random_state(m, 2)
     mh.assert_grads_match(m, x, s0, seed=6, rtol=1e-10, atol=1e-12, nonzero=True)
 
 
-def test_chunked_forward_equals_whole():
+@pytest.mark.skipif(not fused_lem_available(), reason=f"C++ kernel not built here: {kernel_status()}")
+def test_fused_float32_long_sequence_and_only_the_final_state_used():
+    """float32 over 500 tokens against the loop; a loss on the final z alone (y's outputs unused) still
+    reaches every parameter through the kernel's backward."""
+    torch.manual_seed(0)
+    fused, loop = LEM(8, d_hidden=16, dt=0.5, impl="fused"), LEM(8, d_hidden=16, dt=0.5, impl="loop")
+    loop.load_state_dict(fused.state_dict())
+    x = torch.randn(3, 500, 8)
+    (y_f, s_f), (y_l, s_l) = fused(x), loop(x)
+    torch.testing.assert_close(y_f, y_l, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(s_f.z, s_l.z, rtol=1e-4, atol=1e-5)
+    cell = ("inp2hid", "hid2hid", "transform_z")  # out_proj reads y's outputs only
+    g_f = torch.autograd.grad(s_f.z.sum(), [p for n, p in fused.named_parameters() if n.startswith(cell)])
+    g_l = torch.autograd.grad(s_l.z.sum(), [p for n, p in loop.named_parameters() if n.startswith(cell)])
+    for a, b in zip(g_f, g_l, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+    assert fused(x.bfloat16().float())[0].dtype == torch.float32
+
+
+def test_disabled_kernel_falls_back_to_the_loop():
+    """With LONGRECALL_CPP_KERNELS=0 the default ("auto") runs the step loop, the same function, and
+    impl="fused" says the kernel is unavailable."""
+    code = (
+        "import torch, warnings\n"
+        "warnings.simplefilter('error')\n"
+        "from longrecall.mixers.lem import LEM\n"
+        "torch.manual_seed(0)\n"
+        "m = LEM(6).double(); x = torch.randn(2, 9, 6, dtype=torch.float64)\n"
+        "y, _ = m(x)\n"
+        "torch.testing.assert_close(y, m.step_loop(x, m.init_state(2, dtype=torch.float64))[0])\n"
+        "m.impl = 'fused'\n"
+        "try:\n"
+        "    m(x)\n"
+        "except RuntimeError as error:\n"
+        "    assert 'unavailable' in str(error)\n"
+        "else:\n"
+        "    raise AssertionError('impl=fused ran without its kernel')\n"
+    )
+    env = {**__import__("os").environ, "LONGRECALL_CPP_KERNELS": "0"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+
+
+@IMPL
+def test_chunked_forward_equals_whole(impl):
     with torch.no_grad():
-        mh.assert_chunked_equals_whole(_model(), random_inputs(2, 17, D, seed=7), (6,), rtol=1e-12, atol=1e-12)
+        mh.assert_chunked_equals_whole(_model(impl=impl), random_inputs(2, 17, D, seed=7), (6,), rtol=1e-12,
+                                       atol=1e-12)
 
 
 @pytest.mark.parametrize("dt", [1.0, 0.3])
@@ -133,7 +192,7 @@ def test_step_does_not_mutate_state_and_state_bytes():
 def test_bad_arguments():
     mh.assert_bad_arguments(LEM, [*(({"dt": dt}, "dt") for dt in (0.0, -0.5, 1.5, float("nan"))),
                                   *(({"d_hidden": d_hidden}, "d_hidden") for d_hidden in (0, -3, 2.5)),
-                                  ({"d_model": 0}, "d_model")])
+                                  ({"d_model": 0}, "d_model"), ({"impl": "cuda"}, "impl")])
     m = LEM(4, d_hidden=3)
     with pytest.raises(ValueError, match="d_model"):
         m(torch.zeros(1, 3, 5))

@@ -8,11 +8,14 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from ..ops.lem import fused_lem_available, lem_recurrence_fused
 from ..protocol import Mixer
 from ..registry import register_mixer
-from ..validation import check_int, check_number
+from ..validation import check_choice, check_int, check_number
 
-__all__ = ["LEM", "LEMState"]
+__all__ = ["LEM", "LEMState", "IMPLS"]
+
+IMPLS: tuple[str, ...] = ("auto", "fused", "loop")
 
 
 class LEMState(NamedTuple):
@@ -43,25 +46,30 @@ class LEM(Mixer):
 
     Departures: the output is y_n itself when N = D (no output map, as the paper's layer) and
     ``Linear(N, D)`` (PyTorch's default init) when ``d_hidden`` != D.  Recurrent only: ``_forward`` applies
-    the input maps to the whole sequence at once, then loops over time (the same arithmetic as ``step``).
+    the input maps to the whole sequence at once, then runs the recurrence over time, either as a Python
+    loop of ``_cell`` (the arithmetic of ``step``, the spec) or as one C++ kernel (``ops/lem/fused.py``, the
+    same maths with the adjoint recurrence written by hand; tested against the loop: outputs, final state,
+    gradients).
 
     Args:
         d_model: width D of the input and output.
         d_hidden: hidden width N of y and z (None: N = D, no output projection).
         dt: the maximal time step ``dt`` in (0, 1] (1.0).
+        impl: "auto" (the fused kernel for CPU tensors where it builds, else the loop), "fused" or "loop".
 
     State (:class:`LEMState`): constant in T, y and z ``(B, N)``: ``2 N * 4`` bytes per sequence in float32.
     """
 
     state_growth = "constant"
 
-    def __init__(self, d_model: int, *, d_hidden: int | None = None, dt: float = 1.0):
+    def __init__(self, d_model: int, *, d_hidden: int | None = None, dt: float = 1.0, impl: str = "auto"):
         super().__init__(d_model)
         check_int(d_hidden=d_hidden, allow_none=True)
         check_number("dt", dt, 0, 1, low_open=True)
+        check_choice("impl", impl, IMPLS)
         D = self.d_model
         N = D if d_hidden is None else int(d_hidden)
-        self.d_hidden, self.dt = N, float(dt)
+        self.d_hidden, self.dt, self.impl = N, float(dt), impl
         self.inp2hid = nn.Linear(D, 4 * N)  # V_1, V_2, V_z, V_y
         self.hid2hid = nn.Linear(N, 3 * N)  # W_1, W_2, W_z
         self.transform_z = nn.Linear(N, N)  # W_y
@@ -102,9 +110,22 @@ class LEM(Mixer):
         y, z = self._cell(self.inp2hid(x), state.y, state.z)  # new tensors: the input state is untouched
         return self._output(y), LEMState(y, z)
 
+    def _use_fused(self, x: Tensor) -> bool:
+        if self.impl == "fused":
+            if not fused_lem_available():
+                raise RuntimeError("LEM(impl='fused') needs the C++ kernel, which is unavailable here "
+                                   "(longrecall.ops.cpp.kernel_status() says why); use impl='loop' or 'auto'")
+            return True
+        return self.impl == "auto" and x.device.type == "cpu" and fused_lem_available()
+
     def _forward(self, x: Tensor, state: LEMState) -> tuple[Tensor, LEMState]:
         self._check_state(state, x.shape[0])
         y, z = state
+        if x.shape[1] > 0 and self._use_fused(x):
+            ys, zs = lem_recurrence_fused(self.inp2hid(x), self.hid2hid.weight, self.hid2hid.bias,
+                                          self.transform_z.weight, self.transform_z.bias, y, z, self.dt)  # (B, T, N)
+            # clones: a view would keep the whole (B, T, N) buffers alive in a carried state
+            return self._output(ys), LEMState(ys[:, -1].clone(), zs[:, -1].clone())
         ys = []
         for inp in self.inp2hid(x).unbind(1):  # (B, 4N) per token; unbind keeps backward O(T)
             y, z = self._cell(inp, y, z)
@@ -112,4 +133,4 @@ class LEM(Mixer):
         return self._output(torch.stack(ys, dim=1)), LEMState(y, z)  # (B, T, D)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, d_hidden={self.d_hidden}, dt={self.dt:g}"
+        return f"{super().extra_repr()}, d_hidden={self.d_hidden}, dt={self.dt:g}, impl={self.impl}"
