@@ -366,3 +366,22 @@ def test_mixer_entry_overrides_train_keys_for_itself():
     with pytest.raises(ConfigError, match=r"mixers\[0\].train.bogus"):
         load_spec({"name": "x", "mixers": [{"name": "mamba2", "train": {"bogus": 1}}], "tasks": ["mqar"],
                    "lengths": [64], "widths": [16]}).expand()
+
+
+def test_a_mixer_entry_sets_arguments_to_each_runs_length():
+    """``seq_len_kwargs``: S4's l_max (or a long filter's length) follows each run's T, as Zoology sets
+    ``l_max = input_seq_len``; the label names it "seq_len", so the mixer reads as one row across lengths;
+    a name the mixer does not take, a non-list, or a clash with its kwargs is refused before anything runs."""
+    spec = grid(seeds=[0], widths=[16], mixers=["attention", {"name": "base_conv", "seq_len_kwargs": ["l_max"]}])
+    runs = [r for r in load_spec(spec).expand() if r.labels["mixer"] == "base_conv"]
+    assert sorted((r.labels["seq_len"], r.config.mixer_kwargs["l_max"]) for r in runs) == [(32, 32), (64, 64)]
+    assert all(r.labels["mixer_kwargs"] == {"l_max": "seq_len"} for r in runs)
+    with pytest.raises(ConfigError, match=r"mixers\[0\]\.seq_len_kwargs\.lmax: mixer 'base_conv' does not accept"):
+        load_spec(grid(mixers=[{"name": "base_conv", "seq_len_kwargs": ["lmax"]}]))
+    with pytest.raises(ConfigError, match=r"mixers\[0\]\.seq_len_kwargs must be a list"):
+        load_spec(grid(mixers=[{"name": "base_conv", "seq_len_kwargs": "l_max"}]))
+    with pytest.raises(ConfigError, match=r"mixers\[0\]\.kwargs\.l_max is set by mixers\[0\]\.seq_len_kwargs"):
+        load_spec(grid(mixers=[{"name": "base_conv", "kwargs": {"l_max": 64}, "seq_len_kwargs": ["l_max"]}]))
+    # a value the mixer rejects at some length surfaces too (checked at the longest length)
+    with pytest.raises(ConfigError, match="d_state"):
+        load_spec(grid(mixers=[{"name": "s4", "kwargs": {"d_state": 3}, "seq_len_kwargs": ["l_max"]}]))

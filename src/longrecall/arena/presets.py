@@ -259,8 +259,11 @@ PRESETS["recipe"] = {
 
 
 # Issue 13's comparisons. Arguments that depend on the length (S4's C~ length, the long filters'
-# lengths, MultiresConv's depth) are set to the preset's longest T: one mixer entry serves every
-# length. Each preset's cost on 2 cores is estimated from `docs/bench/train-steps-issue13-2026-12-07/`.
+# lengths, MultiresConv's depth) are set to each run's own T (``seq_len_kwargs``), as Zoology sets
+# ``l_max = input_seq_len`` and as each paper trains at its length; a fixed longest T would make every
+# shorter run compute its kernel at that length (S4 at l_max 4,096 costs about as much at T=277 as at
+# 4,096) and a T just above a power of two double it. Each preset's cost on 2 cores is estimated from
+# `docs/bench/train-steps-issue13-2026-12-07/`.
 ZOOLOGY_TASKS = PRESETS["zoology-mqar"]["spec"]["tasks"]
 ZOOLOGY_TRAIN = PRESETS["zoology-mqar"]["spec"]["train"]
 
@@ -273,8 +276,8 @@ PRESETS["gated-convs"] = {
     # width growing with T (at (256, 16): H3 0.08 -> 0.66, Hyena 0.05 -> 0.68 from width 64 to 512).
     "spec": {
         "name": "gated-convs",
-        "mixers": ["attention", {"name": "base_conv", "kwargs": {"l_max": 256}}, "h3",
-                   {"name": "hyena", "kwargs": {"l_max": 256}}, "rwkv6", "s4d"],
+        "mixers": ["attention", {"name": "base_conv", "seq_len_kwargs": ["l_max"]}, "h3",
+                   {"name": "hyena", "seq_len_kwargs": ["l_max"]}, "rwkv6", "s4d"],
         "tasks": ZOOLOGY_TASKS,
         "widths": [64, 128],
         "seeds": [0],
@@ -292,10 +295,10 @@ LONG_TRAIN = {
 
 # Long Range Arena's ListOps (Tay et al. 2021: depth 10, up to 10 arguments, 500-2,000 tokens) at the
 # lengths a CPU trains: every structured state space and long convolution beside attention and Mamba
-LONG_MIXERS_1K = [
-    "attention", "s4d", "mamba", {"name": "s4", "kwargs": {"l_max": 1024}}, "lssl", "dss", "lru", "h3",
-    {"name": "hyena", "kwargs": {"l_max": 1024}}, {"name": "base_conv", "kwargs": {"l_max": 1024}},
-    {"name": "multires", "kwargs": {"max_len": 1024}}, "lem", "lstm", "gru",
+LONG_MIXERS = [
+    "attention", "s4d", "mamba", {"name": "s4", "seq_len_kwargs": ["l_max"]}, "lssl", "dss", "lru", "h3",
+    {"name": "hyena", "seq_len_kwargs": ["l_max"]}, {"name": "base_conv", "seq_len_kwargs": ["l_max"]},
+    {"name": "multires", "seq_len_kwargs": ["max_len"]}, "lem", "lstm", "gru",
 ]
 
 PRESETS["lra-listops"] = {
@@ -304,7 +307,7 @@ PRESETS["lra-listops"] = {
                    "several hours on 2 cores)",
     "spec": {
         "name": "lra-listops",
-        "mixers": LONG_MIXERS_1K,
+        "mixers": LONG_MIXERS,
         "tasks": [{"task": "listops", "kwargs": {"max_depth": 9, "max_args": 10}}],
         "lengths": [512, 1024],
         "widths": [64],
@@ -322,7 +325,7 @@ PRESETS["delayed-copy"] = {
                    "gru, mamba, width 64 (27 runs, up to 2,000 steps at batch 8; many hours on 2 cores)",
     "spec": {
         "name": "delayed-copy",
-        "mixers": [{"name": "s4", "kwargs": {"l_max": 4096}}, "lssl", "s4d", "dss", "lru", "lem", "lstm", "gru",
+        "mixers": [{"name": "s4", "seq_len_kwargs": ["l_max"]}, "lssl", "s4d", "dss", "lru", "lem", "lstm", "gru",
                    "mamba"],
         "tasks": [{"task": "delayed_copy", "kwargs": {"n_symbols": 10, "alphabet_size": 8}}],
         "lengths": [277, 1045, 4117],

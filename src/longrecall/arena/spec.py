@@ -7,6 +7,7 @@ A spec is written in TOML (or Python, or given as a dict)::
     # a mixer entry may also name the model around its layers (models.MODELS), e.g.
     # { name = "attention", model = "rmt", model_kwargs = { segment_len = 64, num_memory = 8 } },
     # and override train keys for itself: { name = "mamba2", train = { short_conv = 0 } }
+    # and set constructor arguments to each run's length: { name = "s4", seq_len_kwargs = ["l_max"] }
     tasks = [{ task = "mqar", kwargs = { vocab_size = 256, num_kv_pairs = 8 } }]
     lengths = [64, 128]          # each sets the task's seq_len (a task entry may set its own lengths)
     widths = [32, 64]            # d_model
@@ -239,9 +240,13 @@ class ArenaSpec:
         mixers = [self._mixer(i, entry) for i, entry in enumerate(self.mixers)]
         mixer_lrs = [self._lrs(entry["lrs"], f"mixers[{i}].lrs") if own else lrs
                      for i, (entry, own) in enumerate(zip(self.mixers, own_lrs, strict=True))]
-        for i, (name, kwargs) in enumerate(mixers):
-            for j, width in enumerate(widths):
-                build_mixer_check(name, kwargs, width, f"mixers[{i}].kwargs", f"widths[{j}]")
+        longest = max([*lengths, *(max(own) for _, _, own in task_entries if own)], default=None)
+        length_keys = [self._seq_len_kwargs(i, entry, kwargs) for i, (entry, (_, kwargs))
+                       in enumerate(zip(self.mixers, mixers, strict=True))]
+        for i, ((name, kwargs), keys) in enumerate(zip(mixers, length_keys, strict=True)):
+            for j, width in enumerate(widths):  # length-set arguments checked at the longest length
+                build_mixer_check(name, {**kwargs, **dict.fromkeys(keys, longest)}, width, f"mixers[{i}].kwargs",
+                                  f"widths[{j}]")
 
         tasks = []  # (task, user kwargs, {length: resolved kwargs})
         for i, (entry, (task, kwargs, own_lengths)) in enumerate(zip(self.tasks, task_entries, strict=True)):
@@ -284,15 +289,16 @@ class ArenaSpec:
                     raise ConfigError(f"mixers[{i}].train.lr: set a mixer's rates with mixers[{i}].lrs")
                 own = {**own_train, **own}
             models.append(own)
-        grid = ((m, mod, t, length, w, s, lr) for m, mod, m_lrs in zip(mixers, models, mixer_lrs, strict=True)
+        grid = ((m, keys, mod, t, length, w, s, lr)
+                for m, keys, mod, m_lrs in zip(mixers, length_keys, models, mixer_lrs, strict=True)
                 for t in tasks for length in t[2] for w, s, lr in itertools.product(widths, seeds, m_lrs))
-        for (mixer, mkwargs), model, (task, tkwargs, per_length), length, width, seed, lr in grid:
+        for (mixer, mkwargs), keys, model, (task, tkwargs, per_length), length, width, seed, lr in grid:
             values = {
                 **({"lr": lr} if lr is not None else {}),
                 **train,
                 **model,
                 "layers": [mixer] * self.n_layers,
-                "mixer_kwargs": resolve_mixer_kwargs(mixer, mkwargs),
+                "mixer_kwargs": resolve_mixer_kwargs(mixer, {**mkwargs, **dict.fromkeys(keys, length)}),
                 "d_model": width,
                 "task": task,
                 "task_kwargs": per_length[length],
@@ -300,7 +306,9 @@ class ArenaSpec:
             }
             config = make_config(values, f"run (mixer={mixer}, task={task}, seq_len={length}, d_model={width}, "
                                          f"seed={seed})")
-            labels = {"spec": self.name, "mixer": _model_label(config, mixer), "mixer_kwargs": dict(mkwargs),
+            # the label names a length-set argument "seq_len", so one mixer reads as one row across lengths
+            labels = {"spec": self.name, "mixer": _model_label(config, mixer),
+                      "mixer_kwargs": {**mkwargs, **dict.fromkeys(keys, "seq_len")},
                       "task": task, "task_kwargs": dict(tkwargs), "seq_len": length, "d_model": width,
                       "n_layers": self.n_layers, "seed": seed, "lr": config.lr, "loss_on": config.loss_on}
             runs.append(RunSpec(run_id(config), config, labels, self.name))
@@ -310,8 +318,25 @@ class ArenaSpec:
 
     def _mixer(self, i: int, entry: Any) -> tuple[str, dict]:
         name, kwargs = self._entry(f"mixers[{i}]", entry, "name", MIXERS, "mixer",
-                                   extra=("lrs", "model", "model_kwargs", "train"))
-        return name, check_mixer_kwargs(name, kwargs, f"mixers[{i}].kwargs")
+                                   extra=("lrs", "model", "model_kwargs", "train", "seq_len_kwargs"))
+        placeholder = dict.fromkeys(self._seq_len_kwargs(i, entry, kwargs), 1)  # values set per run
+        check_mixer_kwargs(name, placeholder, f"mixers[{i}].seq_len_kwargs")
+        checked = check_mixer_kwargs(name, {**kwargs, **placeholder}, f"mixers[{i}].kwargs")
+        return name, {k: v for k, v in checked.items() if k not in placeholder}
+
+    @staticmethod
+    def _seq_len_kwargs(i: int, entry: Any, kwargs: dict) -> list[str]:
+        """The constructor arguments a mixer entry sets to each run's sequence length (``seq_len_kwargs``):
+        e.g. S4's ``l_max`` or a long convolution's filter length, so that every length trains the
+        mechanism as its paper does at its own training length."""
+        keys = entry.get("seq_len_kwargs", []) if isinstance(entry, dict) else []
+        key = f"mixers[{i}].seq_len_kwargs"
+        if not isinstance(keys, (list, tuple)) or not all(isinstance(k, str) and k for k in keys):
+            raise ConfigError(f"{key} must be a list of the mixer's argument names, got {keys!r}")
+        clash = sorted(set(keys) & set(kwargs))
+        if clash:
+            raise ConfigError(f"mixers[{i}].kwargs.{clash[0]} is set by {key}; remove it from the kwargs")
+        return list(keys)
 
     def _task(self, i: int, entry: Any) -> tuple[str, dict, list[int] | None]:
         """(task, kwargs, its own lengths or None when it runs at the spec's lengths)."""
