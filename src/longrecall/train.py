@@ -198,12 +198,18 @@ def _saved_config(manifest: dict) -> dict | None:
         return manifest.get("config")
 
 
-def train(config: TrainConfig, *, progress: bool | Progress = True, resume: bool = True, log=print) -> dict:
+def train(config: TrainConfig, *, progress: bool | Progress = True, resume: bool = True, log=print,
+          until_step: int | None = None) -> dict:
     """Run training; returns the metrics dict (also written to ``out_dir/metrics.json``).
 
     ``progress``: show a progress bar (True), none (False), or add this run's bar to an existing
     ``rich.progress.Progress`` (the arena shows its grid bar and the current run's bar together).
+    ``until_step``: stop after this step whatever the run would do next, as if interrupted there (the
+    schedule is the config's, so the history is the prefix of the whole run's; ``longrecall reproduce``).
     """
+    if until_step is not None and (isinstance(until_step, bool) or not isinstance(until_step, int)
+                                   or until_step < 1):
+        raise ValueError(f"until_step must be None or a positive int, got {until_step!r}")
     if config.threads:
         torch.set_num_threads(config.threads)
     device = torch.device(config.device)
@@ -262,7 +268,7 @@ def train(config: TrainConfig, *, progress: bool | Progress = True, resume: bool
     if stopped:  # killed after deciding to stop, before writing metrics: nothing left to train
         status = "early_stopped" if stopped == "early_stop" else "done"
     loss_fn = compiled_loss(model, log) if config.compile else model.loss
-    last = horizon(config)
+    last = horizon(config) if until_step is None else min(horizon(config), until_step)
     shared = isinstance(progress, Progress)
     with (contextlib.nullcontext(progress) if shared else Progress(*progress_columns(), disable=not progress)) as bar:
         job = bar.add_task("train", total=last, completed=start_step, info="")

@@ -1,16 +1,15 @@
-"""The ``longrecall`` command, one file per subcommand: ``ls | check | train | arena | report | export | bench |
-kv-eval | memory-eval``."""
+"""The ``longrecall`` command, one file per subcommand: ``ls | check | train | arena | report | export |
+reproduce | bench | kv-eval | memory-eval``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from . import arena, bench, check, export, kv_eval, ls, memory_eval, report, train
+from . import arena, bench, check, export, kv_eval, ls, memory_eval, report, reproduce, train
 
 SUBCOMMANDS = {"ls": ls, "check": check, "train": train, "arena": arena, "report": report, "export": export,
-               "bench": bench, "kv-eval": kv_eval,
-               "memory-eval": memory_eval}
+               "reproduce": reproduce, "bench": bench, "kv-eval": kv_eval, "memory-eval": memory_eval}
 
 
 def build_parser() -> argparse.ArgumentParser:
