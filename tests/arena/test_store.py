@@ -390,3 +390,14 @@ def test_a_diverged_run_is_stored_as_a_result_with_its_status(tmp_path, monkeypa
     assert row["status"] == "done" and row["convergence"] == "diverged" and row["train_status"] == "diverged"
     assert "loss is nan at step 4" in row["error"]
     assert row["steps"] == 4 and row["metrics"]["accuracy"] is not None  # its step-3 evaluation
+
+
+def test_reset_stale_puts_interrupted_runs_back_at_their_place_in_the_queue(store):
+    """What the arena does at start: runs a killed arena left running are claimed again before the
+    pending runs queued after them (insertion order is the queue: largest first)."""
+    runs = specs(1)[:3]
+    store.add_runs(runs)
+    dead = f"{socket.gethostname()}:{dead_pid()}"
+    assert store.next_pending(owner=dead)["id"] == runs[0].id  # interrupted by the kill
+    assert store.reset_stale() == 1
+    assert [store.next_pending()["id"] for _ in range(3)] == [r.id for r in runs]

@@ -63,6 +63,13 @@ def run_arena(
     plan = arena_spec.policy_plan
     with Store.open(store) as db:
         added = db.add_runs(longest_first(runs))  # workers claim in insertion order
+        # runs an earlier, killed arena left half-trained go back to the queue at their place (they were
+        # claimed first, so they resume first, from their checkpoints); within this arena, a run whose
+        # worker dies is retried only after every pending run (a run that kills its worker cannot
+        # block the rest)
+        interrupted = db.reset_stale()
+        if interrupted:
+            console.print(f"{interrupted} run(s) interrupted by an earlier arena resume first, from their checkpoints")
         if reassess:
             for change in db.reassess(ids, reopen=True):
                 what = "continued from its checkpoint" if change["reopened"] else "relabelled"
