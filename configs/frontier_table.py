@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import argparse
 
+from table_cells import cell as cell_text
+
 from longrecall.arena.store import Store
 from longrecall.report import leaderboard, policy_leaderboard
 from longrecall.report.tables import fmt_bytes
-
-LETTER = {"converged": "C", "learning": "L", "plateau": "P", "diverged": "D"}
 
 
 def main(path: str, width: int) -> None:
@@ -30,8 +30,7 @@ def main(path: str, width: int) -> None:
     order = list(dict.fromkeys(r["mixer"] for r in sorted(rows, key=lambda r: r["state_bytes"] or 0)))
     cell, state = {}, {}
     for r in rows:
-        status = LETTER.get(r["convergence"], r["convergence"])
-        cell[(r["mixer"], r["d_model"])] = f"{r['accuracy']:.3f} {status} ({r['lr']:.0e}, {r['steps']:,.0f})"
+        cell[(r["mixer"], r["d_model"])] = cell_text(r, f"{r['lr']:.0e}, {r['steps']:,.0f}")
         state[(r["mixer"], r["d_model"])] = fmt_bytes(r["state_bytes"])
     head = ["mixer", *[f"D={w}" for w in widths], "state per sequence (" + " / ".join(f"D={w}" for w in widths) + ")"]
     print("| " + " | ".join(head) + " |")

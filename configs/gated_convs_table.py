@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import argparse
 
-from longrecall.arena.store import Store
-from longrecall.report import leaderboard
+from table_cells import base_name, cell, leaderboard_of
 
-LETTER = {"converged": "C", "learning": "L", "plateau": "P", "diverged": "D"}
 SHAPES = [(64, 4), (128, 8), (256, 16)]
 ORDER = ["attention", "base_conv", "h3", "hyena", "rwkv6", "s4d"]
 # Zoology Figure 2, widths 64 -> 512 (read from the plot; "~1.0": attention at every width)
@@ -32,21 +30,14 @@ ZOOLOGY = {
 RATES = 2
 
 
-def base_name(mixer: str) -> str:
-    return mixer.split("(")[0]
-
-
 def main(path: str) -> None:
-    with Store.open(path, create=False) as store:
-        records = store.runs()
-    rows = leaderboard(records)
+    rows = leaderboard_of(path)
     widths = sorted({r["d_model"] for r in rows}) or [64, 128]
-    cell = {}
+    cells = {}
     for r in rows:
-        status = LETTER.get(r["convergence"], r["convergence"])
         partial = "" if len(r["lrs"]) >= RATES else ", 1 of 2 rates"
-        cell[(base_name(r["mixer"]), r["seq_len"], r["d_model"])] = (
-            f"{r['accuracy']:.3f} {status} ({r['lr']:.0e}, {r['steps']:,.0f}{partial})")
+        details = f"{r['lr']:.0e}, {r['steps']:,.0f}{partial}"
+        cells[(base_name(r["mixer"]), r["seq_len"], r["d_model"])] = cell(r, details)
     head = ["mixer"]
     for seq_len, pairs in SHAPES:
         head += [f"({seq_len}, {pairs}) D={w}" for w in widths]
@@ -57,7 +48,7 @@ def main(path: str) -> None:
     for mixer in ORDER:
         line = [mixer]
         for seq_len, pairs in SHAPES:
-            line += [cell.get((mixer, seq_len, w), "") for w in widths]
+            line += [cells.get((mixer, seq_len, w), "") for w in widths]
             if (seq_len, pairs) in ZOOLOGY:
                 line.append(ZOOLOGY[(seq_len, pairs)].get(mixer, "-"))
         print("| " + " | ".join(line) + " |")

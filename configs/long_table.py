@@ -8,9 +8,9 @@ convergence status (C converged at 0.99, L still learning when the step cap ende
 diverged) and the steps run; an empty cell is a run not finished yet. The last columns are the state
 each model carries per sequence at the longest length (both layers) and, for ListOps, the accuracy
 the field reports on Long Range Arena's ListOps (../shared/reference/libraries_and_benchmarks.md section
-4.4; "-" where that table has no row: Mamba's authors never ran LRA): 96,000 training sequences of up to 2,000 tokens, tens of
-epochs, tuned models, against at most 2,000 steps of batch 16 at 512 and 1,024 tokens here. They give
-the ranking the field reports, not a number to match.
+4.4; "-" where that table has no row: Mamba's authors never ran LRA): 96,000 training sequences of up
+to 2,000 tokens, tens of epochs, tuned models, against at most 2,000 steps of batch 16 at 512 and 1,024
+tokens here. They give the ranking the field reports, not a number to match.
 """
 
 from __future__ import annotations
@@ -18,35 +18,27 @@ from __future__ import annotations
 import argparse
 import math
 
-from longrecall.arena.store import Store
-from longrecall.report import leaderboard
+from table_cells import base_name, cell, leaderboard_of
+
 from longrecall.report.tables import fmt_bytes
 
-LETTER = {"converged": "C", "learning": "L", "plateau": "P", "diverged": "D"}
 # LRA ListOps test accuracy (%), as published (- : not reported on LRA by its authors)
 LISTOPS_PUBLISHED = {"attention": "36.37 (Transformer)", "s4": "59.60 (S4-LegS)", "s4d": "60.47 (S4D-LegS)",
                      "lru": "60.2"}
 
 
-def base_name(mixer: str) -> str:
-    return mixer.split("(")[0]
-
-
 def main(path: str) -> None:
-    with Store.open(path, create=False) as store:
-        records = store.runs()
-    rows = leaderboard(records)
+    rows = leaderboard_of(path)
     if not rows:
         print("no finished runs in", path)
         return
     tasks = sorted({r["task"] for r in rows})
     lengths = sorted({r["seq_len"] for r in rows})
     longest = lengths[-1]
-    cell, state, score = {}, {}, {}
+    cells, state, score = {}, {}, {}
     for r in rows:
         mixer = base_name(r["mixer"])
-        status = LETTER.get(r["convergence"], r["convergence"])
-        cell[(mixer, r["seq_len"])] = f"{r['accuracy']:.3f} {status} ({r['steps']:,.0f})"
+        cells[(mixer, r["seq_len"])] = cell(r, f"{r['steps']:,.0f}")
         if r["seq_len"] == longest:
             state[mixer] = fmt_bytes(r["state_bytes"])
             score[mixer] = r["accuracy"] if math.isfinite(r["accuracy"]) else -1.0
@@ -57,7 +49,7 @@ def main(path: str) -> None:
     print("| " + " | ".join(head) + " |")
     print("|---|" + "---:|" * (len(head) - 1))
     for mixer in mixers:
-        line = [mixer, *[cell.get((mixer, t), "") for t in lengths], state.get(mixer, "")]
+        line = [mixer, *[cells.get((mixer, t), "") for t in lengths], state.get(mixer, "")]
         line += [LISTOPS_PUBLISHED.get(mixer, "-")] if published else []
         print("| " + " | ".join(line) + " |")
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 
+from table_cells import LETTER
+
 from longrecall.arena.store import Store
 from longrecall.report.recipes import recipe_table
-
-LETTER = {"converged": "C", "learning": "L", "plateau": "P", "diverged": "D"}
 
 
 def main() -> None:
