@@ -8,6 +8,7 @@ import pytest
 
 from longrecall.convergence import (
     MIN_ACCURACY_GAIN,
+    NEAR_CHANCE_MARGIN,
     NEAR_CHANCE_MULTIPLE,
     RULE_VERSION,
     STATUSES,
@@ -121,3 +122,11 @@ def test_a_plateau_near_chance_may_not_stop_early():
     # a task without a chance accuracy keeps version 2's stops
     assert stops_on_plateau(low, None) and assess(history(FLAT), low, 0.99)["near_chance"] is False
     assert not near_chance([], chance)
+
+
+def test_near_chance_on_a_few_class_task_is_a_margin_not_a_multiple():
+    """A yes/no task (chance 0.5): 5x chance would be every accuracy; the margin keeps "near" to 0.55."""
+    flat = evals([(100, 0.5), (200, 0.52), (300, 0.51)])
+    assert near_chance(flat, 0.5)
+    assert not near_chance(evals([(100, 0.5), (200, 0.5 + NEAR_CHANCE_MARGIN)]), 0.5)
+    assert not near_chance(evals([(100, 0.45)]), 0.1)  # ListOps at 0.45 has left 0.1 (not 5x of it)

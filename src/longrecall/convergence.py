@@ -39,7 +39,8 @@ plateau near chance stays a lower bound, as the status list above says.
 
 Version 3 keeps the statuses and changes when a run may stop on one: a ``plateau`` whose held-out
 accuracy has never left chance (best below ``NEAR_CHANCE_MULTIPLE`` times the task's chance accuracy,
-``Task.chance_accuracy``) trains on to ``max_steps`` (:func:`stops_on_plateau`). Near chance the trend
+``Task.chance_accuracy``, and below chance plus ``NEAR_CHANCE_MARGIN``, which decides for tasks with few
+classes, e.g. 0.55 for a yes/no task) trains on to ``max_steps`` (:func:`stops_on_plateau`). Near chance the trend
 cannot separate MQAR's pre-transition plateau from a capacity limit: of the 56 plateau stops in the
 frontier, recipe and hybrids stores, 53 had never passed 4.8x chance, the three slow starters above among
 them; the other three (a window at 0.81, linear attention at 0.93, DeltaNet at 0.97) sat far above it. A run at
@@ -56,7 +57,8 @@ import math
 from typing import Sequence
 
 __all__ = ["STATUSES", "CONVERGED_STATUSES", "status", "assess", "near_chance", "stops_on_plateau",
-           "WINDOW_FRACTION", "MIN_ACCURACY_GAIN", "MIN_LOSS_DROP", "NEAR_CHANCE_MULTIPLE", "DIVERGED_LOSS_RATIO",
+           "WINDOW_FRACTION", "MIN_ACCURACY_GAIN", "MIN_LOSS_DROP", "NEAR_CHANCE_MULTIPLE", "NEAR_CHANCE_MARGIN",
+           "DIVERGED_LOSS_RATIO",
            "RULE_VERSION"]
 
 STATUSES = ("converged", "learning", "plateau", "diverged")
@@ -66,6 +68,7 @@ WINDOW_FRACTION = 0.25  # "the last part of training": its last quarter of steps
 MIN_ACCURACY_GAIN = 0.005  # absolute held-out accuracy gained within that window (version 1: 0.01)
 MIN_LOSS_DROP = 0.01  # relative fall of the mean training loss, previous window -> last window (version 1: 0.02)
 NEAR_CHANCE_MULTIPLE = 5.0  # "never left chance": best held-out accuracy below this multiple of chance (version 3)
+NEAR_CHANCE_MARGIN = 0.05  # ... and below chance + this (binding where chance is above 1/80: few-class tasks)
 RULE_VERSION = 3  # bumped whenever a threshold changes (see the module docstring); in every assess() result
 DIVERGED_LOSS_RATIO = 2.0  # final window's mean loss above this multiple of the best window's mean
 
@@ -83,12 +86,12 @@ def _window_means(history: Sequence[dict], start: int, end: int) -> float | None
 
 
 def near_chance(evals: Sequence[dict], chance: float | None) -> bool:
-    """Whether every held-out accuracy so far is below ``NEAR_CHANCE_MULTIPLE`` x ``chance`` (False when
-    the task has no chance accuracy or there is no evaluation)."""
+    """Whether every held-out accuracy so far is below ``min(NEAR_CHANCE_MULTIPLE * chance, chance +
+    NEAR_CHANCE_MARGIN)`` (False when the task has no chance accuracy or there is no evaluation)."""
     if not _finite(chance) or chance <= 0:
         return False
     accs = [e.get("accuracy") for e in evals if _finite(e.get("accuracy"))]
-    return bool(accs) and max(accs) < NEAR_CHANCE_MULTIPLE * chance
+    return bool(accs) and max(accs) < min(NEAR_CHANCE_MULTIPLE * chance, chance + NEAR_CHANCE_MARGIN)
 
 
 def stops_on_plateau(evals: Sequence[dict], chance: float | None) -> bool:

@@ -127,8 +127,8 @@ CONVERGENCE_HOW_TO_READ = (
     "the memory frontier's Pareto front runs through converged points only. 'plateau' may be the memory's "
     "capacity or a training plateau (MQAR is learned in an abrupt transition after a long plateau); telling "
     "them apart needs a longer run or another learning rate. A run whose accuracy never left chance (best "
-    "below 5x the task's chance accuracy) is not stopped on a plateau before its step cap (convergence rule "
-    "version 3), so its plateau is the whole budget's."
+    "below 5x the task's chance accuracy, and below chance + 0.05) is not stopped on a plateau before its step "
+    "cap (convergence rule version 3), so its plateau is the whole budget's."
 )
 
 CSS = """

@@ -87,6 +87,10 @@ class Copy(Task):
     def vocab_size(self) -> int:
         return self.alphabet_size + 2
 
+    def chance_accuracy(self) -> float:
+        """A uniform guess among the letters."""
+        return 1.0 / self.alphabet_size
+
     def build(self, n: int, seed: int) -> Batch:
         check_positive(n=n)
         g = self.generator(seed)

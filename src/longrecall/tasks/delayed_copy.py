@@ -94,6 +94,10 @@ class DelayedCopy(Task):
     def recall_token(self) -> int:
         return self.alphabet_size + 1
 
+    def chance_accuracy(self) -> float:
+        """A uniform guess among the symbols (the memoryless baseline of Arjovsky et al. guesses the same way)."""
+        return 1.0 / self.alphabet_size
+
     def build(self, n: int, seed: int) -> Batch:
         check_positive(n=n)
         g = self.generator(seed)

@@ -96,6 +96,10 @@ class FactUpdate(Task):
     def n_events(self) -> int:
         return self.n_keys + self.n_updated_keys * self.n_updates
 
+    def chance_accuracy(self) -> float:
+        """A uniform guess among the values (drawn from [V/2, V))."""
+        return 1.0 / (self.vocab_size - self.vocab_size // 2)
+
     def build(self, n: int, seed: int) -> Batch:
         check_positive(n=n)
         g = self.generator(seed)

@@ -70,6 +70,10 @@ class Induction(Task):
     def trigger(self) -> int:
         return self.vocab_size - 1
 
+    def chance_accuracy(self) -> float:
+        """A uniform guess among the ordinary tokens."""
+        return 1.0 / (self.vocab_size - 1)
+
     def build(self, n: int, seed: int) -> Batch:
         check_positive(n=n)
         g = self.generator(seed)

@@ -215,6 +215,10 @@ class ListOps(Task):
             f"(max_depth={self.max_depth}, max_args={self.max_args}); lower min_length or raise max_depth/max_args"
         )
 
+    def chance_accuracy(self) -> float:
+        """A uniform guess among the ten values (the most frequent value is more common than that)."""
+        return 0.1
+
     def build(self, n: int, seed: int) -> Batch:
         check_positive(n=n)
         self.generator(seed)  # validates the seed; generation uses its own local random.Random

@@ -90,6 +90,10 @@ class MultiHop(Task):
     def n_facts(self) -> int:
         return self.n_chains * self.n_hops
 
+    def chance_accuracy(self) -> float:
+        """A uniform guess among all entities (a guess among the chain ends does better: 1 / n_chains)."""
+        return 1.0 / (self.vocab_size - 3)
+
     def build(self, n: int, seed: int) -> Batch:
         check_positive(n=n)
         g = self.generator(seed)

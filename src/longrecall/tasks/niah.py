@@ -145,6 +145,10 @@ class NIAH(Task):
         return self.needle_len
 
     # ------------------------------------------------------------------ generation
+    def chance_accuracy(self) -> float:
+        """A uniform guess among the value tokens, per scored token."""
+        return 1.0 / self.n_value_tokens
+
     def build(self, n: int, seed: int) -> Batch:
         check_positive(n=n)
         g = self.generator(seed)

@@ -96,6 +96,10 @@ class OrderRecall(Task):
     def context_len(self) -> int:
         return self.seq_len - 2 * self.excerpt_length - 3
 
+    def chance_accuracy(self) -> float:
+        """FIRST or SECOND: a coin flip."""
+        return 0.5
+
     def build(self, n: int, seed: int) -> Batch:
         check_positive(n=n)
         g = self.generator(seed)

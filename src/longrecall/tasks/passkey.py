@@ -108,6 +108,10 @@ class Passkey(Task):
     def depths(self) -> list[float]:
         return [float(d) for d in (self.depth if isinstance(self.depth, (list, tuple)) else [self.depth])]
 
+    def chance_accuracy(self) -> float:
+        """A uniform guess among the ten digits, per scored digit."""
+        return 0.1
+
     def build(self, n: int, seed: int) -> Batch:
         check_positive(n=n)
         g = self.generator(seed)

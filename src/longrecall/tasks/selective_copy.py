@@ -79,6 +79,10 @@ class SelectiveCopy(Task):
     def marker(self) -> int:
         return self.alphabet_size + 1
 
+    def chance_accuracy(self) -> float:
+        """A uniform guess among the data tokens."""
+        return 1.0 / self.alphabet_size
+
     def build(self, n: int, seed: int) -> Batch:
         check_positive(n=n)
         g = self.generator(seed)

@@ -98,6 +98,10 @@ class SetDisjointness(Task):
                                 "(seq_len = short_size + long_size + 3, long_size >= short_size)", repr(seq_len))
         return {"long_size": seq_len - short - 3}
 
+    def chance_accuracy(self) -> float:
+        """YES or NO, balanced: a coin flip."""
+        return 0.5
+
     def build(self, n: int, seed: int) -> Batch:
         check_positive(n=n)
         g = self.generator(seed)
