@@ -45,8 +45,9 @@ def test_a_stored_run_reproduces_bit_for_bit(store, capsys):
     run = ids(store)[0]
     assert main(["reproduce", str(store), run[:6], "--steps", "3", "--no-progress"]) == 0
     assert main(["reproduce", str(store), run, "--no-progress"]) == 0  # the whole run, every evaluation
+    assert main(["reproduce", str(store), run, "--steps", "2", "--device", "cpu", "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert out.count("reproduced") == 2 and "NOT" not in out and "largest difference 0" in out
+    assert out.count("reproduced") == 3 and "NOT" not in out and "largest difference 0" in out
 
 
 def test_a_changed_history_is_not_reproduced(store, tmp_path, capsys):

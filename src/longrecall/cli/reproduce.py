@@ -67,7 +67,8 @@ def run(args) -> int:
             record = _match_run([r for r in store.runs() if r.get("status") == "done"], args.run_id)
         if args.steps is not None and args.steps < 1:
             raise ValueError(f"--steps must be a positive int, got {args.steps}")
-        config = TrainConfig(**{**record["config"], "out_dir": None})
+        config = TrainConfig(**{**record["config"], "out_dir": None,
+                                **({"device": args.device} if args.device else {})})
     except (StoreError, FileNotFoundError, ValueError, TypeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -108,5 +109,7 @@ def add_parser(sub) -> None:
     p.add_argument("--steps", type=int, help="compare the first N steps only (default: the whole stored run)")
     p.add_argument("--atol", type=float, default=0.0,
                    help="largest difference that counts as equal (default 0: bit for bit)")
+    p.add_argument("--device", help="train on this device instead of the stored run's (e.g. cpu for a run trained "
+                   "on cuda; then expect differences and set --atol)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
