@@ -1,6 +1,16 @@
 """Rows for the results store's tests, shared by tests/arena and tests/report. Imported by its bare name,
 ``from store_helpers import evaluation_row`` (see tests/conftest.py)."""
 
+import subprocess
+import sys
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited (an owner the store must treat as dead)."""
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
 
 def evaluation_row(**overrides) -> dict:
     """A ``memory-eval`` row of the store's ``evaluations`` table, with ``overrides`` applied."""

@@ -6,10 +6,9 @@ import multiprocessing
 import os
 import socket
 import sqlite3
-import subprocess
-import sys
 
 import pytest
+from store_helpers import dead_pid
 
 from longrecall.arena.spec import load_spec
 from longrecall.arena.store import SCHEMA_VERSION, Store, StoreError, code_version, default_owner
@@ -34,12 +33,6 @@ def fake_metrics(config: dict, accuracy: float = 0.75) -> dict:
             "train_tokens_per_second": 321.0,
             "final_eval": final, "evals": [final], "history": [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}],
             "versions": {"longrecall": "0.1.0", "torch": "9.9.9"}}
-
-
-def dead_pid() -> int:
-    process = subprocess.Popen([sys.executable, "-c", "pass"])
-    process.wait()
-    return process.pid
 
 
 @pytest.fixture

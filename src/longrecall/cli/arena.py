@@ -29,6 +29,8 @@ def run(args) -> int:
     if args.preset is not None and args.preset not in PRESETS:
         print(f"error: --preset: unknown preset {args.preset!r}; available: {', '.join(PRESETS)}", file=sys.stderr)
         return 2
+    if args.status:
+        return _status(args)
     if args.executor not in EXECUTORS:
         print(f"error: --executor must be one of {', '.join(EXECUTORS)}", file=sys.stderr)
         return 2
@@ -47,6 +49,27 @@ def run(args) -> int:
     return 0 if summary["counts"]["failed"] == 0 else 1
 
 
+def _status(args) -> int:
+    """``--status``: where the spec's runs stand in the store (arena.progress); runs nothing."""
+    from pathlib import Path
+
+    from ..arena.arena import resolve_spec
+    from ..arena.progress import arena_progress, format_progress
+    from ..arena.store import StoreError
+
+    if not Path(args.store).exists():
+        print(f"error: --store {args.store!r} does not exist (the arena creates it when it starts)", file=sys.stderr)
+        return 2
+    try:
+        spec = resolve_spec(args.preset or args.spec)
+        progress = arena_progress(args.store, [run.id for run in spec.expand()])
+    except (ConfigError, StoreError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(progress, indent=2) if args.json else format_progress(progress))
+    return 0
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "arena",
@@ -60,6 +83,7 @@ def add_parser(sub) -> None:
             "  longrecall arena my_grid.toml --executor process --workers 2\n"
             "  longrecall arena my_grid.toml --executor ray --ray-address auto\n"
             "  longrecall arena --list-presets\n"
+            "  longrecall arena --preset gated-convs --store runs/gated-convs.db --status   (where its runs stand)\n"
             "\na spec file (TOML):\n"
             '  name = "mine"\n  mixers = ["attention", {name = "mamba", kwargs = {d_state = 8}}]\n'
             '  tasks = [{task = "mqar", kwargs = {vocab_size = 256, num_kv_pairs = 8}}]\n'
@@ -86,8 +110,11 @@ def add_parser(sub) -> None:
                    help="run failed runs again (and failed or skipped policy evaluations)")
     p.add_argument("--reassess", action="store_true",
                    help="recompute the convergence status of finished runs under the current rule and continue, "
-                        "from their checkpoints, those an earlier rule stopped on a plateau that it finds still "
-                        "learning (convergence.RULE_VERSION)")
+                        "from their checkpoints, those an earlier rule stopped on a plateau where it would not "
+                        "stop them: still learning, or near chance (convergence.RULE_VERSION)")
+    p.add_argument("--status", action="store_true",
+                   help="run nothing: print where the spec's runs stand in the store (done, running, interrupted, "
+                        "pending; steps trained from their checkpoints; accuracy; convergence)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(run=run)
