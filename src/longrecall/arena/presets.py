@@ -294,7 +294,9 @@ LONG_TRAIN = {
 }
 
 # Long Range Arena's ListOps (Tay et al. 2021: depth 10, up to 10 arguments, 500-2,000 tokens) at the
-# lengths a CPU trains: every structured state space and long convolution beside attention and Mamba
+# lengths a CPU trains: every structured state space and long convolution beside attention and Mamba,
+# except STU, whose exact parameterisation (a D x D matrix per spectral filter, 48 of them) makes its
+# training step 11x attention's (docs/bench/train-steps-issue13-2026-12-07/): hours per run at T=1,024
 LONG_MIXERS = [
     "attention", "s4d", "mamba", {"name": "s4", "seq_len_kwargs": ["l_max"]}, "lssl", "dss", "lru", "h3",
     {"name": "hyena", "seq_len_kwargs": ["l_max"]}, {"name": "base_conv", "seq_len_kwargs": ["l_max"]},
