@@ -10,9 +10,9 @@ from longrecall.contract import assert_close
 from longrecall.mixers.deltanet import DeltaNet, DeltaNetState
 from longrecall.modules import delta_rule_step, l2norm
 from longrecall.ops.linear_attn import delta_rule, linear_attn
-from longrecall.protocol import state_clone
 from longrecall.registry import get_mixer
 
+import mixer_helpers as mh
 from mixer_helpers import F64, rand_x_for, seeded
 
 D_MODEL = 16
@@ -101,12 +101,7 @@ def test_step_loop_equals_forward(impl, use_gate):
 
 @pytest.mark.parametrize("k", [1, 2, 5, 8])  # k < conv_size - 1 checks the conv buffers' carry-over
 def test_split_forward_equals_whole(k):
-    model, x = make(), rand_x()
-    y, state = model(x)
-    y1, s1 = model(x[:, :k])
-    y2, s2 = model(x[:, k:], s1)
-    torch.testing.assert_close(torch.cat([y1, y2], 1), y, rtol=1e-10, atol=1e-10)
-    assert_close(s2, state, "state", atol=1e-10, rtol=1e-10)
+    mh.assert_chunked_equals_whole(make(), rand_x(), (k,), rtol=1e-10, atol=1e-10)
 
 
 def test_matches_a_transcription_of_the_reference_layer():
@@ -163,10 +158,7 @@ def test_chunked_and_naive_train_alike():
 def test_no_state_mutation_and_state_bytes():
     model, x = make(), rand_x(batch=3)
     _, state = model(x)
-    before = state_clone(state)
-    model.step(x[:, 0], state)
-    model(x, state)
-    assert_close(state, before, "state", atol=0, rtol=0)
+    mh.assert_step_and_forward_keep_state(model, state, x[:, 0], x)
     assert isinstance(state, DeltaNetState)
     H, K, V, W1 = 2, 8, 8, 3
     assert model.state_bytes(state) == 3 * (H * K * V * 8 + (2 * H * K + H * V) * W1 * 8)

@@ -12,9 +12,9 @@ from longrecall.contract import assert_close
 from longrecall.mixers.deltanet import DeltaNet
 from longrecall.mixers.gated_deltanet import GatedDeltaNet, GatedDeltaNetState
 from longrecall.modules import delta_rule_step
-from longrecall.protocol import state_clone
 from longrecall.registry import get_mixer
 
+import mixer_helpers as mh
 from mixer_helpers import F64, rand_x_for, seeded
 
 D_MODEL = 16
@@ -95,12 +95,7 @@ def test_step_loop_equals_forward(impl, use_gate):
 
 @pytest.mark.parametrize("k", [1, 2, 5, 8])
 def test_split_forward_equals_whole(k):
-    model, x = make(), rand_x()
-    y, state = model(x)
-    y1, s1 = model(x[:, :k])
-    y2, s2 = model(x[:, k:], s1)
-    torch.testing.assert_close(torch.cat([y1, y2], 1), y, rtol=1e-10, atol=1e-10)
-    assert_close(s2, state, "state", atol=1e-10, rtol=1e-10)
+    mh.assert_chunked_equals_whole(make(), rand_x(), (k,), rtol=1e-10, atol=1e-10)
 
 
 def test_parameter_layout_is_fla():
@@ -117,10 +112,7 @@ def test_parameter_layout_is_fla():
 def test_no_state_mutation_and_state_bytes():
     model, x = make(), rand_x(batch=3)
     _, state = model(x)
-    before = state_clone(state)
-    model.step(x[:, 0], state)
-    model(x, state)
-    assert_close(state, before, "state", atol=0, rtol=0)
+    mh.assert_step_and_forward_keep_state(model, state, x[:, 0], x)
     assert isinstance(state, GatedDeltaNetState)
     H, K, V, W1 = 2, 6, 12, 3  # K = int(0.75 * 16) // 2
     assert model.state_bytes(state) == 3 * (H * K * V * 8 + (2 * H * K + H * V) * W1 * 8)

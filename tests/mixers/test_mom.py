@@ -19,9 +19,9 @@ from longrecall.mixers.mom import (
     shifted_products,
 )
 from longrecall.modules import ShortConvolution
-from longrecall.protocol import state_clone
 from longrecall.registry import get_mixer
 
+import mixer_helpers as mh
 from mixer_helpers import F64, rand_x_for, seeded
 
 D_MODEL = 16
@@ -142,12 +142,7 @@ def test_step_loop_equals_forward(impl, kwargs):
 
 @pytest.mark.parametrize("k", [1, 2, 5, 8])  # short splits: a memory may get fewer than conv_size - 1 tokens
 def test_split_forward_equals_whole(k):
-    model, x = make(), rand_x()
-    y, state = model(x)
-    y1, s1 = model(x[:, :k])
-    y2, s2 = model(x[:, k:], s1)
-    torch.testing.assert_close(torch.cat([y1, y2], 1), y, rtol=1e-10, atol=1e-10)
-    assert_close(s2, state, "state", atol=1e-10, rtol=1e-10)
+    mh.assert_chunked_equals_whole(make(), rand_x(), (k,), rtol=1e-10, atol=1e-10)
 
 
 def test_one_memory_is_gated_deltanet():
@@ -178,10 +173,7 @@ def test_gradients_reach_every_parameter_and_match_across_impls():
 def test_no_state_mutation_and_state_bytes():
     model, x = make(), rand_x(batch=3)
     _, state = model(x)
-    before = state_clone(state)
-    model.step(x[:, 0], state)
-    model(x, state)
-    assert_close(state, before, "state", atol=0, rtol=0)
+    mh.assert_step_and_forward_keep_state(model, state, x[:, 0], x)
     Mt, H, K, V, W1 = 5, 2, 4, 8, 3  # K = (16 // 2) // 2
     assert model.state_bytes(state) == 3 * (Mt * H * K * V * 8 + (H * K + Mt * H * K + Mt * H * V) * W1 * 8)
     m32 = MoM(64)
