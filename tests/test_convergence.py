@@ -129,4 +129,15 @@ def test_near_chance_on_a_few_class_task_is_a_margin_not_a_multiple():
     flat = evals([(100, 0.5), (200, 0.52), (300, 0.51)])
     assert near_chance(flat, 0.5)
     assert not near_chance(evals([(100, 0.5), (200, 0.5 + NEAR_CHANCE_MARGIN)]), 0.5)
-    assert not near_chance(evals([(100, 0.45)]), 0.1)  # ListOps at 0.45 has left 0.1 (not 5x of it)
+    assert not near_chance(evals([(100, 0.45)]), 0.1)  # 0.45 has left a chance of 0.1 (not 5x of it)
+
+
+def test_near_chance_allows_an_evaluations_noise():
+    """Scored on 256 answers, a yes/no guesser's accuracy has a standard error of 0.031: 0.58 is noise
+    there (three errors: 0.594), but not on 10,000 answers (the 0.05 margin then decides)."""
+    def at(accuracy, scored):
+        return [{"step": 100, "accuracy": accuracy, "scored": scored}]
+
+    assert near_chance(at(0.58, 256), 0.5) and not near_chance(at(0.60, 256), 0.5)
+    assert not near_chance(at(0.58, 10_000), 0.5)
+    assert not near_chance(at(0.5, 256), 1.0) and not near_chance(at(0.5, 256), 0.0)  # no chance to leave

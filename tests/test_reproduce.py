@@ -73,3 +73,33 @@ def test_bad_input_names_what_is_wrong(store, tmp_path, capsys):
     assert main(["reproduce", str(store), ids(store)[0], "--steps", "0"]) == 2
     assert "--steps" in capsys.readouterr().err
     assert main(["reproduce", str(tmp_path / "missing.db"), "abc"]) == 2
+
+
+def test_a_diverged_run_reproduces_its_divergence(tmp_path, monkeypatch, capsys):
+    """A run stored as diverged is trained again up to where its loss blows up, and compared there."""
+    import longrecall.train as train_module
+
+    real = train_module.make_model
+
+    def diverging(config, vocab_size):  # the loss turns NaN at the third training step
+        model = real(config, vocab_size)
+        loss, calls = model.loss, {"n": 0}
+
+        def nan_from_the_third_step(*args, **kwargs):
+            out = loss(*args, **kwargs)
+            calls["n"] += model.training
+            return (out[0] * float("nan"), *out[1:]) if model.training and calls["n"] >= 3 else out
+
+        model.loss = nan_from_the_third_step
+        return model
+
+    monkeypatch.setattr(train_module, "make_model", diverging)
+    path = tmp_path / "d.db"
+    run_arena({**SPEC, "mixers": ["attention"]}, store=path, progress=False)
+    assert sqlite3.connect(path).execute("SELECT convergence, steps FROM runs").fetchall() == [("diverged", 2)]
+    assert main(["reproduce", str(path), ids(path)[0], "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "diverged again: loss is nan at step 2" in out and "\nreproduced" in out
+    monkeypatch.setattr(train_module, "make_model", real)  # the same config, which no longer blows up
+    assert main(["reproduce", str(path), ids(path)[0], "--no-progress"]) == 1
+    assert "the stored run diverged after step 2; this one did not" in capsys.readouterr().out

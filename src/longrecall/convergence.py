@@ -38,9 +38,10 @@ continued under version 2, Mamba at width 64 stopped again at step 1,700 (0.0045
 plateau near chance stays a lower bound, as the status list above says.
 
 Version 3 keeps the statuses and changes when a run may stop on one: a ``plateau`` whose held-out
-accuracy has never left chance (best below ``NEAR_CHANCE_MULTIPLE`` times the task's chance accuracy,
-``Task.chance_accuracy``, and below chance plus ``NEAR_CHANCE_MARGIN``, which decides for tasks with few
-classes, e.g. 0.55 for a yes/no task) trains on to ``max_steps`` (:func:`stops_on_plateau`). Near chance the trend
+accuracy has never left chance (every evaluation below ``NEAR_CHANCE_MULTIPLE`` times the task's chance
+accuracy, ``Task.chance_accuracy``, and below chance plus ``NEAR_CHANCE_MARGIN`` or three standard errors
+of a guesser, which decide for tasks with few classes, e.g. 0.59 for a yes/no task scored on 256
+answers) trains on to ``max_steps`` (:func:`stops_on_plateau`). Near chance the trend
 cannot separate MQAR's pre-transition plateau from a capacity limit: of the 56 plateau stops in the
 frontier, recipe and hybrids stores, 53 had never passed 4.8x chance, the three slow starters above among
 them; the other three (a window at 0.81, linear attention at 0.93, DeltaNet at 0.97) sat far above it. A run at
@@ -58,7 +59,7 @@ from typing import Sequence
 
 __all__ = ["STATUSES", "CONVERGED_STATUSES", "status", "assess", "near_chance", "stops_on_plateau",
            "WINDOW_FRACTION", "MIN_ACCURACY_GAIN", "MIN_LOSS_DROP", "NEAR_CHANCE_MULTIPLE", "NEAR_CHANCE_MARGIN",
-           "DIVERGED_LOSS_RATIO",
+           "NEAR_CHANCE_NOISE", "DIVERGED_LOSS_RATIO",
            "RULE_VERSION"]
 
 STATUSES = ("converged", "learning", "plateau", "diverged")
@@ -69,6 +70,7 @@ MIN_ACCURACY_GAIN = 0.005  # absolute held-out accuracy gained within that windo
 MIN_LOSS_DROP = 0.01  # relative fall of the mean training loss, previous window -> last window (version 1: 0.02)
 NEAR_CHANCE_MULTIPLE = 5.0  # "never left chance": best held-out accuracy below this multiple of chance (version 3)
 NEAR_CHANCE_MARGIN = 0.05  # ... and below chance + this (binding where chance is above 1/80: few-class tasks)
+NEAR_CHANCE_NOISE = 3.0  # ... or this many binomial standard errors of an evaluation at chance, when wider
 RULE_VERSION = 3  # bumped whenever a threshold changes (see the module docstring); in every assess() result
 DIVERGED_LOSS_RATIO = 2.0  # final window's mean loss above this multiple of the best window's mean
 
@@ -86,12 +88,22 @@ def _window_means(history: Sequence[dict], start: int, end: int) -> float | None
 
 
 def near_chance(evals: Sequence[dict], chance: float | None) -> bool:
-    """Whether every held-out accuracy so far is below ``min(NEAR_CHANCE_MULTIPLE * chance, chance +
-    NEAR_CHANCE_MARGIN)`` (False when the task has no chance accuracy or there is no evaluation)."""
-    if not _finite(chance) or chance <= 0:
+    """Whether every held-out accuracy so far is below ``min(NEAR_CHANCE_MULTIPLE * chance, chance + margin)``,
+    the margin ``NEAR_CHANCE_MARGIN`` or, when an evaluation's ``scored`` answers are few, ``NEAR_CHANCE_NOISE``
+    standard errors of a guesser at chance (a yes/no task scored on 256 answers: 0.094, so the best of
+    twenty evaluations at chance does not count as leaving it). False when the task has no chance accuracy
+    or there is no evaluation."""
+    if not _finite(chance) or not 0 < chance < 1:
         return False
-    accs = [e.get("accuracy") for e in evals if _finite(e.get("accuracy"))]
-    return bool(accs) and max(accs) < min(NEAR_CHANCE_MULTIPLE * chance, chance + NEAR_CHANCE_MARGIN)
+    accs = [(e["accuracy"], e.get("scored")) for e in evals if _finite(e.get("accuracy"))]
+    if not accs:
+        return False
+
+    def line(scored) -> float:
+        noise = NEAR_CHANCE_NOISE * math.sqrt(chance * (1 - chance) / scored) if _finite(scored) and scored > 0 else 0.0
+        return min(NEAR_CHANCE_MULTIPLE * chance, chance + max(NEAR_CHANCE_MARGIN, noise))
+
+    return all(accuracy < line(scored) for accuracy, scored in accs)
 
 
 def stops_on_plateau(evals: Sequence[dict], chance: float | None) -> bool:

@@ -392,5 +392,6 @@ def test_reset_stale_puts_interrupted_runs_back_at_their_place_in_the_queue(stor
     store.add_runs(runs)
     dead = f"{socket.gethostname()}:{dead_pid()}"
     assert store.next_pending(owner=dead)["id"] == runs[0].id  # interrupted by the kill
-    assert store.reset_stale() == 1
+    assert store.reset_stale(run_ids=[runs[1].id]) == 0  # another spec's arena leaves it alone
+    assert store.reset_stale(run_ids=[runs[0].id]) == 1
     assert [store.next_pending()["id"] for _ in range(3)] == [r.id for r in runs]

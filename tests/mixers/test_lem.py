@@ -203,3 +203,24 @@ def test_empty_sequence():
     m = LEM(4)
     y, s = m(torch.zeros(2, 0, 4))
     assert y.shape == (2, 0, 4) and s.y.shape == s.z.shape == (2, 4)
+
+
+@pytest.mark.skipif(not fused_lem_available(), reason=f"C++ kernel not built here: {kernel_status()}")
+def test_fused_kernel_refuses_what_it_cannot_do():
+    """Its backward has no graph, so a second derivative raises instead of being silently wrong; shapes
+    that do not fit N (from W_y) are named before the kernel reads a byte."""
+    from longrecall.ops.lem import lem_recurrence_fused
+
+    m = _model(impl="fused")
+    x = random_inputs(2, 4, D, seed=10).requires_grad_()
+    y, _ = m(x)
+    (g,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|twice"):
+        g.sum().backward()
+    N = m.d_hidden
+    inp = m.inp2hid(x).detach()
+    args = [m.hid2hid.weight, m.hid2hid.bias, m.transform_z.weight, m.transform_z.bias]
+    with pytest.raises(ValueError, match=r"inp must have shape \(2, 4, 24\)"):
+        lem_recurrence_fused(inp[..., : 2 * N], *args, torch.zeros(2, N, dtype=F64), torch.zeros(2, N, dtype=F64), 0.7)
+    with pytest.raises(ValueError, match=r"y0 must have shape \(2, 6\)"):
+        lem_recurrence_fused(inp, *args, torch.zeros(1, N, dtype=F64), torch.zeros(2, N, dtype=F64), 0.7)

@@ -67,7 +67,7 @@ def run_arena(
         # claimed first, so they resume first, from their checkpoints); within this arena, a run whose
         # worker dies is retried only after every pending run (a run that kills its worker cannot
         # block the rest)
-        interrupted = db.reset_stale()
+        interrupted = db.reset_stale(ids)
         if interrupted:
             console.print(f"{interrupted} run(s) interrupted by an earlier arena resume first, from their checkpoints")
         if reassess:

@@ -2,7 +2,8 @@
 
 A preset of many runs takes hours and several sessions; between them the store says which runs are
 done, but a run in progress lives in its checkpoint (``<store>.runs/<id>/checkpoint.json``). This
-module reads both, without running or changing anything: per run its state (``done``, ``failed``,
+module reads both, without running anything (opening a store written by an older schema migrates it, as
+every command does): per run its state (``done``, ``failed``,
 ``running`` under a live process, ``interrupted`` when its process is gone, ``pending``), the steps
 trained (the checkpoint's for an unfinished run) against the run's cap (``max_steps`` or ``steps``),
 its last held-out accuracy and, when done, its convergence status; then totals. It makes no

@@ -209,11 +209,13 @@ class Store(EvaluationsMixin, ReassessMixin):
                                    (row["id"],)).fetchone()
         return _decode(claimed)
 
-    def reset_stale(self) -> int:
-        """Running rows whose owner process (on this host) is dead go back to pending; returns how many."""
+    def reset_stale(self, run_ids: Collection[str] | None = None) -> int:
+        """Running rows (among ``run_ids`` when given) whose owner process (on this host) is dead go back to
+        pending; returns how many."""
+        wanted = None if run_ids is None else set(run_ids)
         with self._write() as conn:
             stale = [r["id"] for r in conn.execute("SELECT id, status, owner FROM runs WHERE status = 'running'")
-                     if self._claimable(r)]
+                     if self._claimable(r) and (wanted is None or r["id"] in wanted)]
             conn.executemany("UPDATE runs SET status = 'pending', owner = NULL WHERE id = ? AND status = 'running'",
                              [(i,) for i in stale])
         return len(stale)

@@ -60,7 +60,7 @@ def run(args) -> int:
     from ..arena.owners import code_version
     from ..arena.store import Store, StoreError
     from ..config import TrainConfig
-    from ..train import train
+    from ..train import TrainingDiverged, train
 
     try:
         with Store.open(args.store, create=False) as store:
@@ -80,9 +80,20 @@ def run(args) -> int:
           f"{record.get('code_version')}, torch {record.get('torch_version')}, device {record.get('device')}")
     print(f"here: code {code_version()} (longrecall {__version__}), torch {torch.__version__}, device {config.device}; "
           f"training {steps:,} steps")
-    fresh = train(config, progress=not args.no_progress, resume=False, log=lambda *_: None,
-                  until_step=steps if steps < stored_steps else None)
+    # never past the stored run, even where today's convergence rule would train on; a diverged run's
+    # history ends at its last good step, so the whole-run check trains one more, where it blew up
+    diverged = record.get("convergence") == "diverged" and args.steps is None
+    diverged_again = False
+    try:
+        fresh = train(config, progress=not args.no_progress, resume=False, log=lambda *_: None,
+                      until_step=max(steps + diverged, 1))
+    except TrainingDiverged as error:
+        fresh, diverged_again = error.metrics or {}, True
+        print(f"diverged again: {error}")
     result = compare(record, fresh, steps, args.atol)
+    if diverged and not diverged_again:
+        print(f"the stored run diverged after step {steps:,}; this one did not")
+        result["agree"] = False
     print(f"training loss: {result['losses_compared']:,} steps compared, largest difference "
           f"{result['max_loss_difference']:.3g}" + ("" if result["first_loss_difference"] is None else
                                                     f", first beyond {args.atol:g} at step "

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from ..cpp import load_kernel
 
@@ -52,6 +53,7 @@ class _FusedLEM(torch.autograd.Function):
         return ys, zs
 
     @staticmethod
+    @once_differentiable  # the hand-written backward has no graph: a double backward must fail, not be wrong
     def backward(ctx, dys, dzs):
         inp, W_h, b_h, W_y, b_y, y0, z0, ys, zs = ctx.saved_tensors
         dt, N = ctx.dt, W_y.shape[0]
@@ -85,6 +87,16 @@ def lem_recurrence_fused(inp: Tensor, W_h: Tensor, b_h: Tensor, W_y: Tensor, b_y
                            "use LEM(impl='loop')")
     if inp.device.type != "cpu":
         raise ValueError(f"lem_recurrence_fused runs on CPU tensors, got device {inp.device}")
+    if inp.dim() != 3 or W_y.dim() != 2:
+        raise ValueError(f"inp must be (B, T, 4N) and W_y (N, N), got {tuple(inp.shape)} and {tuple(W_y.shape)}")
+    (B, T, _), N = inp.shape, W_y.shape[0]
+    want = {"inp": (B, T, 4 * N), "W_h": (3 * N, N), "b_h": (3 * N,), "W_y": (N, N), "b_y": (N,), "y0": (B, N),
+            "z0": (B, N)}
+    for name, tensor in zip(want, (inp, W_h, b_h, W_y, b_y, y0, z0), strict=True):
+        if tuple(tensor.shape) != want[name]:
+            raise ValueError(f"{name} must have shape {want[name]} (N = {N} from W_y), got {tuple(tensor.shape)}")
+    if T == 0:
+        raise ValueError("lem_recurrence_fused needs T >= 1 (LEM's forward returns the state for T = 0)")
     dtype = inp.dtype if inp.dtype in (torch.float32, torch.float64) else torch.float32  # bf16/half: in float32
     args = [t.to(dtype).contiguous() for t in (inp, W_h, b_h, W_y, b_y, y0, z0)]
     ys, zs = _FusedLEM.apply(*args, float(dt))
