@@ -126,9 +126,10 @@ CONVERGENCE_HOW_TO_READ = (
     "point is a lower bound on what the memory can do at that size: it is drawn hollow in the figures, and "
     "the memory frontier's Pareto front runs through converged points only. 'plateau' may be the memory's "
     "capacity or a training plateau (MQAR is learned in an abrupt transition after a long plateau); telling "
-    "them apart needs a longer run or another learning rate. A run whose accuracy never left chance (best "
-    "below 5x the task's chance accuracy, and below chance + 0.05) is not stopped on a plateau before its step "
-    "cap (convergence rule version 3), so its plateau is the whole budget's."
+    "them apart needs a longer run or another learning rate. A run whose accuracy never left chance (every "
+    "evaluation below 5x the task's chance accuracy and below chance + 0.05, or three standard errors on few "
+    "answers) is not stopped on a plateau before its step cap (convergence rule version 3), so its plateau "
+    "is the whole budget's."
 )
 
 CSS = """
