@@ -6,7 +6,8 @@ module reads both, without running anything (opening a store written by an older
 every command does): per run its state (``done``, ``failed``,
 ``running`` under a live process, ``interrupted`` when its process is gone, ``pending``), the steps
 trained (the checkpoint's for an unfinished run) against the run's cap (``max_steps`` or ``steps``),
-its last held-out accuracy and, when done, its convergence status; then totals. It makes no
+its training seconds per step so far (a rate measured while whatever else ran on the machine ran), its
+last held-out accuracy and, when done, its convergence status; then totals. It makes no
 estimate of the time left: runs stop early (converged, plateau), so the steps still possible are an
 upper bound and are reported as such.
 """
@@ -74,14 +75,15 @@ def arena_progress(store_path: str | Path, run_ids: list[str]) -> dict:
 def format_progress(progress: dict) -> str:
     """A markdown table of the unfinished and finished runs, and a summary line."""
     t = progress["totals"]
-    lines = ["| state | mixer | task | T | D | lr | steps / cap | accuracy | convergence |",
-             "|---|---|---|---:|---:|---:|---:|---:|---|"]
+    lines = ["| state | mixer | task | T | D | lr | steps / cap | s / step | accuracy | convergence |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
     order = {state: i for i, state in enumerate(("running", "interrupted", "pending", "failed", "done"))}
     for r in sorted(progress["runs"], key=lambda r: order[r["state"]]):
         accuracy = "" if r["accuracy"] is None else f"{r['accuracy']:.3f}"
         lr = "" if r["lr"] is None else f"{r['lr']:g}"
+        rate = f"{r['train_seconds'] / r['steps']:.2f}" if r["steps"] and r["train_seconds"] else ""
         lines.append(f"| {r['state']} | {r['mixer']} | {r['task']} | {r['seq_len']} | {r['d_model']} | {lr} | "
-                     f"{r['steps']:,} / {r['cap']:,} | {accuracy} | {r['convergence'] or ''} |")
+                     f"{r['steps']:,} / {r['cap']:,} | {rate} | {accuracy} | {r['convergence'] or ''} |")
     counts = ", ".join(f"{t[state]} {state}" for state in STATES if t[state])
     lines.append(f"\n{t['runs']} runs: {counts}. Steps trained {t['steps']:,} of at most {t['cap']:,} (runs may "
                  f"stop before their cap); {t['train_seconds'] / 3600:.1f} worker-hours of training so far.")
