@@ -305,6 +305,28 @@ def test_compile_option_trains_or_falls_back_to_the_same_losses(monkeypatch):
     assert any("training eagerly" in m for m in messages)
 
 
+def test_every_run_of_a_process_is_compiled(monkeypatch):
+    """An arena worker trains run after run in one process: each run's model must be compiled, not only
+    the first few (dynamo's recompile limit, here 1, would leave later ones eager without the reset)."""
+    import torch._dynamo
+
+    graphs = []
+
+    def counting_backend(graph, example_inputs):
+        graphs.append(graph)
+        return graph.forward
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, backend=counting_backend, dynamic=False))
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    seen = []
+    for width in (16, 24, 32):  # three models: the loss function's guards fail for each new one
+        before = len(graphs)
+        train(tiny(compile=True, d_model=width, steps=2), progress=False)
+        seen.append(len(graphs) - before)
+    assert all(n > 0 for n in seen), seen
+
+
 def test_final_metrics_carry_the_tasks_chance_accuracy():
     metrics = train(tiny(), progress=False)
     assert metrics["final_eval"]["chance"] == 1 / 16  # vocabulary 32: 16 values

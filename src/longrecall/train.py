@@ -336,8 +336,12 @@ def compiled_loss(model: LanguageModel, log=print):
 
     The first call compiles (tens of seconds on a CPU); a failure then, or an unavailable compiler,
     falls back to eager for the rest of the run with one message: the same function, slower.
+    Dynamo's state is reset first: every run compiles ``LanguageModel.loss`` for its own model, and a
+    process that trains many runs (an arena worker) would otherwise reach dynamo's recompile limit (8
+    per function) and silently train every later run eagerly.
     """
     try:
+        torch._dynamo.reset()
         compiled = torch.compile(model.loss, dynamic=False)
     except Exception as error:  # torch.compile unsupported here
         log(f"compile: torch.compile is unavailable ({error}); training eagerly")

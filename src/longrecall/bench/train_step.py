@@ -59,6 +59,8 @@ def _model_and_step(name: str, width: int, length: int, spec: TrainStepSpec, com
                           mixer_kwargs=spec.mixer_kwargs.get(name, {}))
     optimizer = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-3, betas=(0.9, 0.98))
     model.train()
+    if compiled:  # a fresh dynamo per model: past its recompile limit (8 per function) it would time eager code
+        torch._dynamo.reset()
     loss_fn = torch.compile(model.loss, dynamic=False) if compiled else model.loss
 
     def step() -> None:
