@@ -50,3 +50,13 @@ def test_done_interrupted_and_pending_runs(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     with Store.open(path) as store:
         assert [(r["id"], r["status"]) for r in store.runs()] == before
+
+
+def test_policy_evaluations_are_counted(tmp_path):
+    spec = {**SPEC, "widths": [16], "policies": ["window"], "budgets": [0.5]}
+    path = tmp_path / "s.db"
+    run_arena(spec, store=path, progress=False)
+    loaded = load_spec(spec)
+    progress = arena_progress(path, [r.id for r in loaded.expand()], loaded.policy_plan)
+    assert progress["policies"]["expected"] == 1 and progress["policies"]["done"] == 1
+    assert "policy evaluations of the done attention runs: 1 done" in format_progress(progress)

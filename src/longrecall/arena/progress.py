@@ -19,7 +19,7 @@ from pathlib import Path
 from ..checkpoint import read_manifest
 from ..report.records import mixer_name
 from .owners import owner_alive
-from .runner import checkpoint_root
+from .runner import checkpoint_root, policy_status
 from .store import Store
 
 __all__ = ["arena_progress", "format_progress"]
@@ -33,16 +33,20 @@ def _state(row: dict) -> str:
     return row["status"]
 
 
-def arena_progress(store_path: str | Path, run_ids: list[str]) -> dict:
-    """``{"runs": [...], "totals": {...}}`` for the runs ``run_ids`` of the store (see the module docstring).
+def arena_progress(store_path: str | Path, run_ids: list[str], policies: list[dict] | None = None) -> dict:
+    """``{"runs": [...], "totals": {...}, "policies": {...}}`` for the runs ``run_ids`` of the store (see the
+    module docstring).
 
     Each run: ``id, mixer, task, seq_len, d_model, lr, state, steps, cap, accuracy, convergence,
     train_seconds``. Totals: the count per state, ``steps`` trained and ``cap`` (their sum over runs),
-    and ``train_seconds`` (worker time so far, checkpoints included).
+    and ``train_seconds`` (worker time so far, checkpoints included). ``policies`` (the spec's KV-cache
+    policy plan, when it has one): the evaluations the done runs call for and how many are stored
+    (``runner.policy_status``).
     """
     wanted = list(dict.fromkeys(run_ids))
     with Store.open(store_path, create=False) as store:
         rows = {r["id"]: r for r in store.runs() if r["id"] in set(wanted)}
+        policy = policy_status(store, wanted, policies) if policies else None
     root = checkpoint_root(store_path)
     runs = []
     for run_id in wanted:
@@ -69,7 +73,7 @@ def arena_progress(store_path: str | Path, run_ids: list[str]) -> dict:
     totals = {state: sum(r["state"] == state for r in runs) for state in STATES}
     totals.update(runs=len(runs), steps=sum(r["steps"] for r in runs), cap=sum(r["cap"] or 0 for r in runs),
                   train_seconds=sum(r["train_seconds"] for r in runs))
-    return {"runs": runs, "totals": totals}
+    return {"runs": runs, "totals": totals, "policies": policy}
 
 
 def format_progress(progress: dict) -> str:
@@ -87,4 +91,8 @@ def format_progress(progress: dict) -> str:
     counts = ", ".join(f"{t[state]} {state}" for state in STATES if t[state])
     lines.append(f"\n{t['runs']} runs: {counts}. Steps trained {t['steps']:,} of at most {t['cap']:,} (runs may "
                  f"stop before their cap); {t['train_seconds'] / 3600:.1f} worker-hours of training so far.")
+    p = progress.get("policies")
+    if p:
+        lines.append(f"KV-cache policy evaluations of the done attention runs: {p['done']} done, {p['skipped']} "
+                     f"skipped, {p['failed']} failed, {p['missing']} to do, of {p['expected']}.")
     return "\n".join(lines)

@@ -62,7 +62,7 @@ def _status(args) -> int:
         return 2
     try:
         spec = resolve_spec(args.preset or args.spec)
-        progress = arena_progress(args.store, [run.id for run in spec.expand()])
+        progress = arena_progress(args.store, [run.id for run in spec.expand()], spec.policy_plan)
     except (ConfigError, StoreError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
