@@ -127,3 +127,15 @@ def test_disabled_kernel_falls_back_to_the_same_function():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "disabled" in out.stdout
+
+
+@needs_kernel
+def test_a_second_derivative_through_the_kernel_raises():
+    """The hand-written backward has no graph of its own: a double backward (a gradient penalty, a
+    Hessian-vector product) must raise, not return a silently wrong value."""
+    u, delta, A, B, C, D, h0 = make_inputs(2, 5, 4, 3, h0=True)
+    u = u.detach().requires_grad_()
+    y, _ = selective_scan_fused(u, delta, A, B, C, D, h0)
+    (g,) = torch.autograd.grad(y.square().sum(), u, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|twice"):
+        g.sum().backward()
