@@ -158,3 +158,20 @@ def test_errors_name_the_argument():
         diagonal.check_args(d_state=8, dt_min=0.2, dt_max=0.1)
     with pytest.raises(ValueError, match="init.*'lin'.*'inv'"):
         diagonal.check_args(d_state=8, dt_min=1e-3, dt_max=1e-1, init="legs")
+
+
+def test_a_zero_carried_state_is_skipped_with_the_same_result():
+    """A zero s0 (every training batch) takes the no-state path, bit for bit the same outputs and final
+    modes; a zero s0 that requires grad is kept, so its gradient is still computed."""
+    log_dt, log_A_real, A_imag, C, D = _params()
+    d = diagonal.s4d_discretize(log_dt, log_A_real, A_imag, C)
+    u = torch.randn(2, 3, 17, generator=_gen(1), dtype=F64)
+    p = diagonal.plan(d, 17)
+    zero = torch.zeros(2, 3, 4, dtype=torch.complex128)
+    y_none, s_none = diagonal.apply(d, p, D, u, None)
+    y_zero, s_zero = diagonal.apply(d, p, D, u, zero)
+    assert torch.equal(y_none, y_zero) and torch.equal(s_none, s_zero)
+    wanted = zero.clone().requires_grad_()
+    y, s = diagonal.apply(d, p, D, u, wanted)
+    (y.sum() + s.abs().sum()).backward()
+    assert wanted.grad is not None and wanted.grad.abs().max() > 0
