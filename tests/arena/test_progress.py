@@ -43,7 +43,7 @@ def test_done_interrupted_and_pending_runs(tmp_path, capsys):
     text = format_progress(progress)
     assert text.index("| interrupted |") < text.index("| pending |") < text.index("| done |")
     assert "3 runs: 1 done, 1 interrupted, 1 pending" in text
-    assert "| 2 / 8 | 0.38 | 0.250 |" in text  # 0.75 s over 2 steps
+    assert "| 2 / 8 | 0.38 | 0.250 |" in text  # the median of 0.5 and 0.25 s
     # the command reads the same, and changes nothing
     before = [(r["id"], r["status"]) for r in Store.open(path).runs()]
     assert main(["arena", "--preset", "quick", "--store", str(tmp_path / "missing.db"), "--status"]) == 2

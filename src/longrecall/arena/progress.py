@@ -6,7 +6,7 @@ module reads both, without running anything (opening a store written by an older
 every command does): per run its state (``done``, ``failed``,
 ``running`` under a live process, ``interrupted`` when its process is gone, ``pending``), the steps
 trained (the checkpoint's for an unfinished run) against the run's cap (``max_steps`` or ``steps``),
-its training seconds per step so far (a rate measured while whatever else ran on the machine ran), its
+its median training seconds per step so far (measured while whatever else ran on the machine ran), its
 last held-out accuracy and, when done, its convergence status; then totals. It makes no
 estimate of the time left: runs stop early (converged, plateau), so the steps still possible are an
 upper bound and are reported as such.
@@ -14,6 +14,7 @@ upper bound and are reported as such.
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 from ..checkpoint import read_manifest
@@ -38,10 +39,10 @@ def arena_progress(store_path: str | Path, run_ids: list[str], policies: list[di
     module docstring).
 
     Each run: ``id, mixer, task, seq_len, d_model, lr, state, steps, cap, accuracy, convergence,
-    train_seconds``. Totals: the count per state, ``steps`` trained and ``cap`` (their sum over runs),
-    and ``train_seconds`` (worker time so far, checkpoints included). ``policies`` (the spec's KV-cache
-    policy plan, when it has one): the evaluations the done runs call for and how many are stored
-    (``runner.policy_status``).
+    train_seconds, median_step_seconds``. Totals: the count per state, ``steps`` trained and ``cap``
+    (their sum over runs), and ``train_seconds`` (worker time so far, checkpoints included).
+    ``policies`` (the spec's KV-cache policy plan, when it has one): the evaluations the done runs
+    call for and how many are stored (``runner.policy_status``).
     """
     wanted = list(dict.fromkeys(run_ids))
     with Store.open(store_path, create=False) as store:
@@ -56,7 +57,7 @@ def arena_progress(store_path: str | Path, run_ids: list[str], policies: list[di
         config, labels = row.get("config") or {}, row.get("labels") or {}
         cap = config.get("max_steps") or config.get("steps")
         state = _state(row)
-        steps, seconds = row.get("steps"), row.get("train_seconds")
+        steps, seconds, history = row.get("steps"), row.get("train_seconds"), row.get("history") or []
         accuracy = (row.get("metrics") or {}).get("accuracy")
         if state != "done":
             manifest = read_manifest(root / run_id) if (root / run_id).exists() else None
@@ -65,11 +66,14 @@ def arena_progress(store_path: str | Path, run_ids: list[str], policies: list[di
             steps = (manifest or {}).get("step", 0)
             accuracy = evals[-1].get("accuracy") if evals else None
             seconds = sum(h.get("seconds", 0.0) for h in history)
+        step_times = [h["seconds"] for h in history if isinstance(h.get("seconds"), (int, float))]
         runs.append({"id": run_id, "mixer": mixer_name(labels), "task": labels.get("task"),
                      "seq_len": labels.get("seq_len"), "d_model": labels.get("d_model"), "lr": labels.get("lr"),
                      "state": state, "steps": steps or 0, "cap": cap, "accuracy": accuracy,
                      "convergence": row.get("convergence") if state == "done" else None,
-                     "train_seconds": seconds or 0.0})
+                     "train_seconds": seconds or 0.0,
+                     # the median, not the mean: a paused or suspended process puts its pause into one step
+                     "median_step_seconds": statistics.median(step_times) if step_times else None})
     totals = {state: sum(r["state"] == state for r in runs) for state in STATES}
     totals.update(runs=len(runs), steps=sum(r["steps"] for r in runs), cap=sum(r["cap"] or 0 for r in runs),
                   train_seconds=sum(r["train_seconds"] for r in runs))
@@ -85,7 +89,7 @@ def format_progress(progress: dict) -> str:
     for r in sorted(progress["runs"], key=lambda r: order[r["state"]]):
         accuracy = "" if r["accuracy"] is None else f"{r['accuracy']:.3f}"
         lr = "" if r["lr"] is None else f"{r['lr']:g}"
-        rate = f"{r['train_seconds'] / r['steps']:.2f}" if r["steps"] and r["train_seconds"] else ""
+        rate = "" if r["median_step_seconds"] is None else f"{r['median_step_seconds']:.2f}"
         lines.append(f"| {r['state']} | {r['mixer']} | {r['task']} | {r['seq_len']} | {r['d_model']} | {lr} | "
                      f"{r['steps']:,} / {r['cap']:,} | {rate} | {accuracy} | {r['convergence'] or ''} |")
     counts = ", ".join(f"{t[state]} {state}" for state in STATES if t[state])
