@@ -239,6 +239,7 @@ def train(config: TrainConfig, *, progress: bool | Progress = True, resume: bool
         raise ValueError(f"aux_loss_weight={config.aux_loss_weight}: no mixer of {config.layers} has an auxiliary "
                          "loss (compressive has one); set it to 0")
     n_params = model.num_parameters()
+    chance = task.chance_accuracy()  # the convergence rule's near-chance test asks at every evaluation
     tokens_per_step = config.batch_size * task.seq_len
     train_seconds = sum(h.get("seconds", 0.0) for h in history)
 
@@ -259,7 +260,7 @@ def train(config: TrainConfig, *, progress: bool | Progress = True, resume: bool
         return result
 
     status, stopped = "done", (manifest or {}).get("stopped") if out_dir is not None and resume else None
-    if stopped == "plateau" and stop_reason(config, start_step, history, evals, task.chance_accuracy()) is None:
+    if stopped == "plateau" and stop_reason(config, start_step, history, evals, chance) is None:
         # stopped on a plateau under an earlier convergence rule that the current one would not stop there
         # (still learning, or near chance; convergence.RULE_VERSION): the run goes on from its checkpoint,
         # exactly as it would have
@@ -316,7 +317,7 @@ def train(config: TrainConfig, *, progress: bool | Progress = True, resume: bool
             if step % config.eval_every == 0 or step == config.steps or step == last:
                 result = run_eval(step)
                 info += f" eval {result['accuracy']:.3f}"
-                stopped = stop_reason(config, step, history, evals, task.chance_accuracy())
+                stopped = stop_reason(config, step, history, evals, chance)
                 if stopped == "early_stop":
                     status = "early_stopped"
                 checkpoint(step, stopped)

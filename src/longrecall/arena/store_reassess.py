@@ -30,18 +30,16 @@ def _continuable(config: dict, steps: int | None) -> bool:
 
 
 def _chance(row: dict) -> float | None:
-    """The run's task chance accuracy: stored with its final evaluation, else from its task config (rows
-    written before the chance was stored)."""
+    """The run's task chance accuracy: stored with its final evaluation, else from the task its config
+    builds (rows written before the chance was stored)."""
     chance = (row.get("metrics") or {}).get("chance")
-    if chance is None and row.get("task_config"):
-        from ..registry import TASKS
+    if chance is None:
+        from ..config import TrainConfig
+        from ..train import make_task
 
-        task_config = dict(row["task_config"])
-        name = task_config.pop("task", None)
-        task_config.pop("version", None)
         try:
-            chance = TASKS.get(name)(**task_config).chance_accuracy()
-        except (KeyError, TypeError, ValueError):  # a task this version no longer builds: unknown
+            chance = make_task(TrainConfig(**row["config"])).chance_accuracy()
+        except (KeyError, TypeError, ValueError):  # a config or task this version no longer builds: unknown
             chance = None
     return chance
 
